@@ -1,0 +1,480 @@
+"""Shared base of the byte datamodules: cached uint8 splits, training windows, evaluation windows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+# Below this many source bytes a build takes about a second, so a progress bar would only flicker.
+PROGRESS_MIN_BYTES = 64 * 2**20
+
+log = logging.getLogger(__name__)
+
+
+def _ceil(x: float) -> int:
+    # 0.1 * 30 is 3.0000000000000004 in floating point: that must still give 3 documents.
+    return math.ceil(x - 1e-9)
+
+
+def assign_splits(names: Sequence[str], val_fraction: float, test_fraction: float) -> dict[str, list[int]]:
+    """Document indices of each split, each list in the original order.
+
+    Documents are ordered by the SHA-256 of their name; the first ceil(val_fraction * n) go to val,
+    the next ceil(test_fraction * n) to test, the rest to train. A document's split therefore depends
+    on its name and the corpus size only, not on the order the documents were read in.
+    """
+    order = sorted(
+        range(len(names)), key=lambda i: hashlib.sha256(names[i].encode(errors="replace")).digest()
+    )
+    num_val = _ceil(val_fraction * len(names))
+    num_test = _ceil(test_fraction * len(names))
+    return {
+        "train": sorted(order[num_val + num_test :]),
+        "val": sorted(order[:num_val]),
+        "test": sorted(order[num_val : num_val + num_test]),
+    }
+
+
+def evaluation_windows(doc_lengths: np.ndarray, seq_len: int, score_len: int) -> np.ndarray:
+    """The evaluation windows of documents of the given lengths, as int64 rows (doc, start, end, num_scored).
+
+    Document d of length n is scored in chunks [a, b) with a = k * score_len and b = min(n, a + score_len);
+    the chunk's window is bytes [max(0, b - seq_len), b) of the document and scores its last b - a bytes.
+    Every byte is scored exactly once and no window crosses a document boundary.
+    """
+    lengths = np.asarray(doc_lengths, dtype=np.int64)
+    chunks = -(-lengths // score_len)
+    doc = np.repeat(np.arange(len(lengths)), chunks)
+    first_chunk = np.repeat(np.cumsum(chunks) - chunks, chunks)
+    a = (np.arange(len(doc)) - first_chunk) * score_len
+    b = np.minimum(lengths[doc], a + score_len)
+    return np.stack([doc, np.maximum(0, b - seq_len), b, b - a], axis=1)
+
+
+def evaluation_batches(windows: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Window indices per batch, in order: a new batch starts when the window length changes or is full.
+
+    Batches therefore need no padding: every window in a batch has the same length.
+    """
+    lengths = windows[:, 2] - windows[:, 1]
+    runs = np.split(np.arange(len(windows)), np.flatnonzero(np.diff(lengths)) + 1)
+    return [run[i : i + batch_size].tolist() for run in runs for i in range(0, len(run), batch_size)]
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world_size) of this process in torch.distributed, or (0, 1) outside a distributed run."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ByteSplit:
+    """One split of a cache: its documents' bytes end to end (a read-only memmap) and their offsets.
+
+    It pickles as its directory, so dataloader workers reopen the memmap instead of copying the bytes.
+    """
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = directory
+        self.name = name
+        self.data = np.memmap(directory / f"{name}.bin", dtype=np.uint8, mode="r")
+        self.offsets: np.ndarray = np.load(directory / f"{name}.docs.npy")
+
+    def __reduce__(self) -> tuple[type[ByteSplit], tuple[Path, str]]:
+        return ByteSplit, (self.directory, self.name)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Bytes per document."""
+        return np.diff(self.offsets)
+
+    def document(self, index: int) -> np.ndarray:
+        """The bytes of document `index`."""
+        return self.data[self.offsets[index] : self.offsets[index + 1]]
+
+
+class TrainWindows(Dataset):
+    """Training sample number i: seq_len bytes inside one document, drawn from (seed, i) only.
+
+    The start is uniform among all positions where a whole window fits in one document, so a document
+    is drawn in proportion to its number of such positions and documents shorter than seq_len never.
+    """
+
+    def __init__(self, split: ByteSplit, seq_len: int, seed: int) -> None:
+        self.split = split
+        self.seq_len = seq_len
+        self.seed = seed
+        counts = np.maximum(split.lengths - seq_len + 1, 0)
+        self.cumulative = np.cumsum(counts)
+        self.first = self.cumulative - counts
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        position = np.random.default_rng([self.seed, i]).integers(self.cumulative[-1])
+        doc = np.searchsorted(self.cumulative, position, side="right")
+        start = self.split.offsets[doc] + position - self.first[doc]
+        return self.split.data[start : start + self.seq_len]
+
+
+class TrainSampler(Sampler[int]):
+    """The sample numbers one process trains on in the current epoch.
+
+    Step j of epoch e is step i = e * length + j of this process, which takes sample number
+    i * world_size + rank: the processes share one stream and never draw the same sample.
+    """
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.length = length
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at the start of every training epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        first = self.epoch * self.length
+        return ((first + j) * self.world_size + self.rank for j in range(self.length))
+
+
+class EvaluationWindows(Dataset):
+    """The evaluation windows of a split: item k is (window bytes, number of scored bytes)."""
+
+    def __init__(self, split: ByteSplit, windows: np.ndarray) -> None:
+        self.split = split
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, int]:
+        doc, start, end, num_scored = self.windows[k]
+        base = self.split.offsets[doc]
+        return self.split.data[base + start : base + end], int(num_scored)
+
+
+def collate_train(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Stack uint8 windows into {"x": LongTensor[B, seq_len]}."""
+    return {"x": torch.from_numpy(np.stack(items).astype(np.int64))}
+
+
+def collate_evaluation(items: list[tuple[np.ndarray, int]]) -> dict[str, torch.Tensor]:
+    """Stack equal-length windows into {"x": LongTensor[B, L], "num_scored": LongTensor[B]}."""
+    windows, num_scored = zip(*items, strict=True)
+    return {
+        "x": torch.from_numpy(np.stack(windows).astype(np.int64)),
+        "num_scored": torch.tensor(num_scored, dtype=torch.long),
+    }
+
+
+class ByteDataModule(L.LightningDataModule):
+    """A corpus of byte documents, cached as uint8 splits, served as training and evaluation windows.
+
+    Subclasses implement ``documents()`` (name and bytes of every document), ``sources()`` (the files
+    it reads) and, if they have options that change the bytes, ``cache_options()``.
+
+    Split: with 3 or more documents, documents are ordered by the SHA-256 of their name; the first
+    ceil(val_fraction * n) go to val, the next ceil(test_fraction * n) to test, the rest to train.
+    With 1 or 2 documents (one big file such as enwik8), each document is cut contiguously instead:
+    its first 1 - val_fraction - test_fraction to train, then val_fraction to val, the rest to test.
+    Empty documents are dropped. Every split must end up with at least one byte.
+
+    Cache: ``prepare_data()`` writes, once, ``{split}.bin`` (the split's documents end to end, uint8),
+    ``{split}.docs.npy`` (int64 document offsets) and ``manifest.json`` into a directory named by a
+    hash of the class, the options that change the bytes and the sources' paths, sizes and mtimes; it
+    builds in a temporary sibling directory that is renamed into place, so a cache either is complete
+    or does not exist. Changing a source or an option gives a new directory.
+
+    Training: an endless stream of windows of seq_len bytes, sample number i drawn from (seed, i)
+    only (see ``TrainWindows``); an "epoch" is a fixed number of them, so runs are reproducible.
+
+    Evaluation: every byte of the split scored exactly once by windows of at most seq_len bytes that
+    each score at most score_len bytes (see ``evaluation_windows``); batches hold windows of equal
+    length, without padding.
+
+    Distributed runs: rank r trains on samples r, r + world_size, ... and evaluates batches
+    r, r + world_size, ...; set the trainer's ``use_distributed_sampler=False`` so Lightning keeps
+    these samplers.
+    """
+
+    def __init__(
+        self,
+        *,
+        seq_len: int = 1024,
+        score_len: int | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        train_samples_per_epoch: int = 100_000,
+    ) -> None:
+        """
+        Args:
+            seq_len: bytes per window, for training and evaluation.
+            score_len: bytes scored per evaluation window, each with up to seq_len - score_len bytes of
+                left context; None scores whole windows (seq_len).
+            batch_size: training windows per batch and process.
+            eval_batch_size: evaluation windows per batch and process; None uses batch_size.
+            num_workers: dataloader worker processes (0 loads in the main process).
+            seed: seed of the training windows; sample number i depends on (seed, i) only.
+            cache_dir: where the prepared splits live; None uses $BYTELAB_CACHE or ~/.cache/bytelab.
+            val_fraction: share of the documents (or of the bytes, for 1 or 2 documents) for validation.
+            test_fraction: share of the documents (or of the bytes, for 1 or 2 documents) for test.
+            train_samples_per_epoch: training windows per epoch over all processes, rounded up to whole
+                batches per process; it only sets how often epoch-end hooks (validation,
+                checkpoints) run, since the stream never repeats.
+        """
+        super().__init__()
+        score_len = seq_len if score_len is None else score_len
+        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        if seq_len < 1:
+            raise ValueError(f"seq_len={seq_len} must be at least 1")
+        if not 1 <= score_len <= seq_len:
+            raise ValueError(f"score_len={score_len} must be between 1 and seq_len={seq_len}")
+        for name, value in [
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("train_samples_per_epoch", train_samples_per_epoch),
+        ]:
+            if value < 1:
+                raise ValueError(f"{name}={value} must be at least 1")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be 0 or more")
+        for name, value in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
+            if not 0 < value < 1:
+                raise ValueError(f"{name}={value} must be between 0 and 1 (exclusive)")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction = {val_fraction + test_fraction} must be below 1 "
+                "to leave training data"
+            )
+        self.seq_len = seq_len
+        self.score_len = score_len
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.cache_dir = Path(
+            cache_dir or os.environ.get("BYTELAB_CACHE") or Path.home() / ".cache" / "bytelab"
+        )
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.train_samples_per_epoch = train_samples_per_epoch
+        self.splits: dict[str, ByteSplit] = {}
+        self.manifest: dict[str, Any] = {}
+
+    def documents(self) -> Iterator[tuple[str, bytes]]:
+        """Yield (stable name, raw bytes) for every document of the corpus, in a deterministic order."""
+        raise NotImplementedError
+
+    def sources(self) -> list[Path]:
+        """The files the documents are read from; their paths, sizes and mtimes key the cache."""
+        raise NotImplementedError
+
+    def cache_options(self) -> dict[str, Any]:
+        """Subclass options that change the cached bytes (JSON-serialisable); they key the cache."""
+        return {}
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            **self.cache_options(),
+        }
+
+    def _describe(self) -> str:
+        names = [str(path) for path in self.sources()]
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        return f"{type(self).__name__} corpus {', '.join(names[:3])}{more}"
+
+    @property
+    def cache_path(self) -> Path:
+        """The cache directory of the current sources and options."""
+        key = {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "format_version": FORMAT_VERSION,
+            "options": self._options(),
+            "sources": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in self.sources()],
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.cache_dir / f"{type(self).__name__.lower()}-{digest}"
+
+    def prepare_data(self) -> None:
+        """Build the cache unless a complete one (one with a manifest) exists."""
+        final = self.cache_path
+        if (final / "manifest.json").exists():
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        log.info("building the %s cache in %s", type(self).__name__, final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            manifest = self._write_splits(tmp)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            if final.exists() and not (final / "manifest.json").exists():
+                shutil.rmtree(final)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # Another process published the same cache first: keep theirs.
+                if not (final / "manifest.json").exists():
+                    raise
+                shutil.rmtree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _progress(self) -> Progress:
+        total = sum(path.stat().st_size for path in self.sources())
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            transient=True,
+            disable=total < PROGRESS_MIN_BYTES,
+        )
+
+    def _read_corpus(self, path: Path) -> tuple[list[str], np.ndarray]:
+        """Write every non-empty document end to end into `path`; return their names and offsets."""
+        names: list[str] = []
+        ends = [0]
+        with open(path, "wb") as f, self._progress() as progress:
+            task = progress.add_task(f"reading {type(self).__name__}", total=None)
+            for name, data in self.documents():
+                if data:
+                    f.write(data)
+                    names.append(name)
+                    ends.append(ends[-1] + len(data))
+                progress.update(task, advance=len(data))
+        return names, np.array(ends, dtype=np.int64)
+
+    def _split_ranges(self, names: list[str], offsets: np.ndarray) -> dict[str, list[tuple[int, int]]]:
+        """Byte ranges of the corpus that become the documents of each split (see the class docstring)."""
+        if len(names) >= 3:
+            indices = assign_splits(names, self.val_fraction, self.test_fraction)
+            return {split: [(offsets[i], offsets[i + 1]) for i in indices[split]] for split in SPLITS}
+        ranges: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
+        for start, end in zip(offsets[:-1], offsets[1:], strict=True):
+            n = end - start
+            val_start = start + round(n * (1 - self.val_fraction - self.test_fraction))
+            test_start = start + round(n * (1 - self.test_fraction))
+            cuts = [start, val_start, test_start, end]
+            for split, lo, hi in zip(SPLITS, cuts, cuts[1:], strict=False):
+                if hi > lo:
+                    ranges[split].append((lo, hi))
+        return ranges
+
+    def _write_splits(self, directory: Path) -> dict[str, Any]:
+        """Write the split files into `directory` and return the manifest."""
+        corpus_path = directory / "corpus.bin"
+        names, offsets = self._read_corpus(corpus_path)
+        if offsets[-1] == 0:
+            raise ValueError(f"{self._describe()} holds no bytes: give it non-empty files")
+        ranges = self._split_ranges(names, offsets)
+        for split in SPLITS:
+            if not ranges[split]:
+                raise ValueError(
+                    f"split {split!r} of {self._describe()} would be empty ({len(names)} documents); "
+                    "add documents or change val_fraction/test_fraction"
+                )
+        corpus = np.memmap(corpus_path, dtype=np.uint8, mode="r")
+        counts = {}
+        for split in SPLITS:
+            with open(directory / f"{split}.bin", "wb") as f:
+                for lo, hi in ranges[split]:
+                    f.write(corpus[lo:hi])
+            doc_offsets = np.cumsum([0] + [hi - lo for lo, hi in ranges[split]], dtype=np.int64)
+            np.save(directory / f"{split}.docs.npy", doc_offsets)
+            counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(ranges[split])}
+        del corpus
+        corpus_path.unlink()
+        sources = []
+        for path in self.sources():
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            sources.append({"path": str(path.resolve()), "size": path.stat().st_size, "sha256": digest})
+        return {
+            "format_version": FORMAT_VERSION,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "options": self._options(),
+            "sources": sources,
+            "splits": counts,
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the cached splits (building them first if needed, e.g. outside a Trainer)."""
+        self.prepare_data()
+        directory = self.cache_path
+        self.manifest = json.loads((directory / "manifest.json").read_text())
+        self.splits = {split: ByteSplit(directory, split) for split in SPLITS}
+        if stage in ("fit", None):
+            longest = int(self.splits["train"].lengths.max())
+            if longest < self.seq_len:
+                raise ValueError(
+                    f"seq_len={self.seq_len} is longer than every training document of {self._describe()} "
+                    f"(longest: {longest} bytes); lower seq_len or add longer documents"
+                )
+
+    def windows(self, split: str) -> np.ndarray:
+        """Evaluation windows of a split: int64 rows (doc, start, end, num_scored), offsets in the doc."""
+        return evaluation_windows(self.splits[split].lengths, self.seq_len, self.score_len)
+
+    def dataloader(self, split: str, rank: int | None = None, world_size: int | None = None) -> DataLoader:
+        """The dataloader of a split for one process; rank and world_size default to torch.distributed's."""
+        if rank is None or world_size is None:
+            rank, world_size = distributed_rank_world()
+        common: dict[str, Any] = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        if split == "train":
+            per_process = math.ceil(self.train_samples_per_epoch / (world_size * self.batch_size))
+            return DataLoader(
+                TrainWindows(self.splits["train"], self.seq_len, self.seed),
+                batch_size=self.batch_size,
+                sampler=TrainSampler(per_process * self.batch_size, rank, world_size),
+                collate_fn=collate_train,
+                **common,
+            )
+        windows = self.windows(split)
+        return DataLoader(
+            EvaluationWindows(self.splits[split], windows),
+            batch_sampler=evaluation_batches(windows, self.eval_batch_size)[rank::world_size],
+            collate_fn=collate_evaluation,
+            **common,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Random training windows: {"x": LongTensor[batch_size, seq_len]}."""
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation windows: {"x": LongTensor[B, L], "num_scored": LongTensor[B]}, L <= seq_len."""
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test windows: {"x": LongTensor[B, L], "num_scored": LongTensor[B]}, L <= seq_len."""
+        return self.dataloader("test")

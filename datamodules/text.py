@@ -1,0 +1,87 @@
+"""Text as bytes: every file is one document, read as raw bytes (no decoding, no normalisation)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import tarfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .bytes import ByteDataModule
+
+SHAKESPEARE = Path(__file__).parent / "data" / "shakespeare.tar.xz"
+
+
+def _files_under(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path] if path.is_file() else []
+
+
+def find_files(patterns: Sequence[str]) -> list[Path]:
+    """The files named by paths, folders (read recursively) or glob patterns, absolute, sorted, unique."""
+    if not patterns:
+        raise ValueError(
+            "paths=[] names no files; give files, folders or glob patterns, or None for Shakespeare"
+        )
+    files: set[Path] = set()
+    for pattern in patterns:
+        is_glob = any(c in pattern for c in "*?[")
+        matches = (
+            [Path(p) for p in sorted(glob.glob(pattern, recursive=True))] if is_glob else [Path(pattern)]
+        )
+        found = [f for match in matches for f in _files_under(match)]
+        if not found:
+            if is_glob:
+                raise ValueError(f"paths: the pattern {pattern!r} matches no files")
+            if Path(pattern).is_dir():
+                raise ValueError(f"paths: the folder {pattern!r} holds no files")
+            raise ValueError(f"paths: {pattern!r} does not exist")
+        files.update(Path(os.path.abspath(f)) for f in found)
+    return sorted(files)
+
+
+def read_tar(archive: Path) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of every file in a tar archive, in archive order, without extracting to disk."""
+    # Iterating members in order streams the archive once; random access would decompress it again.
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            file = tar.extractfile(member) if member.isfile() else None
+            if file is not None:
+                yield member.name, file.read()
+
+
+class TextBytes(ByteDataModule):
+    """Files as byte documents: each file's raw bytes are one document.
+
+    A document is named by its path relative to the folder common to all files (a single file: its
+    name), so moving the corpus keeps its split. Without paths the corpus is Shakespeare's complete
+    works: 42 public-domain Project Gutenberg texts, 5.0 MB, shipped in datamodules/data/shakespeare.tar.xz
+    (see DATA_LICENSES.md), each play or poem one document.
+    """
+
+    def __init__(self, paths: str | list[str] | None = None, **kwargs: Any) -> None:
+        """
+        Args:
+            paths: files, folders (read recursively) or glob patterns (``**`` matches folders); None reads
+                the embedded Shakespeare corpus.
+            **kwargs: the options of ByteDataModule.
+        """
+        super().__init__(**kwargs)
+        self.paths = paths
+        self.files = None if paths is None else find_files([paths] if isinstance(paths, str) else paths)
+
+    def documents(self) -> Iterator[tuple[str, bytes]]:
+        """Every file as (path relative to the common folder, bytes), or the embedded archive's members."""
+        if self.files is None:
+            yield from read_tar(SHAKESPEARE)
+            return
+        root = Path(os.path.commonpath([f.parent for f in self.files]))
+        for file in self.files:
+            yield file.relative_to(root).as_posix(), file.read_bytes()
+
+    def sources(self) -> list[Path]:
+        """The files read, or the embedded archive."""
+        return [SHAKESPEARE] if self.files is None else self.files
