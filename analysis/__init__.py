@@ -1,0 +1,1 @@
+"""bytelab analysis: run directories -> pandas -> tables, fits and plots."""

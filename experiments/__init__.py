@@ -1,0 +1,1 @@
+"""bytelab experiments: the command line, configs, sweeps and benchmarks."""

@@ -1,0 +1,98 @@
+"""The ``bytelab`` command line.
+
+``bytelab fit|validate|test --config ...`` is LightningCLI (YAML composes model, data and trainer);
+the other subcommands are plain functions registered in ``COMMANDS``. Every run lives in one fixed
+directory (``--run_dir``): CSV and TensorBoard logs, the resolved config and ``checkpoints/``, so
+``--ckpt_path last`` resumes the run that wrote it.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from datamodules import ByteDataModule
+from modules import ByteLM
+
+from .callbacks import PrintMetrics
+
+CONFIGS = Path(__file__).parent / "configs"
+DEFAULT_CONFIGS = [str(CONFIGS / "trainer" / "cpu.yaml"), str(CONFIGS / "data" / "text.yaml")]
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+COMMANDS: dict[str, Callable[[list[str]], int | None]] = {}
+
+
+class ByteLabCLI(LightningCLI):
+    """LightningCLI with a fixed run directory and bytelab's standard loggers and callbacks."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Directory for this run's logs, config and checkpoints (default: runs/<model class>).",
+        )
+
+    def instantiate_trainer(self, **kwargs):  # noqa: ANN201 - same signature as LightningCLI
+        config = self.config[self.subcommand]
+        run_dir = Path(config.run_dir or Path("runs") / type(self.model.model).__name__.lower())
+        trainer_config = config.trainer
+        kwargs.setdefault("default_root_dir", str(run_dir))
+        if trainer_config.logger in (None, True):
+            kwargs["logger"] = [
+                CSVLogger(run_dir, name="", version=""),
+                TensorBoardLogger(run_dir, name="", version="tensorboard"),
+            ]
+        callbacks = [
+            *(self.config_init[self.subcommand].trainer.callbacks or []),
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints", filename="best", monitor="val/bpb", save_last=True
+            ),
+            LearningRateMonitor(logging_interval="step"),
+            PrintMetrics(),
+        ]
+        if trainer_config.enable_progress_bar is not False:
+            callbacks.append(RichProgressBar())
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def lightning_main(args: Sequence[str]) -> None:
+    """Run a LightningCLI subcommand with bytelab's defaults (CPU trainer, embedded text)."""
+    # `args` is how main() hands over the arguments it has already filtered (--debug).
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    ByteLabCLI(
+        ByteLM,
+        ByteDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={name: {"default_config_files": DEFAULT_CONFIGS} for name in LIGHTNING_SUBCOMMANDS},
+        args=list(args),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bytelab`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        if args and args[0] in COMMANDS:
+            return COMMANDS[args[0]](args[1:]) or 0
+        lightning_main(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        if debug:
+            raise
+        print(f"bytelab: error: {error} (run with --debug for the traceback)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""bytelab models: three byte-level transformers on shared blocks, and the LightningModule."""
+
+from .base import ByteModel
+from .decoder import Decoder
+from .lm import ByteLM
+from .megabyte import Megabyte
+from .perceiver_ar import PerceiverAR
+
+__all__ = ["ByteLM", "ByteModel", "Decoder", "Megabyte", "PerceiverAR"]

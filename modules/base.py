@@ -1,0 +1,62 @@
+"""The model contract shared by every bytelab model (see DESIGN.md, "The model contract")."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from torch import Tensor, nn
+
+VOCAB_SIZE = 256  # every byte value is a real symbol: no padding id, nothing ignored in the loss
+
+
+class ByteModel(nn.Module, ABC):
+    """An autoregressive model over byte ids 0..255.
+
+    ``forward(x[B, L])`` returns logits ``[B, S, 256]`` for the last ``S = scored_len(L)`` positions,
+    where position t predicts ``x[:, t]`` from ``x[:, :t]`` only: the model shifts its input
+    internally behind a learned start embedding, so the first byte of a window is predicted too.
+    """
+
+    max_seq_len: int
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def forward_flops(self, seq_len: int) -> int:
+        """Analytic forward FLOPs of one window of ``seq_len`` bytes (DESIGN's FLOP convention)."""
+
+    def scored_len(self, seq_len: int) -> int:
+        """How many positions of a ``seq_len`` window the model predicts (its last ones)."""
+        return seq_len
+
+    def flops_per_byte(self, seq_len: int) -> float:
+        """Forward FLOPs per *scored* byte for windows of ``seq_len`` bytes (training = 3x)."""
+        return self.forward_flops(seq_len) / self.scored_len(seq_len)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; ``non_embedding`` leaves out byte and position embedding tables."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return total
+
+    def check_window(self, seq_len: int, score_len: int) -> None:
+        """Raise a one-line ValueError if evaluation windows of this shape cannot be scored."""
+        if seq_len > self.max_seq_len:
+            raise ValueError(
+                f"data seq_len={seq_len} exceeds the model's max_seq_len={self.max_seq_len}: "
+                "raise model max_seq_len or lower data seq_len"
+            )
+        if score_len > self.scored_len(seq_len):
+            raise ValueError(
+                f"data score_len={score_len} exceeds the {self.scored_len(seq_len)} positions "
+                f"{type(self).__name__} predicts per window: lower score_len"
+            )
+
+
+def check_positive(**sizes: int) -> None:
+    """One-line errors for sizes that must be positive integers."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}={value!r} must be a positive integer")

@@ -1,0 +1,74 @@
+"""Analytic forward FLOP counts, one function per architecture.
+
+Convention (DESIGN.md): 2 FLOPs per multiply-accumulate in every matmul of the forward pass,
+attention's score (QK^T) and value (AV) products included at full size (no causal halving, as
+``torch.utils.flop_counter.FlopCounterMode`` counts them); embeddings, norms and activations cost
+0; the output head counts. Training FLOPs are 3x forward. Tests check every function against
+``FlopCounterMode`` on the real modules.
+"""
+
+from __future__ import annotations
+
+from .base import VOCAB_SIZE
+
+
+def linear_flops(tokens: int, d_in: int, d_out: int) -> int:
+    """A bias-free ``nn.Linear`` applied to ``tokens`` vectors."""
+    return 2 * tokens * d_in * d_out
+
+
+def attention_flops(q_len: int, kv_len: int, d_model: int) -> int:
+    """Score and value products of one attention layer (all heads): 2 matmuls of q_len x kv_len x d."""
+    return 2 * 2 * q_len * kv_len * d_model
+
+
+def block_flops(q_len: int, kv_len: int, d_model: int) -> int:
+    """One pre-norm block: q, kv and output projections, attention, and the 4x MLP."""
+    projections = linear_flops(q_len, d_model, d_model) * 2 + linear_flops(kv_len, d_model, 2 * d_model)
+    mlp = 2 * linear_flops(q_len, d_model, 4 * d_model)
+    return projections + attention_flops(q_len, kv_len, d_model) + mlp
+
+
+def stack_flops(seq_len: int, d_model: int, n_layers: int) -> int:
+    """A causal self-attention stack over one sequence of ``seq_len`` positions."""
+    return n_layers * block_flops(seq_len, seq_len, d_model)
+
+
+def head_flops(tokens: int, d_model: int) -> int:
+    """The output projection to 256 byte logits."""
+    return linear_flops(tokens, d_model, VOCAB_SIZE)
+
+
+def decoder_flops(seq_len: int, d_model: int, n_layers: int) -> int:
+    """Flat decoder: every position through every layer, every position scored."""
+    return stack_flops(seq_len, d_model, n_layers) + head_flops(seq_len, d_model)
+
+
+def megabyte_flops(
+    seq_len: int,
+    patch_size: int,
+    global_d_model: int,
+    global_layers: int,
+    local_d_model: int,
+    local_layers: int,
+) -> int:
+    """MEGABYTE: a global stack over K = T/P patches of width P*D_G, the shared D_G -> D_L
+    projection, a local stack over each patch of P bytes, and the head on every byte.
+
+    A window whose length is not a multiple of P is padded on the right to one (causal, so the
+    scored bytes are unaffected): the padded length is what the hardware computes.
+    """
+    num_patches = -(-seq_len // patch_size)
+    padded = num_patches * patch_size
+    global_model = stack_flops(num_patches, global_d_model, global_layers)
+    global_to_local = linear_flops(padded, global_d_model // patch_size, local_d_model)
+    local_model = num_patches * stack_flops(patch_size, local_d_model, local_layers)
+    return global_model + global_to_local + local_model + head_flops(padded, local_d_model)
+
+
+def perceiver_ar_flops(seq_len: int, d_model: int, n_layers: int, num_latents: int) -> int:
+    """PerceiverAR: one cross-attention block from the last N positions into all T inputs, then
+    ``n_layers`` self-attention blocks over the N latents; only the N latents are scored."""
+    latents = min(seq_len, num_latents)
+    cross = block_flops(latents, seq_len, d_model)
+    return cross + stack_flops(latents, d_model, n_layers) + head_flops(latents, d_model)

@@ -1,0 +1,150 @@
+"""The blocks every bytelab model is built from: causal attention, MLP, pre-norm block, stack.
+
+Decoder, MEGABYTE and PerceiverAR all use exactly these pieces (same attention, MLP, norm and
+initialisation), so a difference in their results comes from the architecture, not the plumbing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.attention.bias import causal_lower_right
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+    """Scaled dot-product attention where query i sits at key position ``Lk - Lq + i``.
+
+    q: [B, H, Lq, Dh], k and v: [B, H, Lk, Dh] with Lq <= Lk. The mask is aligned to the bottom
+    right, so the same call serves self-attention (Lq == Lk), PerceiverAR's cross-attention from the
+    last Lq positions, and cached decoding (new queries after Lk - Lq cached keys). Everything goes
+    through ``F.scaled_dot_product_attention`` so GPUs get the flash / memory-efficient kernels.
+    """
+    q_len, kv_len = q.size(-2), k.size(-2)
+    if q_len == kv_len:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if q_len == 1:  # one new query sees every cached key: no mask needed
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    if q.is_cuda:  # a CausalBias lets SDPA choose the flash / memory-efficient kernels
+        mask = causal_lower_right(q_len, kv_len)
+    else:  # CausalBias cannot be built under tensor modes (meta device, FlopCounterMode)
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one attention layer for the positions decoded so far."""
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append new keys/values along the sequence axis and return the full history."""
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=-2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=-2)
+        return self.k, self.v
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(-2)
+
+
+class Attention(nn.Module):
+    """Multi-head causal attention; queries may come from a suffix of the key/value sequence."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """x: [B, Lq, D] queries; context: [B, Lk, D] keys/values (default x); cache: past keys."""
+        context = x if context is None else context
+        q = self._heads(self.q(x))
+        k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).flatten(2))
+
+    def _heads(self, t: Tensor) -> Tensor:
+        return t.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network, width ``4 * d_model`` as in GPT-2 and the MEGABYTE paper."""
+
+    def __init__(self, d_model: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, 4 * d_model, bias=False)
+        self.out = nn.Linear(4 * d_model, d_model, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.out(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """Self-attention when ``context`` is None, else attention from x into ``context``."""
+        h = self.norm_attn(x)
+        kv = h if context is None else self.norm_attn(context)
+        x = x + self.drop(self.attn(h, kv, cache))
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class Transformer(nn.Module):
+    """A causal stack of ``n_layers`` blocks followed by a final LayerNorm."""
+
+    def __init__(self, d_model: int, n_layers: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor, caches: list[KVCache] | None = None) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=None if caches is None else caches[i])
+        return self.norm(x)
+
+    def new_caches(self) -> list[KVCache]:
+        """One empty KV cache per block, for cached decoding."""
+        return [KVCache() for _ in self.blocks]
+
+
+def init_weights(model: nn.Module, std: float, n_layers: int) -> None:
+    """GPT-2 style initialisation: N(0, std) truncated at 2 std for matrices and embeddings,
+    residual output projections scaled by 1/sqrt(2 * n_layers), LayerNorm at (1, 0).
+
+    Learned pad / start vectors are initialised like embeddings (never zero: a zero vector fed
+    into a LayerNorm has an input gradient of ~1/sqrt(eps), which blows up the first update).
+    """
+    residual_std = std / math.sqrt(2 * max(n_layers, 1))
+    for name, p in model.named_parameters():
+        if p.ndim == 1 and ("norm" in name):
+            nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
+        elif name.endswith("out.weight"):
+            nn.init.trunc_normal_(p, std=residual_std, a=-2 * residual_std, b=2 * residual_std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+        else:
+            nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)

@@ -1,0 +1,158 @@
+"""ByteLM: the one LightningModule. Loss in bits per byte, AdamW, warm-up + decay, FLOP accounting."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+from .base import ByteModel
+
+LN2 = math.log(2)
+
+
+class BitsPerByte(Metric):
+    """Cross-entropy in bits per byte: total nats / ln 2 / bytes scored.
+
+    Both states are sums (float64), so the value is exact across ranks and batches of any size:
+    never an average of per-batch or per-device means.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nats", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("bytes", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, nats: Tensor, num_bytes: Tensor) -> None:
+        self.nats += nats.detach().double()
+        self.bytes += num_bytes.detach().long()
+
+    def compute(self) -> Tensor:
+        return self.nats / self.bytes / LN2
+
+
+class ByteLM(L.LightningModule):
+    """Trains and evaluates any :class:`ByteModel` on byte batches.
+
+    Batches are dicts: ``x`` LongTensor[B, L] and, for evaluation, ``num_scored`` LongTensor[B]
+    (row b scores its last ``num_scored[b]`` bytes). Training scores every position the model
+    predicts. Every byte value is a real symbol: nothing is ignored in the loss.
+
+    Args:
+        model: The byte model (Decoder, Megabyte, PerceiverAR or any ByteModel).
+        lr: Peak learning rate.
+        warmup_steps: Linear warm-up steps from 0 to ``lr``.
+        decay: Shape of the decay from ``lr`` to ``lr * min_lr_ratio`` over the remaining steps
+            (``linear`` with ``min_lr_ratio=0`` is the paper's polynomial decay of power 1).
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        weight_decay: AdamW weight decay, applied to matrices only (not norms, biases, pads).
+        betas: AdamW betas (the paper: 0.9, 0.98).
+    """
+
+    def __init__(
+        self,
+        model: ByteModel,
+        lr: float = 1e-3,
+        warmup_steps: int = 100,
+        decay: Literal["cosine", "linear", "constant"] = "cosine",
+        min_lr_ratio: float = 0.1,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.98),
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr={lr} must be positive")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.train_bpb, self.val_bpb, self.test_bpb = BitsPerByte(), BitsPerByte(), BitsPerByte()
+        self.bytes_seen = 0  # training bytes scored, all ranks
+        self.flops_seen = 0  # training FLOPs spent (3x forward), all ranks
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "seq_len"):
+            self.model.check_window(datamodule.seq_len, datamodule.score_len)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def score(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Total nats and number of bytes scored in a batch."""
+        x = batch["x"]
+        logits = self.model(x)
+        scored = logits.size(1)
+        targets = x[:, -scored:]
+        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        num_scored = batch.get("num_scored")
+        if num_scored is None:
+            return nats.sum(), torch.tensor(nats.numel(), device=x.device)
+        if int(num_scored.max()) > scored:
+            raise ValueError(
+                f"a window asks to score {int(num_scored.max())} bytes but the model predicts only "
+                f"the last {scored}: lower the data's score_len"
+            )
+        mask = torch.arange(scored, device=x.device) >= scored - num_scored[:, None]
+        return (nats.view_as(targets) * mask).sum(), mask.sum()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        nats, num_bytes = self.score(batch)
+        self.train_bpb(nats, num_bytes)
+        seq_len = batch["x"].size(1)
+        world = self.trainer.world_size
+        self.bytes_seen += int(num_bytes) * world
+        self.flops_seen += round(3 * self.model.forward_flops(seq_len) * batch["x"].size(0)) * world
+        self.log("train/bpb", self.train_bpb, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/bytes", float(self.bytes_seen), on_step=True, on_epoch=False)
+        self.log("train/flops", float(self.flops_seen), on_step=True, on_epoch=False)
+        return nats / num_bytes
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.val_bpb.update(*self.score(batch))
+        self.log("val/bpb", self.val_bpb, on_step=False, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.test_bpb.update(*self.score(batch))
+        self.log("test/bpb", self.test_bpb, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        matrices = [p for p in self.model.parameters() if p.ndim >= 2]
+        others = [p for p in self.model.parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": matrices, "weight_decay": hp.weight_decay}, {"params": others, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, hp.warmup_steps, total, hp.decay, hp.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["bytelab"] = {"bytes_seen": self.bytes_seen, "flops_seen": self.flops_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counters = checkpoint.get("bytelab", {})
+        self.bytes_seen = counters.get("bytes_seen", 0)
+        self.flops_seen = counters.get("flops_seen", 0)
+
+
+def lr_factor(step: int, warmup: int, total: int, decay: str, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warm-up to 1, then ``decay`` down to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay == "constant":
+        return 1.0
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * shape

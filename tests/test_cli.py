@@ -1,0 +1,124 @@
+"""The real ``bytelab`` entry point, run as a user runs it, on tiny CPU settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+pytestmark = pytest.mark.cli
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "experiments" / "configs" / "model"
+SCRIPT = Path(sys.executable).with_name("bytelab")
+ENTRY = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "experiments.cli"]
+TINY = [  # a few steps on 96-byte windows, whatever the config's own sizes
+    "--trainer.max_steps=6",
+    "--trainer.val_check_interval=3",
+    "--trainer.enable_progress_bar=false",
+    "--data.init_args.seq_len=96",
+    "--data.init_args.score_len=32",
+    "--data.init_args.batch_size=4",
+]
+
+
+def bytelab(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BYTELAB_CACHE": str(cache)}
+    return subprocess.run([*ENTRY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five small text documents with repeated structure, so a few steps visibly learn."""
+    root = tmp_path_factory.mktemp("corpus")
+    line = b"to be, or not to be, that is the question:\n"
+    for i in range(5):
+        (root / f"doc{i}.txt").write_bytes(line * (40 + 7 * i))
+    return root
+
+
+@pytest.mark.parametrize("name", ["megabyte", "decoder", "perceiver_ar"])
+def test_fit_each_model_through_the_cli(name, corpus, tmp_path):
+    run = tmp_path / "run"
+    result = bytelab(
+        "fit",
+        f"--config={CONFIGS / f'{name}_tiny.yaml'}",
+        *TINY,
+        f"--data.init_args.paths={corpus}",
+        f"--run_dir={run}",
+        cache=tmp_path / "cache",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = pd.read_csv(run / "metrics.csv")
+    val = metrics["val/bpb"].dropna()
+    assert len(val) == 2 and val.iloc[-1] < 8.0
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "config.yaml").exists() and (run / "tensorboard").is_dir()
+    assert "val/bpb" in result.stdout  # one printed line per validation
+
+
+def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    common = [
+        f"--config={CONFIGS / 'decoder_tiny.yaml'}",
+        *TINY,
+        f"--data.init_args.paths={corpus}",
+        f"--run_dir={run}",
+    ]
+    first = bytelab("fit", *common, "--trainer.max_steps=3", cache=cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3
+    second = bytelab("fit", *common, "--trainer.max_steps=6", "--ckpt_path=last", cache=cache)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == 6
+    assert resumed["bytelab"]["bytes_seen"] == 2 * checkpoint["bytelab"]["bytes_seen"] == 6 * 4 * 96
+    validated = bytelab("validate", *common, "--ckpt_path=last", cache=cache)
+    assert validated.returncode == 0, validated.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--data.init_args.paths={empty}"], "holds no bytes"),
+        (["--data.init_args.paths={missing}"], "missing"),
+        (["--data.init_args.paths={short}"], "seq_len"),
+        (["--model.model.init_args.max_seq_len=100"], "max_seq_len=100 must be a multiple of patch_size=8"),
+        (["--config={perceiver}", "--data.init_args.score_len=96"], "score_len=96 exceeds the 32 positions"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(args, message, tmp_path, corpus):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_bytes(b"")
+    (tmp_path / "short").mkdir()
+    for i in range(3):
+        (tmp_path / "short" / f"{i}.txt").write_bytes(b"tiny")
+    paths = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "short": tmp_path / "short"}
+    perceiver = [
+        f"--config={CONFIGS / 'perceiver_ar_tiny.yaml'}",
+        "--model.model.init_args.num_latents=32",
+    ]
+    extra = []
+    for arg in args:
+        if arg == "--config={perceiver}":
+            extra += perceiver
+        else:
+            extra.append(arg.format(**paths))
+    result = bytelab(
+        "fit",
+        f"--config={CONFIGS / 'megabyte_tiny.yaml'}",
+        *TINY,
+        f"--data.init_args.paths={corpus}",
+        *extra,
+        f"--run_dir={tmp_path / 'run'}",
+        cache=tmp_path / "cache",
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines and message in lines[-1] and "Traceback" not in result.stderr, result.stderr[-2000:]

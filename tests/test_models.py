@@ -1,0 +1,177 @@
+"""The model contract, checked on numbers: causality, FLOPs, known entropies, trainability."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.fabric.utilities.throughput import measure_flops
+
+from modules import ByteLM, Decoder, Megabyte, PerceiverAR
+
+TINY = {
+    "decoder": lambda: Decoder(d_model=32, n_layers=2, n_heads=4, max_seq_len=96),
+    "megabyte": lambda: Megabyte(
+        patch_size=4,
+        global_d_model=64,
+        global_layers=2,
+        local_d_model=32,
+        local_layers=2,
+        n_heads=4,
+        max_seq_len=96,
+    ),
+    "perceiver_ar": lambda: PerceiverAR(d_model=32, n_layers=2, n_heads=4, max_seq_len=96, num_latents=24),
+}
+
+
+@pytest.fixture(params=list(TINY))
+def model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TINY[request.param]().eval()
+
+
+@pytest.mark.parametrize("length", [1, 7, 24, 33, 96])
+def test_output_covers_the_last_scored_positions(model, length):
+    logits = model(torch.randint(0, 256, (2, length)))
+    assert logits.shape == (2, model.scored_len(length), 256)
+
+
+@pytest.mark.parametrize("length,changed", [(96, 0), (96, 77), (61, 40), (32, 31), (24, 3)])
+def test_causality(model, length, changed):
+    """Changing byte t leaves the predictions for positions <= t unchanged and moves a later one."""
+    x = torch.randint(0, 256, (2, length))
+    y = x.clone()
+    y[:, changed] = (y[:, changed] + 1) % 256
+    with torch.no_grad():
+        before, after = model(x), model(y)
+    first = length - before.size(1)  # absolute position of the first predicted byte
+    diff = (before - after).abs().amax(dim=(0, 2))
+    upto = changed - first + 1  # predictions at positions <= changed
+    if upto > 0:
+        assert diff[:upto].max() == 0
+    if changed < length - 1:
+        assert diff[max(upto, 0) :].max() > 1e-4
+
+
+def test_megabyte_first_byte_of_each_patch_sees_previous_patches():
+    """Byte kP is predicted through the global model: it must depend on every earlier patch."""
+    torch.manual_seed(0)
+    model = TINY["megabyte"]().eval()
+    x = torch.randint(0, 256, (1, 32))
+    with torch.no_grad():
+        base = model(x)
+        for earlier in (0, 3, 6):
+            y = x.clone()
+            y[0, earlier] = (y[0, earlier] + 1) % 256
+            assert (model(y)[0, 8] - base[0, 8]).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("length", [8, 24, 61, 96])
+def test_flops_match_the_counter(name, length):
+    """The analytic count agrees with torch's FlopCounterMode on the real module (meta device)."""
+    with torch.device("meta"):
+        model = TINY[name]()
+    x = torch.randint(0, 256, (3, length), device="meta")
+    counted = measure_flops(model, lambda: model(x))
+    assert counted == pytest.approx(3 * model.forward_flops(length), rel=0.02)
+    assert model.flops_per_byte(length) == model.forward_flops(length) / model.scored_len(length)
+
+
+def test_flops_scale_like_the_paper():
+    """MEGABYTE's forward cost is ~2T(m_g/P + m_l) plus attention; at long T it beats the decoder."""
+    mb = Megabyte(
+        patch_size=8,
+        global_d_model=512,
+        global_layers=4,
+        local_d_model=128,
+        local_layers=2,
+        n_heads=8,
+        max_seq_len=8192,
+    )
+    dec = Decoder(d_model=256, n_layers=4, n_heads=8, max_seq_len=8192)
+    m_global = 4 * 12 * 512**2
+    m_local = 2 * 12 * 128**2
+    linear_part = 2 * 8192 * (m_global / 8 + m_local)
+    assert mb.forward_flops(8192) > linear_part
+    assert mb.flops_per_byte(8192) < dec.flops_per_byte(8192) / 4
+
+
+def test_num_params_leaves_out_embeddings(model):
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    assert model.num_params(non_embedding=False) - model.num_params(non_embedding=True) == embeddings
+    assert model.num_params(non_embedding=False) == sum(p.numel() for p in model.parameters())
+
+
+def test_zero_logits_score_exactly_eight_bits(model):
+    """A model that predicts the uniform distribution scores log2(256) = 8 bits on any bytes."""
+    torch.nn.init.zeros_(model.head.weight)
+    lm = ByteLM(model)
+    x = torch.randint(0, 256, (4, 48))
+    nats, count = lm.score({"x": x, "num_scored": torch.tensor([1, 5, 24, 24])})
+    assert int(count) == 54
+    assert float(nats) / int(count) / math.log(2) == pytest.approx(8.0, abs=1e-6)
+
+
+def test_score_counts_only_the_requested_bytes(model):
+    lm = ByteLM(model)
+    x = torch.randint(0, 256, (3, 40))
+    full_nats, full_count = lm.score({"x": x})
+    part_nats, part_count = lm.score({"x": x, "num_scored": torch.tensor([3, 3, 3])})
+    assert int(full_count) == 3 * model.scored_len(40) and int(part_count) == 9
+    with torch.no_grad():
+        logits = model(x)[:, -3:]
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, -3:].flatten(), reduction="sum")
+    assert float(part_nats) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_gradient_norm_at_initialisation_is_of_order_one(model):
+    """Pads and start embeddings are never zero: a zero vector into a LayerNorm explodes gradients."""
+    model.train()
+    lm = ByteLM(model)
+    nats, count = lm.score({"x": torch.randint(0, 256, (4, 96))})
+    (nats / count).backward()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert torch.isfinite(norm) and 0.05 < float(norm) < 20
+
+
+def sample_four_bit_source(generator: torch.Generator, shape: tuple[int, int]) -> torch.Tensor:
+    """I.i.d. bytes uniform over 16 values spread over 0..255: exactly 4 bits of entropy per byte."""
+    symbols = torch.arange(16) * 16 + 3
+    return symbols[torch.randint(0, 16, shape, generator=generator)]
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_training_reaches_the_entropy_of_known_data(name):
+    """A short run on a 4-bit source goes from ~8 bits to near 4, and never below it on fresh data."""
+    torch.manual_seed(0)
+    model = TINY[name]()
+    lm = ByteLM(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        nats, count = lm.score({"x": sample_four_bit_source(generator, (8, 96))})
+        optimizer.zero_grad()
+        (nats / count).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    with torch.no_grad():
+        nats, count = lm.score({"x": sample_four_bit_source(generator, (16, 96))})
+    bits = float(nats) / int(count) / math.log(2)
+    assert 3.9 < bits < 4.3
+
+
+def test_bad_sizes_are_one_line_errors():
+    with pytest.raises(ValueError, match="max_seq_len=100 must be a multiple of patch_size=8"):
+        Megabyte(patch_size=8, global_d_model=64, max_seq_len=100)
+    with pytest.raises(ValueError, match="global_d_model=60 must be a multiple of patch_size=8"):
+        Megabyte(patch_size=8, global_d_model=60, max_seq_len=64)
+    with pytest.raises(ValueError, match="d_model=30 must be divisible by n_heads=4"):
+        Decoder(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="n_layers=0 must be a positive integer"):
+        PerceiverAR(n_layers=0)
+    with pytest.raises(ValueError, match="score_len=64 exceeds the 24 positions PerceiverAR predicts"):
+        TINY["perceiver_ar"]().check_window(seq_len=96, score_len=64)
+    with pytest.raises(ValueError, match="seq_len=128 exceeds the model's max_seq_len=96"):
+        TINY["decoder"]().check_window(seq_len=128, score_len=128)
