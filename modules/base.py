@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 from abc import ABC, abstractmethod
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -18,6 +22,12 @@ class ByteModel(nn.Module, ABC):
     """
 
     max_seq_len: int
+    config: dict[str, Any]  # {"class_path", "init_args"}: enough to build the same model again
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_config(cls.__init__)
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor: ...
@@ -53,6 +63,37 @@ class ByteModel(nn.Module, ABC):
                 f"data score_len={score_len} exceeds the {self.scored_len(seq_len)} positions "
                 f"{type(self).__name__} predicts per window: lower score_len"
             )
+
+
+def _recording_config(init: Any) -> Any:
+    """Wrap a model's ``__init__`` so the instance keeps the arguments it was built with.
+
+    Checkpoints store ``model.config``, so ``bytelab generate`` or an evaluation script can rebuild
+    the model from the checkpoint alone. The most derived class's wrapper runs last and wins.
+    """
+
+    @functools.wraps(init)
+    def wrapper(self: ByteModel, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bound = inspect.signature(init).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(arguments)))  # self
+        self.config = {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "init_args": arguments,
+        }
+
+    return wrapper
+
+
+def build_model(config: dict[str, Any]) -> ByteModel:
+    """Build a model from its ``config`` (``{"class_path": "modules.Megabyte", "init_args": {...}}``)."""
+    module_name, _, class_name = config["class_path"].rpartition(".")
+    model_class = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(model_class, type) and issubclass(model_class, ByteModel)):
+        raise ValueError(f"{config['class_path']} is not a bytelab ByteModel")
+    return model_class(**config["init_args"])
 
 
 def check_positive(**sizes: int) -> None:

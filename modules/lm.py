@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from .base import ByteModel
+from .base import ByteModel, build_model
 
 LN2 = math.log(2)
 
@@ -139,12 +140,29 @@ class ByteLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["bytelab"] = {"bytes_seen": self.bytes_seen, "flops_seen": self.flops_seen}
+        checkpoint["bytelab"] = {
+            "model": self.model.config,
+            "bytes_seen": self.bytes_seen,
+            "flops_seen": self.flops_seen,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = checkpoint.get("bytelab", {})
         self.bytes_seen = counters.get("bytes_seen", 0)
         self.flops_seen = counters.get("flops_seen", 0)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> ByteLM:
+        """Rebuild a trained ByteLM (model architecture, hyperparameters, weights) from a checkpoint."""
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        if "model" not in checkpoint.get("bytelab", {}):
+            raise ValueError(f"{path} is not a bytelab checkpoint (no model config inside)")
+        names = set(inspect.signature(cls).parameters) - {"model"}
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in names}
+        lm = cls(build_model(checkpoint["bytelab"]["model"]), **hparams)
+        lm.load_state_dict(checkpoint["state_dict"])
+        lm.on_load_checkpoint(checkpoint)
+        return lm
 
 
 def lr_factor(step: int, warmup: int, total: int, decay: str, min_ratio: float) -> float:

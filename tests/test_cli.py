@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from modules import ByteLM, Decoder
+
 pytestmark = pytest.mark.cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +81,10 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == 6
     assert resumed["bytelab"]["bytes_seen"] == 2 * checkpoint["bytelab"]["bytes_seen"] == 6 * 4 * 96
+    restored = ByteLM.from_checkpoint(str(run / "checkpoints" / "last.ckpt"))
+    assert isinstance(restored.model, Decoder) and restored.bytes_seen == 6 * 4 * 96
+    weights = resumed["state_dict"]["model.head.weight"]
+    assert torch.equal(restored.model.head.weight, weights)
     validated = bytelab("validate", *common, "--ckpt_path=last", cache=cache)
     assert validated.returncode == 0, validated.stderr[-3000:]
 
