@@ -8,6 +8,7 @@ import inspect
 from abc import ABC, abstractmethod
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 VOCAB_SIZE = 256  # every byte value is a real symbol: no padding id, nothing ignored in the loss
@@ -19,6 +20,11 @@ class ByteModel(nn.Module, ABC):
     ``forward(x[B, L])`` returns logits ``[B, S, 256]`` for the last ``S = scored_len(L)`` positions,
     where position t predicts ``x[:, t]`` from ``x[:, :t]`` only: the model shifts its input
     internally behind a learned start embedding, so the first byte of a window is predicted too.
+
+    Generation is cached: ``prefill(x)`` reads a prompt and returns the logits for the next byte
+    with a cache, then each ``step(byte, cache)`` appends one byte and returns the logits for the
+    one after it, in O(context) work instead of a full forward. Both reproduce ``next_logits``,
+    the full forward, to float rounding (tests/test_generation.py).
     """
 
     max_seq_len: int
@@ -31,6 +37,22 @@ class ByteModel(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def prefill(self, x: Tensor) -> tuple[Tensor, Any]:
+        """Start cached decoding after the bytes ``x[B, n]`` (n may be 0): the logits ``[B, 256]``
+        for byte n, equal to ``next_logits(x)``, and the cache that :meth:`step` continues."""
+
+    @abstractmethod
+    def step(self, byte: Tensor, cache: Any) -> Tensor:
+        """Append ``byte[B]`` to the decoded bytes (updating ``cache`` in place) and return the
+        logits ``[B, 256]`` for the byte after it, equal to ``next_logits`` of all bytes so far."""
+
+    def next_logits(self, x: Tensor) -> Tensor:
+        """Logits ``[B, 256]`` for the byte after ``x[B, n]`` from a full forward: the reference
+        that cached decoding reproduces, and uncached generation. A placeholder byte is appended
+        as position n; causality keeps it out of the prediction at n."""
+        return self(F.pad(x, (0, 1)))[:, -1]
 
     @abstractmethod
     def forward_flops(self, seq_len: int) -> int:

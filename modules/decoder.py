@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import VOCAB_SIZE, ByteModel, check_positive
 from .flops import decoder_flops
-from .layers import Transformer, init_weights
+from .layers import KVCache, Transformer, init_weights
 
 
 def shift_right(h: Tensor, start: Tensor) -> Tensor:
@@ -53,9 +54,23 @@ class Decoder(ByteModel):
         init_weights(self, init_std, n_layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.transformer(self.embed(x)))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Transformer input of a window: start + bytes shifted right by one, plus positions."""
         positions = torch.arange(x.size(1), device=x.device)
-        h = shift_right(self.byte_embed(x), self.start) + self.pos_embed(positions)
-        return self.head(self.transformer(h))
+        return shift_right(self.byte_embed(x), self.start) + self.pos_embed(positions)
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, list[KVCache]]:
+        """Cached decoding: one KV cache per block, filled by one forward over the prompt."""
+        cache = self.transformer.new_caches()
+        h = self.transformer(self.embed(F.pad(x, (0, 1))), cache)  # placeholder byte: shifted out
+        return self.head(h[:, -1]), cache
+
+    def step(self, byte: Tensor, cache: list[KVCache]) -> Tensor:
+        """Byte t-1 enters at position t and attends to the cached keys of positions < t."""
+        h = self.byte_embed(byte[:, None]) + self.pos_embed.weight[cache[0].length]
+        return self.head(self.transformer(h, cache)[:, -1])
 
     def forward_flops(self, seq_len: int) -> int:
         return decoder_flops(seq_len, self.d_model, self.n_layers)

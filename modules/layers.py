@@ -37,20 +37,34 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) ->
 
 @dataclass
 class KVCache:
-    """Keys and values of one attention layer for the positions decoded so far."""
+    """Keys and values of one attention layer for the positions decoded so far.
 
-    k: Tensor | None = None
+    The buffers grow by doubling and new entries are written in place, so decoding T positions
+    copies O(T) values in total (``torch.cat`` per step would copy O(T^2)). Only ``length``
+    positions of the buffers are valid; ``extend`` returns views of exactly those.
+    """
+
+    k: Tensor | None = None  # [B, H, capacity, Dh]
     v: Tensor | None = None
+    length: int = 0
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append new keys/values along the sequence axis and return the full history."""
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=-2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=-2)
-        return self.k, self.v
+        end = self.length + k.size(-2)
+        if self.k is None or end > self.k.size(-2):
+            self._grow(k, v, capacity=max(end, 2 * self.length))
+        self.k[..., self.length : end, :] = k
+        self.v[..., self.length : end, :] = v
+        self.length = end
+        return self.k[..., :end, :], self.v[..., :end, :]
 
-    @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.size(-2)
+    def _grow(self, k: Tensor, v: Tensor, capacity: int) -> None:
+        shape = (*k.shape[:-2], capacity, k.size(-1))
+        new_k, new_v = k.new_empty(shape), v.new_empty(shape)
+        if self.k is not None:
+            new_k[..., : self.length, :] = self.k[..., : self.length, :]
+            new_v[..., : self.length, :] = self.v[..., : self.length, :]
+        self.k, self.v = new_k, new_v
 
 
 class Attention(nn.Module):

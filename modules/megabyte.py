@@ -6,6 +6,8 @@ Notation as in the paper: T bytes, patch size P, K = T / P patches, D_G per-byte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,7 +15,18 @@ from torch import Tensor, nn
 from .base import VOCAB_SIZE, ByteModel, check_positive
 from .decoder import shift_right
 from .flops import megabyte_flops
-from .layers import Transformer, init_weights
+from .layers import KVCache, Transformer, init_weights
+
+
+@dataclass
+class MegabyteCache:
+    """Decoding state of MEGABYTE, as in the paper's generation analysis: the global model steps
+    once per patch, the local model once per byte."""
+
+    global_cache: list[KVCache]  # one entry per global position: the pad patch, then whole patches
+    local_cache: list[KVCache]  # one entry per byte of the current patch
+    patch: Tensor  # [B, p] bytes of the current patch decoded so far
+    chunks: Tensor  # [B, P, D_L] the current patch's global output, split and projected (Eq. 4)
 
 
 class Megabyte(ByteModel):
@@ -89,15 +102,56 @@ class Megabyte(ByteModel):
         # Right-pad to whole patches; causality means the padding never reaches a real byte.
         x = F.pad(x, (0, -length % self.patch_size))
         patches = x.view(batch, -1, self.patch_size)  # [B, K, P]
-        positions = torch.arange(x.size(1), device=x.device)
-        h = self.global_byte_embed(x) + self.global_pos_embed(positions)  # [B, T, D_G]
-        h = h.view(batch, patches.size(1), self.global_d_model)  # [B, K, P*D_G]
-        g = self.global_model(shift_right(h, self.global_pad))  # patch k sees patches < k
-        g = self.global_to_local(g.view(*patches.shape, -1))  # [B, K, P, D_L]
-        local_in = shift_right(self.local_byte_embed(patches), self.local_pad)
-        local_in = local_in + self.local_pos_embed(positions[: self.patch_size])
-        y = self.local_model((g + local_in).flatten(0, 1))  # [B*K, P, D_L], patches independent
+        g = self.global_model(shift_right(self.embed_patches(x), self.global_pad))  # k sees < k
+        local_in = self.local_input(self.global_chunks(g), patches)  # [B, K, P, D_L]
+        y = self.local_model(local_in.flatten(0, 1))  # [B*K, P, D_L], patches independent
         return self.head(y).view(batch, -1, VOCAB_SIZE)[:, :length]
+
+    def embed_patches(self, x: Tensor, start: int = 0) -> Tensor:
+        """Eq. 1-2: byte embeddings plus positions ``start, start+1, ...``, concatenated per patch:
+        whole patches ``x[B, K*P]`` -> ``[B, K, P*D_G]``."""
+        positions = torch.arange(start, start + x.size(1), device=x.device)
+        h = self.global_byte_embed(x) + self.global_pos_embed(positions)
+        return h.view(x.size(0), -1, self.global_d_model)
+
+    def global_chunks(self, g: Tensor) -> Tensor:
+        """Eq. 4: each global output ``[..., P*D_G]`` split into P chunks, projected to ``[..., P, D_L]``."""
+        return self.global_to_local(g.unflatten(-1, (self.patch_size, -1)))
+
+    def local_input(self, chunks: Tensor, patches: Tensor) -> Tensor:
+        """Eq. 5: chunk p plus the local embedding of the previous byte (the pad byte for p = 0) and
+        local position p, for the first n bytes of each patch: ``patches[..., n]`` -> ``[..., n, D_L]``."""
+        n = patches.size(-1)
+        local = shift_right(self.local_byte_embed(patches), self.local_pad) + self.local_pos_embed.weight[:n]
+        return chunks[..., :n, :] + local
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, MegabyteCache]:
+        """Global model over the pad patch and the prompt's whole patches, local model over the
+        bytes of the last, partial patch; both leave their KV caches behind."""
+        whole = x.size(1) - x.size(1) % self.patch_size
+        global_cache = self.global_model.new_caches()
+        h = self.embed_patches(F.pad(x[:, :whole], (0, self.patch_size)))  # placeholder: shifted out
+        g = self.global_model(shift_right(h, self.global_pad), global_cache)[:, -1]
+        local_cache = self.local_model.new_caches()
+        cache = MegabyteCache(global_cache, local_cache, x[:, whole:], self.global_chunks(g))
+        return self.decode_local(cache, new=cache.patch.size(1) + 1), cache
+
+    def step(self, byte: Tensor, cache: MegabyteCache) -> Tensor:
+        """One local step per byte; when a patch completes, one global step for the next patch."""
+        cache.patch = torch.cat([cache.patch, byte[:, None]], dim=1)
+        if cache.patch.size(1) == self.patch_size:
+            # Patch k enters the global model at position k + 1 (after the pad and patches < k).
+            start = (cache.global_cache[0].length - 1) * self.patch_size
+            g = self.global_model(self.embed_patches(cache.patch, start), cache.global_cache)[:, -1]
+            cache.chunks, cache.patch = self.global_chunks(g), cache.patch[:, :0]
+            cache.local_cache = self.local_model.new_caches()
+        return self.decode_local(cache, new=1)
+
+    def decode_local(self, cache: MegabyteCache, new: int) -> Tensor:
+        """Feed the last ``new`` local inputs of the current patch through the cached local model;
+        logits for the byte after the patch's bytes so far."""
+        local_in = self.local_input(cache.chunks, F.pad(cache.patch, (0, 1)))[:, -new:]
+        return self.head(self.local_model(local_in, cache.local_cache)[:, -1])
 
     def forward_flops(self, seq_len: int) -> int:
         return megabyte_flops(

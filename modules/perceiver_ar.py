@@ -3,13 +3,26 @@ whole input, then a causal self-attention stack over those N latents."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import VOCAB_SIZE, ByteModel, check_positive
 from .decoder import shift_right
 from .flops import perceiver_ar_flops
-from .layers import Block, Transformer, init_weights
+from .layers import Block, KVCache, Transformer, init_weights
+
+
+@dataclass
+class PerceiverARCache:
+    """Decoding state: the cross-attention's keys/values over every input so far, and the current
+    latent block (its cross-attention outputs and the latent stack's KV caches)."""
+
+    cross: KVCache
+    latents: Tensor  # [B, m, D] cross-attention outputs of the block's latents
+    latent_cache: list[KVCache]
 
 
 class PerceiverAR(ByteModel):
@@ -19,6 +32,16 @@ class PerceiverAR(ByteModel):
     input at or before t_i; ``n_layers`` causal self-attention blocks then run over the latents.
     Only the latent positions are predicted, so a window of L bytes scores its last
     ``min(L, num_latents)`` bytes.
+
+    Cached generation. A latent's output depends on where the latent block starts, so a block
+    that slid by one byte per step would invalidate the latent stack's cache every step. As in
+    the official implementation, the block instead grows while the cache is reused; when it would
+    exceed N = ``num_latents`` latents it restarts from its last ``r = max(N // 2, 1)`` latents,
+    recomputing the latent stack once. The logits for byte t (the window holds bytes < t) are then
+    exactly those of the full forward ``forward(x[:, :t+1], num_latents=latents_at(t))[:, -1]``, with
+    ``latents_at(t) = t + 1`` for t < N (the plain forward) and ``r + (t - N) mod (N - r + 1)``
+    after; that forward is ``next_logits``, which uncached generation uses too. The cross-attention
+    output of a position never depends on the block, so its cache never restarts.
 
     Args:
         d_model: Width of the embeddings, the cross-attention and the latent stack.
@@ -58,11 +81,46 @@ class PerceiverAR(ByteModel):
         self.head = nn.Linear(d_model, VOCAB_SIZE, bias=False)
         init_weights(self, init_std, n_layers + 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        positions = torch.arange(x.size(1), device=x.device)
-        h = shift_right(self.byte_embed(x), self.start) + self.pos_embed(positions)
-        latents = self.cross_attention(h[:, -self.scored_len(x.size(1)) :], context=h)
+    def forward(self, x: Tensor, num_latents: int | None = None) -> Tensor:
+        """Logits for the last ``min(L, num_latents)`` positions (default: the model's N)."""
+        h = self.embed(x)
+        latents = self.cross_attention(h[:, -min(x.size(1), num_latents or self.num_latents) :], context=h)
         return self.head(self.latent_model(latents))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Input embeddings of a window: start + bytes shifted right by one, plus positions."""
+        positions = torch.arange(x.size(1), device=x.device)
+        return shift_right(self.byte_embed(x), self.start) + self.pos_embed(positions)
+
+    def latents_at(self, t: int) -> int:
+        """How many latents (the block ending at t) cached decoding uses to predict byte t."""
+        n, r = self.num_latents, max(self.num_latents // 2, 1)
+        return t + 1 if t < n else r + (t - n) % (n - r + 1)
+
+    def next_logits(self, x: Tensor) -> Tensor:
+        return self(F.pad(x, (0, 1)), num_latents=self.latents_at(x.size(1)))[:, -1]
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, PerceiverARCache]:
+        """Cross-attention keys/values over the whole prompt; the latent block of its last position."""
+        h = self.embed(F.pad(x, (0, 1)))  # placeholder byte: shifted out
+        cross = KVCache()
+        latents = self.cross_attention(h[:, -self.latents_at(x.size(1)) :], context=h, cache=cross)
+        cache = PerceiverARCache(cross, latents, self.latent_model.new_caches())
+        return self.head(self.latent_model(latents, cache.latent_cache)[:, -1]), cache
+
+    def step(self, byte: Tensor, cache: PerceiverARCache) -> Tensor:
+        """The new input joins the cross-attention cache and becomes a latent; the block grows by one
+        cached latent, or restarts from its last ``latents_at(t)`` latents (class docstring)."""
+        t = cache.cross.length
+        h = self.byte_embed(byte[:, None]) + self.pos_embed.weight[t]
+        cache.latents = torch.cat([cache.latents, self.cross_attention(h, cache=cache.cross)], dim=1)
+        if self.latents_at(t) == cache.latents.size(1):
+            y = self.latent_model(cache.latents[:, -1:], cache.latent_cache)
+        else:
+            cache.latents = cache.latents[:, -self.latents_at(t) :]
+            cache.latent_cache = self.latent_model.new_caches()
+            y = self.latent_model(cache.latents, cache.latent_cache)
+        return self.head(y[:, -1])
 
     def scored_len(self, seq_len: int) -> int:
         return min(seq_len, self.num_latents)

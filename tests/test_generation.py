@@ -1,0 +1,148 @@
+"""Cached generation reproduces the full forward; sampling is deterministic and does what it says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modules import Decoder, Megabyte, PerceiverAR
+from modules.generate import generate, sample_next
+
+TINY = {
+    "decoder": lambda: Decoder(d_model=32, n_layers=2, n_heads=4, max_seq_len=64),
+    "megabyte": lambda: Megabyte(
+        patch_size=4,
+        global_d_model=64,
+        global_layers=2,
+        local_d_model=32,
+        local_layers=2,
+        n_heads=4,
+        max_seq_len=64,
+    ),
+    # N = 8 latents: a 40-byte sequence restarts the latent block several times.
+    "perceiver_ar": lambda: PerceiverAR(d_model=32, n_layers=2, n_heads=4, max_seq_len=64, num_latents=8),
+}
+LENGTH = 40
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Byte-by-byte decoding of tiny models is all small ops: one thread avoids contention stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=list(TINY))
+def model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TINY[request.param]().eval()
+
+
+def cached_logits(model, x: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Logits for bytes prompt_len..L-1 of x: prefill on the prompt, then one step per byte."""
+    logits, cache = model.prefill(x[:, :prompt_len])
+    out = [logits]
+    for t in range(prompt_len, x.size(1) - 1):
+        out.append(model.step(x[:, t], cache))
+    return torch.stack(out, dim=1)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+# Prompt lengths: empty, inside a patch, on a patch boundary (P = 4), past num_latents (N = 8).
+@pytest.mark.parametrize("prompt_len", [0, 1, 5, 8, 13])
+@torch.no_grad()
+def test_cached_decoding_equals_the_full_forward(model, prompt_len):
+    torch.manual_seed(1)
+    x = torch.randint(0, 256, (2, LENGTH))
+    cached = cached_logits(model, x, prompt_len)
+    reference = torch.stack([model.next_logits(x[:, :t]) for t in range(prompt_len, LENGTH)], dim=1)
+    assert_close(cached, reference)
+    if not isinstance(model, PerceiverAR):  # one forward over everything predicts every byte
+        assert_close(cached, model(x)[:, prompt_len:])
+
+
+@torch.no_grad()
+def test_perceiver_ar_cached_decoding_matches_the_documented_forwards():
+    """Byte t is predicted by forward(x[:t+1]) with latents_at(t) latents: the plain forward while
+    t < N, then blocks that restart from N // 2 latents whenever they would exceed N."""
+    torch.manual_seed(0)
+    model = TINY["perceiver_ar"]().eval()
+    assert [model.latents_at(t) for t in range(16)] == [1, 2, 3, 4, 5, 6, 7, 8, 4, 5, 6, 7, 8, 4, 5, 6]
+    x = torch.randint(0, 256, (2, LENGTH))
+    cached = cached_logits(model, x, prompt_len=0)
+    assert_close(cached[:, :8], model(x[:, :8]))  # within the first N bytes: the plain forward
+    for t in range(LENGTH):
+        assert_close(cached[:, t], model(x[:, : t + 1], num_latents=model.latents_at(t))[:, -1])
+    assert cached_logits(model, x, prompt_len=LENGTH - 1).shape == (2, 1, 256)
+
+
+def test_latent_blocks_of_one_latent_restart_every_byte():
+    model = PerceiverAR(d_model=8, n_layers=1, n_heads=2, max_seq_len=16, num_latents=1)
+    assert [model.latents_at(t) for t in range(5)] == [1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0.0, None), (1.0, None), (0.8, 5)])
+def test_cached_and_uncached_generation_give_the_same_bytes(model, temperature, top_k):
+    prompt = torch.randint(0, 256, (2, 3), generator=torch.Generator().manual_seed(2))
+    samples = [
+        generate(model, prompt, 30, temperature, top_k, torch.Generator().manual_seed(3), cached=cached)
+        for cached in (True, False)
+    ]
+    assert samples[0].shape == (2, 33) and torch.equal(samples[0][:, :3], prompt)
+    assert torch.equal(samples[0], samples[1])
+
+
+def test_sampling_is_deterministic_given_the_seed(model):
+    prompt = torch.zeros(1, 0, dtype=torch.long)
+    first, again, other = (
+        generate(model, prompt, 40, generator=torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)
+    )
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def draw(logits: list[float], n: int = 4000, **options) -> torch.Tensor:
+    """n samples from one row of logits (padded with -inf to 256 bytes), as byte counts."""
+    row = torch.full((256,), float("-inf"))
+    row[: len(logits)] = torch.tensor(logits)
+    samples = sample_next(row.expand(n, 256), generator=torch.Generator().manual_seed(0), **options)
+    return torch.bincount(samples, minlength=256)
+
+
+def test_greedy_and_top_one_always_pick_the_largest_logit():
+    assert draw([0.0, 3.0, 2.9], temperature=0.0)[1] == 4000
+    assert draw([0.0, 3.0, 2.9], top_k=1)[1] == 4000
+
+
+def test_top_k_keeps_only_the_k_largest_with_renormalised_probabilities():
+    counts = draw([2.0, 1.0, 0.0, 1.5], top_k=2)
+    assert counts[1] == counts[2] == 0 and counts[0] + counts[3] == 4000
+    expected = torch.tensor([2.0, 1.5]).softmax(0)[0]  # 0.62
+    assert float(counts[0]) / 4000 == pytest.approx(float(expected), abs=0.03)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_temperature_scales_the_logits(temperature):
+    counts = draw([1.0, 0.0], temperature=temperature)
+    expected = torch.tensor([1.0, 0.0]).div(temperature).softmax(0)[0]  # 0.88, 0.73, 0.62
+    assert float(counts[0]) / 4000 == pytest.approx(float(expected), abs=0.03)
+
+
+def test_bad_generation_requests_are_one_line_errors(model):
+    prompt = torch.zeros(1, 60, dtype=torch.long)
+    with pytest.raises(ValueError, match="60 prompt bytes \\+ 5 new bytes exceed the model's max_seq_len=64"):
+        generate(model, prompt, 5)
+    with pytest.raises(ValueError, match=r"prompt \(65 bytes\) is longer than the model.s max_seq_len=64"):
+        generate(model, torch.zeros(1, 65, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="top_k=0 must be between 1 and 256"):
+        generate(model, prompt, 1, top_k=0)
+    with pytest.raises(ValueError, match="temperature=-1"):
+        generate(model, prompt, 1, temperature=-1.0)
+    with pytest.raises(ValueError, match="eval mode"):
+        generate(model.train(), prompt, 1)
+    assert generate(model.eval(), prompt, 4).shape == (1, 64)  # exactly fills the window
