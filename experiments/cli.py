@@ -20,12 +20,14 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from datamodules import ByteDataModule
 from modules import ByteLM
 
+from . import generate
 from .callbacks import PrintMetrics
 
 CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIGS = [str(CONFIGS / "trainer" / "cpu.yaml"), str(CONFIGS / "data" / "text.yaml")]
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 COMMANDS: dict[str, Callable[[list[str]], int | None]] = {}
+COMMANDS["generate"] = generate.main
 
 
 class ByteLabCLI(LightningCLI):
