@@ -78,6 +78,18 @@ def evaluation_batches(windows: np.ndarray, batch_size: int) -> list[list[int]]:
     return [run[i : i + batch_size].tolist() for run in runs for i in range(0, len(run), batch_size)]
 
 
+def rank_batches(batches: list[list[int]], rank: int, world_size: int) -> list[list[int | tuple[int, int]]]:
+    """The evaluation batches of one process: batches rank, rank + world_size, ...
+
+    Ranks with fewer batches get a padding batch (window 0 scoring 0 bytes) per missing one, so that
+    every rank runs the same number of forward passes: FSDP gathers the weights in every forward, and
+    a rank that stopped early would leave the others waiting. Padding changes no metric.
+    """
+    mine: list[list[int | tuple[int, int]]] = list(batches[rank::world_size])
+    per_rank = -(-len(batches) // world_size)
+    return mine + [[(0, 0)]] * (per_rank - len(mine))
+
+
 def distributed_rank_world() -> tuple[int, int]:
     """(rank, world_size) of this process in torch.distributed, or (0, 1) outside a distributed run."""
     if dist.is_available() and dist.is_initialized():
@@ -170,10 +182,12 @@ class EvaluationWindows(Dataset):
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, k: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int]:
+        """Window ``key``, or for a key ``(k, n)`` window k scoring n bytes (n = 0: a padding batch)."""
+        k, scored = key if isinstance(key, tuple) else (key, None)
         doc, start, end, num_scored = self.windows[k]
         base = self.split.offsets[doc]
-        return self.split.data[base + start : base + end], int(num_scored)
+        return self.split.data[base + start : base + end], int(num_scored if scored is None else scored)
 
 
 def collate_train(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -462,7 +476,7 @@ class ByteDataModule(L.LightningDataModule):
         windows = self.windows(split)
         return DataLoader(
             EvaluationWindows(self.splits[split], windows),
-            batch_sampler=evaluation_batches(windows, self.eval_batch_size)[rank::world_size],
+            batch_sampler=rank_batches(evaluation_batches(windows, self.eval_batch_size), rank, world_size),
             collate_fn=collate_evaluation,
             **common,
         )

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from lightning.fabric.utilities.load import _load_distributed_checkpoint
+from torch import Tensor, nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torchmetrics import Metric
 
 from .base import ByteModel, build_model
+from .layers import Block
 
 LN2 = math.log(2)
 
@@ -55,6 +60,9 @@ class ByteLM(L.LightningModule):
         min_lr_ratio: Final learning rate as a fraction of ``lr``.
         weight_decay: AdamW weight decay, applied to matrices only (not norms, biases, pads).
         betas: AdamW betas (the paper: 0.9, 0.98).
+        activation_checkpointing: Recompute each transformer block's activations in the backward
+            pass instead of storing them (less memory, about a third more compute).
+        compile: ``torch.compile`` each transformer block.
     """
 
     def __init__(
@@ -66,6 +74,8 @@ class ByteLM(L.LightningModule):
         min_lr_ratio: float = 0.1,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.98),
+        activation_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -75,8 +85,35 @@ class ByteLM(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.train_bpb, self.val_bpb, self.test_bpb = BitsPerByte(), BitsPerByte(), BitsPerByte()
+        self._model_configured = False
         self.bytes_seen = 0  # training bytes scored, all ranks
         self.flops_seen = 0  # training FLOPs spent (3x forward), all ranks
+
+    def configure_model(self) -> None:
+        """Apply the scaling techniques in torchtitan's order: activation checkpointing, then
+        ``torch.compile``, then FSDP2 ``fully_shard`` per transformer block (global and local blocks
+        for MEGABYTE), then on the whole model.
+
+        Sharding happens under Lightning's ``ModelParallelStrategy``, which provides
+        ``self.device_mesh``. bytelab uses no tensor parallelism: the mesh's two dimensions
+        (Lightning names them data_parallel x tensor_parallel; by default nodes x GPUs per node) are
+        replicate x shard, i.e. HSDP: weights sharded within a node, replicated across nodes. A
+        1 x world mesh is plain FSDP. With bf16 precision the shards hold bf16 parameters and
+        gradients are reduced in float32.
+        """
+        if self._model_configured:  # Lightning calls this again for validate/test after fit
+            return
+        self._model_configured = True
+        blocks = parallelize_blocks(self.model, self.hparams.activation_checkpointing, self.hparams.compile)
+        if self.device_mesh is None:
+            return
+        mesh = self.device_mesh
+        policy = MixedPrecisionPolicy()
+        if "bf16" in str(self.trainer.precision):
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in blocks:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(self.model, mesh=mesh, mp_policy=policy)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -152,9 +189,10 @@ class ByteLM(L.LightningModule):
         self.flops_seen = counters.get("flops_seen", 0)
 
     @classmethod
-    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> ByteLM:
-        """Rebuild a trained ByteLM (model architecture, hyperparameters, weights) from a checkpoint."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> ByteLM:
+        """Rebuild a trained ByteLM (architecture, hyperparameters, weights) from a checkpoint file or
+        a sharded checkpoint directory (consolidated in memory)."""
+        checkpoint = load_checkpoint(path, map_location)
         if "model" not in checkpoint.get("bytelab", {}):
             raise ValueError(f"{path} is not a bytelab checkpoint (no model config inside)")
         names = set(inspect.signature(cls).parameters) - {"model"}
@@ -163,6 +201,34 @@ class ByteLM(L.LightningModule):
         lm.load_state_dict(checkpoint["state_dict"])
         lm.on_load_checkpoint(checkpoint)
         return lm
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A Lightning checkpoint as one dict, from a file or from a sharded (FSDP) checkpoint directory."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if (
+        path.is_dir()
+    ):  # the same consolidation as `python -m lightning.fabric.utilities.consolidate_checkpoint`
+        return _load_distributed_checkpoint(path)
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def parallelize_blocks(model: nn.Module, activation_checkpointing: bool, compile: bool) -> list[nn.Module]:
+    """Wrap every transformer block of ``model`` in place (checkpointing, then compile) and return them."""
+    blocks = []
+    for name, block in list(model.named_modules()):
+        if not isinstance(block, Block):
+            continue
+        if activation_checkpointing:
+            block = checkpoint_wrapper(block)
+        if compile:
+            block.compile()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, block)
+        blocks.append(block)
+    return blocks
 
 
 def lr_factor(step: int, warmup: int, total: int, decay: str, min_ratio: float) -> float:

@@ -86,11 +86,13 @@ def test_evaluation_batches_follow_the_protocol(tmp_path: Path, score_len: int) 
 def test_evaluation_ranks_split_batches_without_duplicates(tmp_path: Path) -> None:
     dm, _ = make(tmp_path, score_len=6, eval_batch_size=2)
     single = [b["x"] for b in dm.dataloader("val", rank=0, world_size=1)]
-    rank0 = [b["x"] for b in dm.dataloader("val", rank=0, world_size=2)]
-    rank1 = [b["x"] for b in dm.dataloader("val", rank=1, world_size=2)]
-    assert len(rank0) + len(rank1) == len(single)
-    assert all(torch.equal(a, b) for a, b in zip(rank0, single[0::2], strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(rank1, single[1::2], strict=True))
+    ranks = [list(dm.dataloader("val", rank=r, world_size=3)) for r in range(3)]
+    assert len(single) % 3 == 2  # uneven on purpose: rank 2 gets one padding batch
+    assert [len(batches) for batches in ranks] == [len(single) // 3 + 1] * 3
+    padding = ranks[2].pop()
+    assert padding["x"].shape[0] == 1 and padding["num_scored"].tolist() == [0]
+    for r, batches in enumerate(ranks):
+        assert all(torch.equal(a["x"], b) for a, b in zip(batches, single[r::3], strict=True))
 
 
 def test_training_windows_lie_inside_one_document(tmp_path: Path) -> None:
