@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.load import _load_distributed_checkpoint
@@ -143,6 +145,7 @@ class ByteLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         nats, num_bytes = self.score(batch)
+        self.check_finite(nats)
         self.train_bpb(nats, num_bytes)
         seq_len = batch["x"].size(1)
         world = self.trainer.world_size
@@ -152,6 +155,19 @@ class ByteLM(L.LightningModule):
         self.log("train/bytes", float(self.bytes_seen), on_step=True, on_epoch=False)
         self.log("train/flops", float(self.flops_seen), on_step=True, on_epoch=False)
         return nats / num_bytes
+
+    def check_finite(self, nats: Tensor) -> None:
+        """Stop a diverged run before the update: a NaN/inf loss raises FloatingPointError naming the
+        step. Every rank agrees first, so no rank is left waiting in a collective. The last good
+        checkpoint stays as it was (nothing is saved on the failing step)."""
+        finite = torch.isfinite(nats.detach()).float()
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if not finite:
+            raise FloatingPointError(
+                f"training diverged at step {self.global_step}: the loss is not finite; the last good "
+                "checkpoint is kept (lower model.lr or raise model.warmup_steps, then resume)"
+            )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.val_bpb.update(*self.score(batch))
@@ -181,9 +197,16 @@ class ByteLM(L.LightningModule):
             "model": self.model.config,
             "bytes_seen": self.bytes_seen,
             "flops_seen": self.flops_seen,
+            "rng": rng_states(),  # dropout masks continue exactly after a resume
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.restore_counters(checkpoint)
+        if "rng" in checkpoint.get("bytelab", {}):
+            set_rng_states(checkpoint["bytelab"]["rng"])
+
+    def restore_counters(self, checkpoint: dict[str, Any]) -> None:
+        """Training bytes and FLOPs seen so far, from a checkpoint."""
         counters = checkpoint.get("bytelab", {})
         self.bytes_seen = counters.get("bytes_seen", 0)
         self.flops_seen = counters.get("flops_seen", 0)
@@ -199,7 +222,7 @@ class ByteLM(L.LightningModule):
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in names}
         lm = cls(build_model(checkpoint["bytelab"]["model"]), **hparams)
         lm.load_state_dict(checkpoint["state_dict"])
-        lm.on_load_checkpoint(checkpoint)
+        lm.restore_counters(checkpoint)
         return lm
 
 
@@ -213,6 +236,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     ):  # the same consolidation as `python -m lightning.fabric.utilities.consolidate_checkpoint`
         return _load_distributed_checkpoint(path)
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def rng_states() -> dict[str, Any]:
+    """The random states of this process: Python, NumPy, torch (CPU and, if present, CUDA)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
 def parallelize_blocks(model: nn.Module, activation_checkpointing: bool, compile: bool) -> list[nn.Module]:
