@@ -90,6 +90,14 @@ def rank_batches(batches: list[list[int]], rank: int, world_size: int) -> list[l
     return mine + [[(0, 0)]] * (per_rank - len(mine))
 
 
+def named_files(files: Sequence[Path]) -> Iterator[tuple[str, Path]]:
+    """(name, path) of every file, named by its path relative to the folder common to all (one file: its
+    name), so that moving a corpus keeps its split."""
+    root = Path(os.path.commonpath([f.parent for f in files]))
+    for file in files:
+        yield file.relative_to(root).as_posix(), file
+
+
 def distributed_rank_world() -> tuple[int, int]:
     """(rank, world_size) of this process in torch.distributed, or (0, 1) outside a distributed run."""
     if dist.is_available() and dist.is_initialized():
@@ -128,22 +136,24 @@ class ByteSplit:
 class TrainWindows(Dataset):
     """Training sample number i: seq_len bytes inside one document, drawn from (seed, i) only.
 
-    The start is uniform among all positions where a whole window fits in one document, so a document
-    is drawn in proportion to its number of such positions and documents shorter than seq_len never.
+    The start is uniform among all positions where a whole window fits in one document and that are a
+    multiple of `align` bytes into it (align=2 keeps 16-bit samples whole), so a document is drawn in
+    proportion to its number of such positions and documents shorter than seq_len never.
     """
 
-    def __init__(self, split: ByteSplit, seq_len: int, seed: int) -> None:
+    def __init__(self, split: ByteSplit, seq_len: int, seed: int, align: int = 1) -> None:
         self.split = split
         self.seq_len = seq_len
         self.seed = seed
-        counts = np.maximum(split.lengths - seq_len + 1, 0)
+        self.align = align
+        counts = np.maximum((split.lengths - seq_len) // align + 1, 0)
         self.cumulative = np.cumsum(counts)
         self.first = self.cumulative - counts
 
     def __getitem__(self, i: int) -> np.ndarray:
         position = np.random.default_rng([self.seed, i]).integers(self.cumulative[-1])
         doc = np.searchsorted(self.cumulative, position, side="right")
-        start = self.split.offsets[doc] + position - self.first[doc]
+        start = self.split.offsets[doc] + (position - self.first[doc]) * self.align
         return self.split.data[start : start + self.seq_len]
 
 
@@ -208,7 +218,10 @@ class ByteDataModule(L.LightningDataModule):
     """A corpus of byte documents, cached as uint8 splits, served as training and evaluation windows.
 
     Subclasses implement ``documents()`` (name and bytes of every document), ``sources()`` (the files
-    it reads) and, if they have options that change the bytes, ``cache_options()``.
+    it reads) and, if they have options that change the bytes, ``cache_options()``. Modalities that
+    decode files call ``reject()`` for a file they cannot read; they may also override
+    ``documents_in_split()`` (what a document becomes once its split is known) and ``train_dataset()``.
+
 
     Split: with 3 or more documents, documents are ordered by the SHA-256 of their name; the first
     ceil(val_fraction * n) go to val, the next ceil(test_fraction * n) to test, the rest to train.
@@ -302,6 +315,12 @@ class ByteDataModule(L.LightningDataModule):
         self.train_samples_per_epoch = train_samples_per_epoch
         self.splits: dict[str, ByteSplit] = {}
         self.manifest: dict[str, Any] = {}
+        self.skipped: list[dict[str, str]] = []
+
+    # What reject() does with a file that cannot be decoded: "fail" raises, "skip" counts it and goes on.
+    # Subclasses that decode their files take it as an option (and key the cache with it).
+    on_error: str = "fail"
+
 
     def documents(self) -> Iterator[tuple[str, bytes]]:
         """Yield (stable name, raw bytes) for every document of the corpus, in a deterministic order."""
@@ -314,6 +333,32 @@ class ByteDataModule(L.LightningDataModule):
     def cache_options(self) -> dict[str, Any]:
         """Subclass options that change the cached bytes (JSON-serialisable); they key the cache."""
         return {}
+
+    def documents_in_split(self, split: str, document: np.ndarray) -> list[np.ndarray]:
+        """The documents that one corpus document (or, for 1 or 2 documents, one contiguous piece of
+        one) becomes in `split`, once the split is known; itself here."""
+        return [document]
+
+    def train_dataset(self) -> Dataset:
+        """Training sample number i as a uint8 array of seq_len bytes, a function of (seed, i) only."""
+        return TrainWindows(self.splits["train"], self.seq_len, self.seed)
+
+    def reject(self, source: str, reason: str) -> None:
+        """Report a source file that cannot be decoded: raise a ValueError naming it (on_error="fail"),
+        or log it, count it and go on without it (on_error="skip")."""
+        if self.on_error != "skip":
+            raise ValueError(f"cannot read {source}: {reason} (fix or remove it, or set on_error=skip)")
+        log.warning("skipping unreadable %s: %s", source, reason)
+        self.skipped.append({"path": source, "reason": reason})
+
+    def _skipped_note(self) -> str:
+        if not self.skipped:
+            return ""
+        first = self.skipped[0]
+        return (
+            f"; {len(self.skipped)} unreadable files were skipped (on_error=skip), "
+            f"the first {first['path']}: {first['reason']}"
+        )
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -378,6 +423,7 @@ class ByteDataModule(L.LightningDataModule):
         """Write every non-empty document end to end into `path`; return their names and offsets."""
         names: list[str] = []
         ends = [0]
+        self.skipped = []
         with open(path, "wb") as f, self._progress() as progress:
             task = progress.add_task(f"reading {type(self).__name__}", total=None)
             for name, data in self.documents():
@@ -409,7 +455,15 @@ class ByteDataModule(L.LightningDataModule):
         corpus_path = directory / "corpus.bin"
         names, offsets = self._read_corpus(corpus_path)
         if offsets[-1] == 0:
-            raise ValueError(f"{self._describe()} holds no bytes: give it non-empty files")
+            note = self._skipped_note()
+            raise ValueError(f"{self._describe()} holds no bytes: give it non-empty files{note}")
+        if self.skipped:
+            log.warning(
+                "skipped %d unreadable files of %s (on_error=skip); they are listed in %s",
+                len(self.skipped),
+                self._describe(),
+                self.cache_path / "manifest.json",
+            )
         ranges = self._split_ranges(names, offsets)
         for split in SPLITS:
             if not ranges[split]:
@@ -420,12 +474,15 @@ class ByteDataModule(L.LightningDataModule):
         corpus = np.memmap(corpus_path, dtype=np.uint8, mode="r")
         counts = {}
         for split in SPLITS:
+            lengths = []
             with open(directory / f"{split}.bin", "wb") as f:
                 for lo, hi in ranges[split]:
-                    f.write(corpus[lo:hi])
-            doc_offsets = np.cumsum([0] + [hi - lo for lo, hi in ranges[split]], dtype=np.int64)
+                    for document in self.documents_in_split(split, corpus[lo:hi]):
+                        f.write(document)
+                        lengths.append(len(document))
+            doc_offsets = np.cumsum([0, *lengths], dtype=np.int64)
             np.save(directory / f"{split}.docs.npy", doc_offsets)
-            counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(ranges[split])}
+            counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(lengths)}
         del corpus
         corpus_path.unlink()
         sources = []
@@ -439,6 +496,7 @@ class ByteDataModule(L.LightningDataModule):
             "options": self._options(),
             "sources": sources,
             "splits": counts,
+            "skipped": self.skipped,
         }
 
     def setup(self, stage: str | None = None) -> None:
@@ -447,6 +505,12 @@ class ByteDataModule(L.LightningDataModule):
         directory = self.cache_path
         self.manifest = json.loads((directory / "manifest.json").read_text())
         self.splits = {split: ByteSplit(directory, split) for split in SPLITS}
+        if self.manifest.get("skipped"):
+            log.warning(
+                "%s was built without %d unreadable files (on_error=skip); see its manifest.json",
+                directory,
+                len(self.manifest["skipped"]),
+            )
         if stage in ("fit", None):
             longest = int(self.splits["train"].lengths.max())
             if longest < self.seq_len:
@@ -467,7 +531,7 @@ class ByteDataModule(L.LightningDataModule):
         if split == "train":
             per_process = math.ceil(self.train_samples_per_epoch / (world_size * self.batch_size))
             return DataLoader(
-                TrainWindows(self.splits["train"], self.seq_len, self.seed),
+                self.train_dataset(),
                 batch_size=self.batch_size,
                 sampler=TrainSampler(per_process * self.batch_size, rank, world_size),
                 collate_fn=collate_train,

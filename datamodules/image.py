@@ -1,0 +1,344 @@
+"""Images as bytes: every image is resolution x resolution x channels bytes, in raster or patch scan order."""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .bytes import ByteDataModule, ByteSplit, named_files
+from .text import find_files, read_tar
+
+PHOTOS = Path(__file__).parent / "data" / "photos.tar"
+CIFAR10_FILES = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+# What a corrupt image file raises while it is opened, decoded or converted.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def encoded_files(files: list[Path] | None, archive: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(name, where it is, bytes) of every file, or of every member of `archive` when files is None."""
+    if files is None:
+        return ((name, f"{archive}:{name}", raw) for name, raw in read_tar(archive))
+    return ((name, str(path), path.read_bytes()) for name, path in named_files(files))
+
+
+def patch_scan(image: np.ndarray, side: int) -> np.ndarray:
+    """The bytes of an [H, W, C] uint8 image in patch scan order: side x side-pixel patches in raster order,
+    the pixels of each patch in raster order, each pixel's C channels together. side=1 is the raster scan."""
+    height, width, channels = image.shape
+    blocks = image.reshape(height // side, side, width // side, side, channels)
+    return blocks.transpose(0, 2, 1, 3, 4).reshape(-1)
+
+
+def patch_unscan(data: np.ndarray, height: int, width: int, channels: int, side: int) -> np.ndarray:
+    """The [H, W, C] image whose patch scan (see ``patch_scan``) is `data`: its exact inverse."""
+    blocks = np.asarray(data).reshape(height // side, width // side, side, side, channels)
+    return blocks.transpose(0, 2, 1, 3, 4).reshape(height, width, channels)
+
+
+def patch_side(patch_size: int, channels: int) -> int:
+    """Pixels per side p of a patch of `patch_size` = p * p * channels bytes, or a ValueError."""
+    side = math.isqrt(patch_size // channels)
+    if patch_size < 1 or side * side * channels != patch_size:
+        fits = ", ".join(str(channels * p * p) for p in range(1, 9))
+        raise ValueError(
+            f"scan='patch' needs patch_size = {channels} x a square number of pixels, which "
+            f"patch_size={patch_size} is not (use one of {fits}, ...)"
+        )
+    return side
+
+
+def square(image: Image.Image | np.ndarray, size: int, channels: int) -> np.ndarray:
+    """An image as [size, size, channels] uint8: converted to RGB or grayscale, its shorter side resized
+    to `size` (antialiased bilinear), then centre-cropped."""
+    if isinstance(image, np.ndarray):
+        if image.shape == (size, size, channels):
+            return image
+        image = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+    image = ImageOps.exif_transpose(image).convert("RGB" if channels == 3 else "L")
+    pixels = F.pil_to_tensor(image)
+    if pixels.shape[1:] != (size, size):
+        pixels = F.center_crop(F.resize(pixels, [size], antialias=True), [size, size])
+    return pixels.permute(1, 2, 0).numpy()
+
+
+def as_hwc(array: np.ndarray) -> np.ndarray:
+    """A batch of images as [N, H, W, C] uint8: [N, C*S*S] planar rows (downsampled ImageNet), [N, H, W, C]
+    or [N, C, H, W] with C in (1, 3); a ValueError for anything else."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"pixels must be uint8, not {array.dtype}")
+    if array.ndim == 2:
+        for channels in (3, 1):
+            side = math.isqrt(array.shape[1] // channels)
+            if side * side * channels == array.shape[1]:
+                return array.reshape(len(array), channels, side, side).transpose(0, 2, 3, 1)
+    if array.ndim == 4 and array.shape[3] in (1, 3):
+        return array
+    if array.ndim == 4 and array.shape[1] in (1, 3):
+        return array.transpose(0, 2, 3, 1)
+    raise ValueError(f"an array of shape {array.shape} is not a batch of images")
+
+
+class TrainCrops(Dataset):
+    """Training sample number i, a function of (seed, i) only: a random resolution-square crop of a random
+    training image (stored as size x size raster pixels), scanned, and a window of seq_len bytes of the
+    scan starting on a whole patch (a whole pixel in raster scan)."""
+
+    def __init__(
+        self, split: ByteSplit, size: int, resolution: int, channels: int, side: int, seq_len: int, seed: int
+    ) -> None:
+        self.split = split
+        self.size = size
+        self.resolution = resolution
+        self.channels = channels
+        self.side = side
+        self.seq_len = seq_len
+        self.seed = seed
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, i])
+        image = self.split.document(rng.integers(len(self.split)))
+        y, x = rng.integers(self.size - self.resolution + 1, size=2)
+        pixels = image.reshape(self.size, self.size, self.channels)
+        data = patch_scan(pixels[y : y + self.resolution, x : x + self.resolution], self.side)
+        align = self.side * self.side * self.channels
+        start = align * rng.integers((len(data) - self.seq_len) // align + 1)
+        return data[start : start + self.seq_len]
+
+
+class ImageBytes(ByteDataModule):
+    """Images as byte documents: every image is resolution x resolution x channels bytes, scanned in raster
+    or patch order; one image is one document, so bits per byte are bits per dim.
+
+    Sources (``format``): "files" reads image files (anything Pillow opens: .jpg, .png, .webp, ...) from
+    files, folders such as an ImageFolder tree, or glob patterns; "npz" reads the downsampled-ImageNet
+    ``.npz`` batches (their ``data`` array, [N, 3*S*S] planar rows, or any [N, H, W, C] / [N, C, H, W]
+    uint8 array); "cifar10" reads CIFAR-10's python batches through torchvision (never downloading),
+    train and test batches alike. With no paths the corpus is 9 public-domain / CC0 photos from
+    scikit-image, shipped in datamodules/data/photos.tar (see DATA_LICENSES.md).
+
+    Every image is converted to RGB (grayscale expanded; ``channels=3``) or to grayscale
+    (``channels=1``), its shorter side resized to the image size and centre-cropped. The split is by
+    image (see ByteDataModule). With ``crop_from=None`` the image size is ``resolution``. With
+    ``crop_from=S`` every image is first made S x S; training then draws a fresh random
+    resolution-square crop of a training image for every sample, and evaluation cuts each held-out
+    image into (S // resolution)^2 non-overlapping tiles, each scored as one image.
+
+    Scan orders: "raster" is pixels row by row, channels interleaved; "patch" is the MEGABYTE paper's
+    patch scan, patches of p x p pixels (patch_size = p * p * channels bytes) in raster order, raster
+    order inside each. ``to_image`` inverts either exactly.
+
+    The cache holds evaluation images scanned, and training images as raster pixels that are cropped and
+    scanned when drawn.
+    """
+
+    def __init__(
+        self,
+        paths: str | list[str] | None = None,
+        format: Literal["files", "npz", "cifar10"] = "files",
+        resolution: int = 32,
+        channels: Literal[1, 3] = 3,
+        scan: Literal["raster", "patch"] = "patch",
+        patch_size: int = 12,
+        crop_from: int | None = None,
+        on_error: Literal["fail", "skip"] = "fail",
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            paths: image files, folders (read recursively) or glob patterns for format="files" and "npz";
+                the folder holding ``cifar-10-batches-py`` (or that folder) for "cifar10"; None reads the
+                embedded photos (whatever the format).
+            format: "files" (image files), "npz" (downsampled-ImageNet batches) or "cifar10" (python batches).
+            resolution: pixels per side of every image scored (and of every training crop).
+            channels: 3 converts every image to RGB (grayscale expanded), 1 to grayscale.
+            scan: "raster" (row by row) or "patch" (the paper's patch scan, see patch_size).
+            patch_size: bytes per patch of the patch scan, p * p * channels for p x p-pixel patches (12, 48
+                and 192 are 2x2, 4x4 and 8x8 RGB); p must divide resolution. Match the model's patch_size.
+            crop_from: None scores and trains on whole images resized to resolution; an int S resizes every
+                image to S x S first, trains on random resolution-square crops and scores held-out images
+                as non-overlapping resolution-square tiles.
+            on_error: an image file that cannot be decoded stops the build ("fail") or is reported by path,
+                skipped and counted ("skip").
+            **kwargs: the options of ByteDataModule; seq_len must be at most resolution^2 * channels.
+        """
+        super().__init__(**kwargs)
+        if channels not in (1, 3):
+            raise ValueError(f"channels={channels} must be 1 (grayscale) or 3 (RGB)")
+        if scan not in ("raster", "patch"):
+            raise ValueError(f"scan={scan!r} must be 'raster' or 'patch'")
+        if format not in ("files", "npz", "cifar10"):
+            raise ValueError(f"format={format!r} must be 'files', 'npz' or 'cifar10'")
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error={on_error!r} must be 'fail' or 'skip'")
+        if resolution < 1:
+            raise ValueError(f"resolution={resolution} must be at least 1")
+        side = patch_side(patch_size, channels) if scan == "patch" else 1
+        if resolution % side:
+            raise ValueError(
+                f"scan='patch' with patch_size={patch_size} cuts {side}x{side}-pixel patches, which must "
+                f"divide resolution={resolution}"
+            )
+        if crop_from is not None and crop_from < resolution:
+            raise ValueError(f"crop_from={crop_from} must be at least resolution={resolution}")
+        image_bytes = resolution * resolution * channels
+        if self.seq_len > image_bytes:
+            raise ValueError(
+                f"seq_len={self.seq_len} is longer than one image ({resolution}x{resolution}x{channels} = "
+                f"{image_bytes} bytes) and windows never cross images; lower seq_len"
+            )
+        self.paths = paths
+        self.format = format
+        self.resolution = resolution
+        self.channels = channels
+        self.scan = scan
+        self.patch_size = patch_size
+        self.side = side
+        self.crop_from = crop_from
+        self.on_error = on_error
+        self.size = crop_from or resolution
+        self.files = None if paths is None else self._find(paths)
+
+    def _find(self, paths: str | list[str]) -> list[Path]:
+        if self.format == "cifar10":
+            root = Path(paths if isinstance(paths, str) else paths[0])
+            folder = root if root.name == "cifar-10-batches-py" else root / "cifar-10-batches-py"
+            missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
+            if isinstance(paths, list) and len(paths) != 1 or missing:
+                raise ValueError(
+                    f"paths: format='cifar10' needs one folder holding cifar-10-batches-py/ with "
+                    f"{', '.join(CIFAR10_FILES)}; {folder} lacks {', '.join(missing) or 'nothing'} "
+                    "(bytelab never downloads: unpack cifar-10-python.tar.gz there)"
+                )
+            return [folder / name for name in CIFAR10_FILES]
+        suffixes = (".npz",) if self.format == "npz" else IMG_EXTENSIONS
+        files = [
+            f
+            for f in find_files([paths] if isinstance(paths, str) else paths)
+            if f.suffix.lower() in suffixes
+        ]
+        if not files:
+            raise ValueError(
+                f"paths: {paths!r} holds no {' or '.join(suffixes)} files (format={self.format!r})"
+            )
+        return files
+
+    def cache_options(self) -> dict[str, Any]:
+        """Every option that changes the cached bytes."""
+        return {
+            "format": self.format,
+            "resolution": self.resolution,
+            "channels": self.channels,
+            "scan": self.scan,
+            "patch_size": self.patch_size if self.scan == "patch" else None,
+            "crop_from": self.crop_from,
+            "on_error": self.on_error,
+        }
+
+    def sources(self) -> list[Path]:
+        """The files read, or the embedded archive."""
+        return [PHOTOS] if self.files is None else self.files
+
+    def documents(self) -> Iterator[tuple[str, bytes]]:
+        """Every image as (name, size x size x channels raster bytes); at least 3 of them."""
+        count = 0
+        for name, pixels in self._images():
+            count += 1
+            yield name, pixels.tobytes()
+        if 0 < count < 3:
+            raise ValueError(
+                f"{self._describe()} has {count} readable images; train, val and test each need whole "
+                f"images, so give it at least 3{self._skipped_note()}"
+            )
+
+    def _images(self) -> Iterator[tuple[str, np.ndarray]]:
+        if self.files is not None and self.format == "cifar10":
+            yield from self._cifar10()
+        elif self.files is not None and self.format == "npz":
+            yield from self._npz()
+        else:
+            for name, origin, raw in encoded_files(self.files, PHOTOS):
+                try:
+                    with Image.open(io.BytesIO(raw)) as image:
+                        pixels = square(image, self.size, self.channels)
+                except UnidentifiedImageError:
+                    self.reject(origin, "not an image file Pillow can decode")
+                    continue
+                except DECODE_ERRORS as error:
+                    self.reject(origin, f"{type(error).__name__}: {error}")
+                    continue
+                yield name, pixels
+
+    def _npz(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name, path in named_files(self.files):
+            try:
+                with np.load(path) as arrays:
+                    images = as_hwc(arrays["data"] if "data" in arrays else arrays[arrays.files[0]])
+            except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as error:
+                self.reject(str(path), f"{type(error).__name__}: {error}")
+                continue
+            for i, image in enumerate(images):
+                yield f"{name}/{i:07d}", square(image, self.size, self.channels)
+
+    def _cifar10(self) -> Iterator[tuple[str, np.ndarray]]:
+        root = self.files[0].parent.parent
+        for train in (True, False):
+            try:
+                images = CIFAR10(str(root), train=train, download=False).data
+            except (RuntimeError, OSError, ValueError, EOFError) as error:
+                self.reject(str(root / "cifar-10-batches-py"), f"{type(error).__name__}: {error}")
+                continue
+            for i, image in enumerate(images):
+                yield f"{'train' if train else 'test'}/{i:05d}", square(image, self.size, self.channels)
+
+    def documents_in_split(self, split: str, document: np.ndarray) -> list[np.ndarray]:
+        """Training images stay raster pixels; held-out ones become scanned resolution-square tiles."""
+        if split == "train":
+            return [document]
+        image = document.reshape(self.size, self.size, self.channels)
+        r, n = self.resolution, self.size // self.resolution
+        return [
+            patch_scan(image[i * r : (i + 1) * r, j * r : (j + 1) * r], self.side)
+            for i in range(n)
+            for j in range(n)
+        ]
+
+    def train_dataset(self) -> Dataset:
+        """Random crops of the training images, scanned (see ``TrainCrops``)."""
+        return TrainCrops(
+            self.splits["train"],
+            self.size,
+            self.resolution,
+            self.channels,
+            self.side,
+            self.seq_len,
+            self.seed,
+        )
+
+    def to_image(self, data: bytes | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The uint8 image [channels, resolution, resolution] whose scan is `data` (resolution^2 * channels
+        bytes, e.g. one evaluation document or a generated sample); ``torchvision.io.write_png`` saves it."""
+        if isinstance(data, torch.Tensor):
+            data = data.detach().cpu().numpy()
+        pixels = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else np.asarray(data)
+        expected = self.resolution * self.resolution * self.channels
+        if pixels.size != expected:
+            raise ValueError(
+                f"to_image needs {expected} bytes ({self.resolution}x{self.resolution}x{self.channels}), "
+                f"got {pixels.size}"
+            )
+        image = patch_unscan(
+            pixels.astype(np.uint8), self.resolution, self.resolution, self.channels, self.side
+        )
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous()
