@@ -20,14 +20,15 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from datamodules import ByteDataModule
 from modules import ByteLM
 
-from . import generate
-from .callbacks import PrintMetrics
+from . import bench, generate
+from .callbacks import PerfMonitor, PrintMetrics
 
 CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIGS = [str(CONFIGS / "trainer" / "cpu.yaml"), str(CONFIGS / "data" / "text.yaml")]
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 COMMANDS: dict[str, Callable[[list[str]], int | None]] = {}
 COMMANDS["generate"] = generate.main
+COMMANDS["bench"] = bench.main
 
 
 class ByteLabCLI(LightningCLI):
@@ -58,6 +59,7 @@ class ByteLabCLI(LightningCLI):
             ),
             LearningRateMonitor(logging_interval="step"),
             PrintMetrics(),
+            PerfMonitor(),
         ]
         if trainer_config.enable_progress_bar is not False:
             callbacks.append(RichProgressBar())

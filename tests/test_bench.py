@@ -1,0 +1,141 @@
+"""The benchmark's pieces on tiny settings (no timing assertions: speed belongs to ``bytelab bench``)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from experiments.bench import (
+    PRESETS,
+    flops_matched_decoder,
+    generation_speed,
+    markdown,
+    model_configs,
+    run_worker,
+    targets,
+    train_worker,
+)
+from experiments.callbacks import PerfMonitor
+from modules import ByteLM, Decoder
+from modules.base import build_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def spec(**overrides) -> dict:
+    config = model_configs("tiny", 32)["megabyte"]
+    return (
+        {"config": config, "seq_len": 32, "batch": 2, "device": "cpu", "dtype": "float32"}
+        | {
+            "compile": False,
+            "threads": 1,
+            "warmup": 1,
+            "reps": 2,
+        }
+        | overrides
+    )
+
+
+def test_train_worker_reports_times_and_peak_memory():
+    result = train_worker(spec())
+    assert len(result["times"]) == 2 and min(result["times"]) > 0
+    assert result["peak_mem_bytes"] >= result["baseline_mem_bytes"] > 0
+
+
+def test_each_training_configuration_runs_in_its_own_process():
+    broken = spec(config={"class_path": "modules.Decoder", "init_args": {"d_model": 30, "n_heads": 4}})
+    assert run_worker(broken, timeout=300)["status"].startswith("failed: ValueError: d_model=30")
+
+
+def test_bench_models_have_equal_non_embedding_parameters():
+    with torch.device("meta"):
+        models = {name: build_model(c) for name, c in model_configs("bench", 8192).items()}
+    megabyte, decoder = (models[n].num_params(non_embedding=True) for n in ("megabyte", "decoder"))
+    assert megabyte == pytest.approx(decoder, rel=0.01)
+
+
+def test_the_flops_matched_decoder_costs_what_megabyte_costs_per_byte():
+    configs = model_configs("bench", 8192)
+    with torch.device("meta"):
+        megabyte = build_model(configs["megabyte"])
+        matched = build_model(flops_matched_decoder(megabyte, configs["decoder"], 8192))
+    assert matched.n_layers == 5
+    assert matched.flops_per_byte(8192) == pytest.approx(megabyte.flops_per_byte(8192), rel=0.15)
+
+
+def test_generation_speed_reports_cached_and_estimated_uncached_runs():
+    model = build_model(model_configs("tiny", 24)["perceiver_ar"]).eval()
+    row = generation_speed(model, PRESETS["smoke"], torch.device("cpu"))
+    assert row["bytes"] == 24 and row["cached_bytes_per_s"] > 0 and row["uncached_s_estimated"] > 0
+    assert row["speedup"] == pytest.approx(row["cached_bytes_per_s"] / row["uncached_bytes_per_s"])
+
+
+def test_targets_compare_the_measured_ratios_with_the_issue():
+    train = pd.DataFrame(
+        {
+            "model": ["megabyte", "megabyte", "decoder"],
+            "seq_len": [32, 64, 64],
+            "status": ["ok"] * 3,
+            "bytes_per_s": [0.0, 300.0, 100.0],
+            "flops_per_s": [0.0, 6.0, 10.0],
+            "peak_mem_bytes": [1100.0, 1200.0, 0.0],
+            "baseline_mem_bytes": [1000.0, 1000.0, 0.0],
+        }
+    )
+    gen = pd.DataFrame(
+        {
+            "model": ["megabyte", "decoder", "perceiver_ar", "decoder_flops_matched"],
+            "speedup": [20.0, 30.0, 5.0, 12.0],
+            "cached_bytes_per_s": [200.0, 50.0, 80.0, 100.0],
+        }
+    )
+    table = targets(train, gen, PRESETS["smoke"], peak=10.0, mfu_peak=None).set_index("target")
+    results = dict(zip(table.index, zip(table.measured, table.result, strict=True), strict=True))
+    assert results["MEGABYTE / decoder training bytes/s, T=64, equal params"] == (3.0, "PASS")
+    assert results["MEGABYTE / decoder achieved FLOP/s, T=64"] == (0.6, "FAIL")
+    assert results["MEGABYTE training FLOP/s / measured matmul peak, T=64"] == (0.6, "PASS")
+    assert results["perceiver_ar: cached / uncached generation speed, 24 bytes"] == (5.0, "FAIL")
+    assert (
+        results["MEGABYTE / decoder of equal training FLOPs per byte, generation speed, 24 bytes"][0] == 2.0
+    )
+    slope, result = results["MEGABYTE peak training memory growth exponent in T (longest two T)"]
+    assert slope == pytest.approx(1.0) and result == "PASS"
+    assert table.attrs["megabyte_max_T_in_24GB"] == math.floor(64 + (24 * 2**30 - 1200) / (100 / 32))
+    assert markdown(table.reset_index()).count("\n") == len(table) + 1
+
+
+def test_fit_logs_throughput_and_peak_memory():
+    torch.manual_seed(0)
+    lm = ByteLM(Decoder(d_model=16, n_layers=1, n_heads=2, max_seq_len=32), warmup_steps=1)
+    batches = [{"x": torch.randint(0, 256, (2, 32))} for _ in range(4)]
+    logged = {}
+
+    class Capture(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            logged.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("perf/")})
+
+    trainer = L.Trainer(
+        max_steps=4,
+        log_every_n_steps=2,
+        callbacks=[PerfMonitor(), Capture()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(lm, DataLoader(batches, batch_size=None))
+    assert logged["perf/bytes_per_s"] > 0 and logged["perf/flops_per_s"] > 0
+    assert logged["perf/peak_mem_bytes"] > 2**20
+    assert "perf/mfu" not in logged  # a CPU has no spec-sheet peak
