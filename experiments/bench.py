@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from modules.base import ByteModel, build_model
+from modules.flops import decoder_flops
 from modules.generate import generate
 
 from .perf import (
@@ -103,17 +104,13 @@ def model_configs(sizes: str, max_seq_len: int) -> dict[str, dict[str, Any]]:
 
 def flops_matched_decoder(target: ByteModel, decoder: dict[str, Any], seq_len: int) -> dict[str, Any]:
     """The decoder of the benchmark decoder's depth whose width (a multiple of 32, heads of 32)
-    gives the training FLOPs per byte closest to ``target``'s at ``seq_len``."""
-    goal = target.flops_per_byte(seq_len)
-    best = None
-    for width in range(32, 2049, 32):
-        args = {**decoder["init_args"], "d_model": width, "n_heads": width // 32, "max_seq_len": seq_len}
-        with torch.device("meta"):
-            cost = build_model({**decoder, "init_args": args}).flops_per_byte(seq_len)
-        gap = abs(math.log(cost / goal))
-        if best is None or gap < best[0]:
-            best = (gap, args)
-    return {"class_path": decoder["class_path"], "init_args": best[1]}
+    gives the FLOPs per byte closest to ``target``'s at ``seq_len``."""
+    goal, depth = target.flops_per_byte(seq_len), decoder["init_args"]["n_layers"]
+    width = min(
+        range(32, 2049, 32), key=lambda d: abs(math.log(decoder_flops(seq_len, d, depth) / seq_len / goal))
+    )
+    args = {**decoder["init_args"], "d_model": width, "n_heads": width // 32, "max_seq_len": seq_len}
+    return {"class_path": decoder["class_path"], "init_args": args}
 
 
 def time_calls(fn: Any, device: torch.device, warmup: int, reps: int) -> list[float]:
@@ -129,9 +126,9 @@ def time_calls(fn: Any, device: torch.device, warmup: int, reps: int) -> list[fl
     return times
 
 
-def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """One training configuration, in its own process: forward, backward and an AdamW step on one
-    window of random bytes; times and peak memory."""
+def make_train_step(spec: dict[str, Any]) -> tuple[Any, torch.device]:
+    """The model, optimiser and one window of random bytes of a training configuration, as a
+    function that runs one step: forward, backward and an AdamW update."""
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
     if spec["threads"]:
@@ -141,8 +138,6 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     step_model = torch.compile(model) if spec["compile"] else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (spec["batch"], spec["seq_len"]), device=device)
-    synchronize(device)
-    baseline = current_memory_bytes(device)
 
     def train_step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -151,8 +146,32 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return train_step, device
+
+
+def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One training configuration, in its own process: step times and peak memory."""
+    train_step, device = make_train_step(spec)
+    synchronize(device)
+    baseline = current_memory_bytes(device)
     times = time_calls(train_step, device, spec["warmup"], spec["reps"])
     return {"times": times, "peak_mem_bytes": peak_memory_bytes(device), "baseline_mem_bytes": baseline}
+
+
+def profile_training(spec: dict[str, Any], out: Path) -> str:
+    """Top operators of one training step (after a warm-up step) under torch.profiler, by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    train_step, device = make_train_step(spec)
+    train_step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        train_step()
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    text = prof.key_averages().table(sort_by=key, row_limit=25)
+    out.write_text(text)
+    return text
 
 
 def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -445,6 +464,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--profile", choices=MODELS, help="only profile one training step at the target T")
     parser.add_argument("--out", default="results/bench", help="output folder (a subfolder per preset)")
     return parser.parse_args(argv)
 
@@ -467,14 +487,20 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_info(args.device)
+    out = Path(args.out) / args.preset
+    out.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        config = model_configs(preset.sizes, preset.target_len)[args.profile]
+        spec = dict(config=config, seq_len=preset.target_len, batch=args.batch, device=str(args.device))
+        spec |= dict(dtype=args.dtype, compile=args.compile, threads=args.threads, warmup=1, reps=1)
+        print(profile_training(spec, out / f"profile_{args.profile}.txt"))
+        return 0
     dtype = getattr(torch, args.dtype)
     peak = matmul_peak_flops(args.device, dtype)
     print(f"{machine}  matmul peak {peak / 1e9:.1f} GFLOP/s ({args.dtype})")
     train = bench_training(args, preset, peak)
     gen = bench_generation(args, preset)
     checks = targets(train, gen, preset, peak, spec_peak_flops(args.device, dtype))
-    out = Path(args.out) / args.preset
-    out.mkdir(parents=True, exist_ok=True)
     for table, name in ((train, "training"), (gen, "generation"), (checks, "targets")):
         table.assign(**machine, matmul_peak_flops=peak).to_csv(out / f"{name}.csv", index=False)
     plot(train, gen, out)
