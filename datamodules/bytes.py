@@ -68,6 +68,20 @@ def evaluation_windows(doc_lengths: np.ndarray, seq_len: int, score_len: int) ->
     return np.stack([doc, np.maximum(0, b - seq_len), b, b - a], axis=1)
 
 
+def truncated_lengths(doc_lengths: np.ndarray, max_bytes: int | None) -> np.ndarray:
+    """Document lengths cut to the first ``max_bytes`` bytes of the split, in document order.
+
+    Later documents drop out and the last one kept is cut short, so evaluating the result scores a
+    deterministic prefix of the split, every byte of it once. None keeps every length.
+    """
+    lengths = np.asarray(doc_lengths, dtype=np.int64)
+    if max_bytes is None:
+        return lengths
+    starts = np.cumsum(lengths) - lengths
+    kept = np.clip(max_bytes - starts, 0, lengths)
+    return kept[kept > 0]
+
+
 def evaluation_batches(windows: np.ndarray, batch_size: int) -> list[list[int]]:
     """Window indices per batch, in order: a new batch starts when the window length changes or is full.
 
@@ -260,6 +274,7 @@ class ByteDataModule(L.LightningDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         train_samples_per_epoch: int = 100_000,
+        max_eval_bytes: int | None = None,
     ) -> None:
         """
         Args:
@@ -276,6 +291,9 @@ class ByteDataModule(L.LightningDataModule):
             train_samples_per_epoch: training windows per epoch over all processes, rounded up to whole
                 batches per process; it only sets how often epoch-end hooks (validation,
                 checkpoints) run, since the stream never repeats.
+            max_eval_bytes: score only the first max_eval_bytes bytes of each evaluation split (its
+                first documents, the last one cut short), each exactly once, for quick studies; None
+                scores the whole split.
         """
         super().__init__()
         score_len = seq_len if score_len is None else score_len
@@ -313,6 +331,9 @@ class ByteDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.train_samples_per_epoch = train_samples_per_epoch
+        if max_eval_bytes is not None and max_eval_bytes < 1:
+            raise ValueError(f"max_eval_bytes={max_eval_bytes} must be at least 1 (or None for whole splits)")
+        self.max_eval_bytes = max_eval_bytes
         self.splits: dict[str, ByteSplit] = {}
         self.manifest: dict[str, Any] = {}
         self.skipped: list[dict[str, str]] = []
@@ -521,7 +542,8 @@ class ByteDataModule(L.LightningDataModule):
 
     def windows(self, split: str) -> np.ndarray:
         """Evaluation windows of a split: int64 rows (doc, start, end, num_scored), offsets in the doc."""
-        return evaluation_windows(self.splits[split].lengths, self.seq_len, self.score_len)
+        lengths = truncated_lengths(self.splits[split].lengths, self.max_eval_bytes)
+        return evaluation_windows(lengths, self.seq_len, self.score_len)
 
     def dataloader(self, split: str, rank: int | None = None, world_size: int | None = None) -> DataLoader:
         """The dataloader of a split for one process; rank and world_size default to torch.distributed's."""
