@@ -21,7 +21,9 @@ from datamodules import ByteDataModule
 from modules import ByteLM
 
 from . import bench, generate
+from .budget import ComputeBudget
 from .callbacks import PerfMonitor, PrintMetrics
+from .manifest import RunManifest
 
 CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIGS = [str(CONFIGS / "trainer" / "cpu.yaml"), str(CONFIGS / "data" / "text.yaml")]
@@ -41,6 +43,7 @@ class ByteLabCLI(LightningCLI):
             default=None,
             help="Directory for this run's logs, config and checkpoints (default: runs/<model class>).",
         )
+        parser.add_lightning_class_args(ComputeBudget, "budget")
 
     def instantiate_trainer(self, **kwargs):  # noqa: ANN201 - same signature as LightningCLI
         config = self.config[self.subcommand]
@@ -60,6 +63,7 @@ class ByteLabCLI(LightningCLI):
             LearningRateMonitor(logging_interval="step"),
             PrintMetrics(),
             PerfMonitor(),
+            RunManifest(run_dir, config.as_dict()),
         ]
         if trainer_config.enable_progress_bar is not False:
             callbacks.append(RichProgressBar())

@@ -1,0 +1,95 @@
+"""Compute budgets: a run's step count derived from its own training FLOPs (or bytes) per step.
+
+SpaceByte's protocol (reference/PAPERS.md): every run of a study gets the same training-FLOP budget
+C and trains for ``floor(C / FLOPs per step)`` steps, so it spends at most C and less than one step
+under it. FLOPs per step = 3 x forward FLOPs of one window x batch size x processes x gradient
+accumulation (DESIGN's convention); ByteLM counts the same quantity as it trains.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+
+# budget / per_step can land a hair under an integer in floating point (3e12 / 1e12): that is still 3.
+_EPS = 1e-9
+
+
+def training_flops_per_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """Training FLOPs of one optimiser step over all processes."""
+    datamodule = trainer.datamodule
+    window = 3 * pl_module.model.forward_flops(datamodule.seq_len)
+    return window * datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def training_bytes_per_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """Training bytes scored in one optimiser step over all processes."""
+    datamodule = trainer.datamodule
+    window = pl_module.model.scored_len(datamodule.seq_len)
+    return window * datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def steps_for_budget(budget: float, per_step: float, what: str = "flops") -> int:
+    """The most whole steps that fit in ``budget``: spends at most it, and less than one step under."""
+    if budget <= 0:
+        raise ValueError(f"budget {what}={budget:g} must be positive")
+    steps = math.floor(budget / per_step + _EPS)
+    if steps < 1:
+        raise ValueError(
+            f"budget {what}={budget:.3g} is less than one training step ({per_step:.3g} {what} per step): "
+            "raise the budget or shrink the model or batch"
+        )
+    return steps
+
+
+class ComputeBudget(L.Callback):
+    """Train for a FLOP budget (compute-controlled) and/or a byte budget (data-controlled).
+
+    At ``fit`` start it sets the trainer's ``max_steps`` from the model's training FLOPs (and bytes)
+    per step; with both budgets the run stops at whichever runs out first. The last step always ends
+    with a validation, so the run's final ``val/bpb`` is measured at the budget. Without a budget it
+    does nothing.
+
+    Args:
+        flops: Training FLOP budget C (3 x forward, all processes).
+        bytes: Training byte budget (bytes scored, all processes).
+        validations: Evenly spaced validations over the run, the last at its end; None keeps the
+            trainer's ``val_check_interval``.
+    """
+
+    def __init__(
+        self, flops: float | None = None, bytes: float | None = None, validations: int | None = None
+    ):
+        if validations is not None and validations < 1:
+            raise ValueError(f"budget validations={validations} must be at least 1")
+        self.flops = flops
+        self.bytes = bytes
+        self.validations = validations
+        self.max_steps: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.flops is not None or self.bytes is not None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or not self.active:
+            return
+        limits = []
+        if self.flops is not None:
+            limits.append(steps_for_budget(self.flops, training_flops_per_step(trainer, pl_module), "flops"))
+        if self.bytes is not None:
+            limits.append(steps_for_budget(self.bytes, training_bytes_per_step(trainer, pl_module), "bytes"))
+        self.max_steps = min(limits)
+        trainer.fit_loop.epoch_loop.max_steps = self.max_steps
+        if self.validations is not None:
+            trainer.val_check_interval = math.ceil(self.max_steps / self.validations)
+
+    def describe(self) -> dict[str, float | int | None]:
+        """The budget as the run manifest records it."""
+        return {"flops": self.flops, "bytes": self.bytes, "max_steps": self.max_steps}
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        # Stopping through should_stop makes Lightning validate once more before it ends the run.
+        if self.max_steps is not None and trainer.global_step >= self.max_steps:
+            trainer.should_stop = True

@@ -1,0 +1,167 @@
+"""Run manifests (run.json), compute budgets and the bounded evaluation subset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+
+from datamodules import TextBytes
+from datamodules.bytes import evaluation_windows, truncated_lengths
+from experiments.budget import ComputeBudget, steps_for_budget
+from experiments.manifest import RunManifest, parameter_counts, read_manifest, write_json_atomic
+from modules import ByteLM, Decoder, Megabyte
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i in range(5):
+        (root / f"doc{i}.txt").write_bytes(b"to be, or not to be, that is the question:\n" * (20 + 5 * i))
+    return root
+
+
+def fit(
+    tmp_path: Path, corpus: Path, callbacks: list[L.Callback], **trainer: object
+) -> tuple[L.Trainer, ByteLM]:
+    data = TextBytes(
+        str(corpus),
+        seq_len=32,
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.2,
+        test_fraction=0.2,
+        max_eval_bytes=256,
+    )
+    lm = ByteLM(Decoder(d_model=16, n_layers=1, n_heads=2, max_seq_len=32), warmup_steps=1)
+    options = {
+        "max_steps": 100,
+        "val_check_interval": 1000,
+        "check_val_every_n_epoch": None,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "use_distributed_sampler": False,
+        **trainer,
+    }
+    t = L.Trainer(accelerator="cpu", callbacks=callbacks, **options)
+    t.fit(lm, datamodule=data)
+    return t, lm
+
+
+@pytest.mark.parametrize(
+    "budget,per_step,steps", [(3e12, 1e12, 3), (3.5e12, 1e12, 3), (1e12, 1e12, 1), (2.9999e12, 1e12, 2)]
+)
+def test_steps_for_budget_never_exceeds_it(budget, per_step, steps):
+    assert steps_for_budget(budget, per_step) == steps
+    assert 0 <= budget - steps * per_step < per_step * (1 + 1e-9)
+
+
+def test_budget_below_one_step_is_an_error():
+    with pytest.raises(ValueError, match="less than one training step"):
+        steps_for_budget(5e11, 1e12)
+
+
+def test_flop_budget_sets_steps_and_spends_within_one_step(tmp_path, corpus):
+    budget = ComputeBudget(flops=1e8, validations=2)
+    manifest = RunManifest(tmp_path / "run", {"note": "test"})
+    trainer, lm = fit(tmp_path, corpus, [budget, manifest])
+    per_step = 3 * lm.model.forward_flops(32) * 4
+    assert budget.max_steps == int(1e8 // per_step) == trainer.global_step
+    assert 1e8 - per_step < lm.flops_seen <= 1e8
+    run = read_manifest(tmp_path / "run")
+    assert run["status"] == "finished" and run["flops_seen"] == lm.flops_seen
+    assert run["budget"] == {"flops": 1e8, "bytes": None, "max_steps": budget.max_steps}
+    # two evenly spaced validations, the last one at the budget
+    assert [h["step"] for h in run["history"]] == [-(-budget.max_steps // 2), budget.max_steps]
+    assert run["metrics"]["final"]["val/bpb"] == run["history"][-1]["val/bpb"]
+    assert run["model"]["flops_per_byte"]["training"] == 3 * lm.model.flops_per_byte(32)
+    assert run["model"]["params"]["total"] == lm.model.num_params(non_embedding=False)
+    assert run["data"]["name"] == "corpus" and run["data"]["max_eval_bytes"] == 256
+    assert run["config"] == {"note": "test"} and run["versions"]["torch"] and run["wall_time_s"] > 0
+
+
+def test_byte_budget_and_both_budgets(tmp_path, corpus):
+    by_bytes = ComputeBudget(bytes=4 * 32 * 5 + 7)
+    _, lm = fit(tmp_path, corpus, [by_bytes])
+    assert by_bytes.max_steps == 5 and lm.bytes_seen == 4 * 32 * 5
+    both = ComputeBudget(flops=1e12, bytes=4 * 32 * 3)  # the byte budget runs out first
+    fit(tmp_path, corpus, [both])
+    assert both.max_steps == 3
+
+
+def test_manifest_is_running_during_the_run_and_updated_at_each_validation(tmp_path, corpus):
+    seen = []
+
+    class Spy(L.Callback):
+        def on_validation_end(self, trainer, pl_module):  # runs after RunManifest's (added later)
+            seen.append(json.loads((tmp_path / "run" / "run.json").read_text()))
+
+    fit(tmp_path, corpus, [RunManifest(tmp_path / "run"), Spy()], max_steps=4, val_check_interval=2)
+    assert [s["status"] for s in seen] == ["running", "running"]
+    assert [len(s["history"]) for s in seen] == [1, 2]
+    assert read_manifest(tmp_path / "run")["status"] == "finished"
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["run.json"]  # no temporary files left
+
+
+def test_a_crash_marks_the_run_failed(tmp_path, corpus):
+    class Crash(L.Callback):
+        def on_train_batch_end(self, *args):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fit(tmp_path, corpus, [RunManifest(tmp_path / "run"), Crash()])
+    run = read_manifest(tmp_path / "run")
+    assert run["status"] == "failed" and "boom" in run["error"]
+
+
+def test_megabyte_parameter_split():
+    model = Megabyte(
+        patch_size=4,
+        global_d_model=64,
+        global_layers=2,
+        local_d_model=32,
+        local_layers=1,
+        n_heads=2,
+        max_seq_len=32,
+    )
+    counts = parameter_counts(model)
+    assert counts["global"] == sum(p.numel() for p in model.global_model.parameters())
+    assert counts["local"] == sum(p.numel() for p in model.local_model.parameters())
+    assert counts["global"] + counts["local"] < counts["non_embedding"] < counts["total"]
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "run.json"
+    write_json_atomic(path, {"status": "running", "x": list(range(1000))})
+    write_json_atomic(path, {"status": "finished"})
+    assert json.loads(path.read_text()) == {"status": "finished"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+@pytest.mark.parametrize("max_bytes", [1, 5, 16, 17, 40, 1000])
+def test_max_eval_bytes_scores_a_prefix_once(max_bytes):
+    lengths = np.array([16, 1, 20, 7])
+    kept = truncated_lengths(lengths, max_bytes)
+    assert kept.sum() == min(max_bytes, lengths.sum())
+    assert (kept <= lengths[: len(kept)]).all() and (kept[:-1] == lengths[: len(kept) - 1]).all()
+    windows = evaluation_windows(kept, 8, 3)
+    assert windows[:, 3].sum() == kept.sum()  # every byte of the prefix scored exactly once
+
+
+def test_max_eval_bytes_in_the_datamodule(tmp_path, corpus):
+    full = TextBytes(str(corpus), seq_len=32, cache_dir=str(tmp_path / "cache"))
+    part = TextBytes(str(corpus), seq_len=32, cache_dir=str(tmp_path / "cache"), max_eval_bytes=100)
+    full.setup(), part.setup()
+    assert full.windows("val")[:, 3].sum() == full.splits["val"].lengths.sum()
+    assert part.windows("val")[:, 3].sum() == 100
+    n = len(part.windows("val"))
+    np.testing.assert_array_equal(part.windows("val")[:-1], full.windows("val")[: n - 1])  # same prefix
+    with pytest.raises(ValueError, match="max_eval_bytes=0"):
+        TextBytes(str(corpus), max_eval_bytes=0)
