@@ -236,7 +236,6 @@ class ByteDataModule(L.LightningDataModule):
     decode files call ``reject()`` for a file they cannot read; they may also override
     ``documents_in_split()`` (what a document becomes once its split is known) and ``train_dataset()``.
 
-
     Split: with 3 or more documents, documents are ordered by the SHA-256 of their name; the first
     ceil(val_fraction * n) go to val, the next ceil(test_fraction * n) to test, the rest to train.
     With 1 or 2 documents (one big file such as enwik8), each document is cut contiguously instead:
@@ -341,7 +340,6 @@ class ByteDataModule(L.LightningDataModule):
     # What reject() does with a file that cannot be decoded: "fail" raises, "skip" counts it and goes on.
     # Subclasses that decode their files take it as an option (and key the cache with it).
     on_error: str = "fail"
-
 
     def documents(self) -> Iterator[tuple[str, bytes]]:
         """Yield (stable name, raw bytes) for every document of the corpus, in a deterministic order."""

@@ -17,10 +17,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+import analysis
 from datamodules import ByteDataModule
 from modules import ByteLM
 
-from . import bench, generate
+from . import bench, compare, generate, sweep
 from .budget import ComputeBudget
 from .callbacks import PerfMonitor, PrintMetrics
 from .manifest import RunManifest
@@ -31,6 +32,9 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 COMMANDS: dict[str, Callable[[list[str]], int | None]] = {}
 COMMANDS["generate"] = generate.main
 COMMANDS["bench"] = bench.main
+COMMANDS["sweep"] = sweep.main
+COMMANDS["analyze"] = analysis.main
+COMMANDS["compare"] = compare.main
 
 
 class ByteLabCLI(LightningCLI):

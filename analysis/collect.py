@@ -1,0 +1,151 @@
+"""Run directories -> pandas: one row per run (from ``run.json``), one row per logged point (curves).
+
+Everything that could silently give a wrong table is an error naming the directory instead: a
+folder without runs, a run without ``run.json``, an unfinished or half-written run, and runs of the
+same dataset evaluated with different windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.manifest import MANIFEST, read_manifest
+
+# The protocol that makes bits per byte comparable: same evaluation windows and scored bytes.
+EVAL_PROTOCOL = ["seq_len", "score_len", "max_eval_bytes"]
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories named by ``paths``: each is a run (holds run.json) or a folder of runs."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        if (path / MANIFEST).is_file():
+            found.append(path)
+            continue
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a run directory")
+        inside = sorted(p.parent for p in path.rglob(MANIFEST))
+        if not inside:
+            raise ValueError(f"{path}: no {MANIFEST} in it or below it, so it holds no bytelab runs")
+        found += inside
+    if not found:
+        raise ValueError("no run directories given")
+    return list(dict.fromkeys(found))
+
+
+def _get(manifest: dict[str, Any], run_dir: Path, *keys: str) -> Any:
+    value: Any = manifest
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise ValueError(
+                f"{run_dir}/{MANIFEST} has no {'.'.join(keys)}: half-written or not from bytelab fit"
+            )
+        value = value[key]
+    return value
+
+
+def run_row(run_dir: Path, manifest: dict[str, Any], allow_unfinished: bool = False) -> dict[str, Any]:
+    """The table row of one run."""
+    status = manifest["status"]
+    if status != "finished" and not allow_unfinished:
+        raise ValueError(
+            f"{run_dir}: the run is {status}, not finished; resume it (bytelab sweep, or bytelab fit "
+            "--ckpt_path last) or leave it out"
+        )
+    final = _get(manifest, run_dir, "metrics", "final")
+    if "val/bpb" not in final:
+        raise ValueError(f"{run_dir}: no val/bpb recorded (the run never validated)")
+    model, data = _get(manifest, run_dir, "model"), _get(manifest, run_dir, "data")
+    params = model["params"]
+    budget = manifest.get("budget") or {}
+    sweep = manifest.get("sweep") or {}
+    return {
+        "run": sweep.get("id", run_dir.name),
+        "run_dir": str(run_dir),
+        "status": status,
+        "dataset": data["name"],
+        "dataset_id": data["id"] or data["name"],
+        **{key: data.get(key) for key in EVAL_PROTOCOL},
+        "architecture": model["class"],
+        "size": sweep.get("size", ""),
+        "seed": sweep.get("seed", np.nan),
+        "budget_flops": budget.get("flops") or np.nan,
+        "budget_bytes": budget.get("bytes") or np.nan,
+        "steps": manifest["step"],
+        "bytes_seen": manifest["bytes_seen"],
+        "flops_seen": manifest["flops_seen"],
+        "params": params["total"],
+        "params_non_embedding": params["non_embedding"],
+        "params_global": params.get("global", np.nan),
+        "params_local": params.get("local", np.nan),
+        "inference_flops_per_byte": model["flops_per_byte"]["inference"],
+        "training_flops_per_byte": model["flops_per_byte"]["training"],
+        "val_bpb": final["val/bpb"],
+        "best_val_bpb": manifest["metrics"]["best"].get("val/bpb", {}).get("value", np.nan),
+        "test_bpb": final.get("test/bpb", np.nan),
+        "wall_time_s": manifest.get("wall_time_s", np.nan),
+    }
+
+
+def curve_rows(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Learning-curve points of one run: validations from run.json, training bpb from metrics.csv."""
+    run = str(run_dir)
+    rows = [
+        {"run_dir": run, "split": "val", "step": h["step"], "flops": h["flops_seen"], "bpb": h["val/bpb"]}
+        for h in manifest.get("history", [])
+        if "val/bpb" in h
+    ]
+    csv = run_dir / "metrics.csv"
+    if csv.is_file():
+        log = pd.read_csv(csv)
+        if {"train/bpb", "train/flops"} <= set(log.columns):
+            train = log.dropna(subset=["train/bpb", "train/flops"])
+            rows += [
+                {"run_dir": run, "split": "train", "step": int(s) + 1, "flops": f, "bpb": b}
+                for s, f, b in zip(train["step"], train["train/flops"], train["train/bpb"], strict=True)
+            ]
+    return rows
+
+
+def label_datasets(runs: pd.DataFrame) -> pd.DataFrame:
+    """Make ``dataset`` unique per ``dataset_id`` (two corpora that share a name get their id appended)."""
+    names = runs.groupby("dataset")["dataset_id"].nunique()
+    clash = runs["dataset"].isin(names[names > 1].index)
+    runs.loc[clash, "dataset"] = (
+        runs.loc[clash, "dataset"] + " (" + runs.loc[clash, "dataset_id"].str[:6] + ")"
+    )
+    return runs
+
+
+def check_protocols(runs: pd.DataFrame) -> None:
+    """Runs on one dataset must share the evaluation protocol, or their bits per byte do not compare."""
+    for dataset, group in runs.groupby("dataset"):
+        protocols = group[EVAL_PROTOCOL].astype(str).drop_duplicates()
+        if len(protocols) > 1:
+            first, other = (group.loc[protocols.index[i]] for i in (0, 1))
+            describe = ", ".join(
+                f"{k}={first[k]} vs {other[k]}" for k in EVAL_PROTOCOL if first[k] != other[k]
+            )
+            raise ValueError(
+                f"{first['run_dir']} and {other['run_dir']} evaluate dataset {dataset} differently "
+                f"({describe}): bits per byte are only comparable under one protocol; analyze them separately"
+            )
+
+
+def collect(paths: Iterable[str | Path], allow_unfinished: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read run directories (or folders of them) into a runs frame and a learning-curves frame."""
+    rows, curves = [], []
+    for run_dir in find_runs(paths):
+        manifest = read_manifest(run_dir)
+        rows.append(run_row(run_dir, manifest, allow_unfinished))
+        curves += curve_rows(run_dir, manifest)
+    runs = label_datasets(pd.DataFrame(rows))
+    check_protocols(runs)
+    return runs, pd.DataFrame(curves, columns=["run_dir", "split", "step", "flops", "bpb"])

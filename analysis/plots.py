@@ -1,0 +1,109 @@
+"""Plots of one dataset's runs, saved as PNG and PDF.
+
+- ``plot_training_compute``: bits per byte against training FLOPs (log x), every run as a point,
+  each architecture's compute-optimal frontier as a line and its L(C) fit dashed.
+- ``plot_inference_pareto``: bits per byte against inference FLOPs per byte at each budget, with the
+  Pareto frontier over all architectures (SpaceByte's view: what a byte costs at generation time).
+- ``plot_learning_curves``: validation bits per byte against training FLOPs, one panel per budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, and none may exist
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .fits import as_law, frontier  # noqa: E402
+
+COLORS = {"Decoder": "tab:blue", "PerceiverAR": "tab:green", "Megabyte": "tab:red"}
+MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def _color(arch: str) -> str:
+    return COLORS.get(arch, "tab:gray")
+
+
+def _save(fig: plt.Figure, path: Path) -> list[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})
+    plt.close(fig)
+    return paths
+
+
+def plot_training_compute(runs: pd.DataFrame, fits: pd.DataFrame, path: Path) -> list[Path]:
+    """Bits per byte vs training FLOPs: runs, frontier per architecture, and its fit."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    best = frontier(runs)
+    for arch, group in runs.groupby("architecture"):
+        ax.scatter(group["flops_seen"], group["val_bpb"], color=_color(arch), alpha=0.35, s=18)
+        line = best[best["architecture"] == arch]
+        ax.plot(line["flops_seen"], line["val_bpb"], "o-", color=_color(arch), label=arch)
+        fit = fits[fits["architecture"] == arch]
+        if len(fit) and not np.isnan(fit["alpha"].iloc[0]):
+            law = as_law(fit.iloc[0])
+            c = np.geomspace(group["flops_seen"].min() / 1.5, group["flops_seen"].max() * 1.5, 100)
+            ax.plot(
+                c, law.loss(c), "--", color=_color(arch), linewidth=1, label=rf"fit $\alpha$={law.alpha:.3f}"
+            )
+    ax.set(xscale="log", xlabel="training FLOPs", ylabel="validation bits per byte")
+    ax.set_title(f"{runs['dataset'].iloc[0]}: compute-matched runs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The points no other point beats on both x and y (lower is better), sorted by x."""
+    ordered = points.sort_values([x, y])
+    return ordered[ordered[y] < ordered[y].cummin().shift(fill_value=np.inf)]
+
+
+def plot_inference_pareto(runs: pd.DataFrame, path: Path) -> list[Path]:
+    """Bits per byte vs inference FLOPs per byte, one panel per training budget, with the Pareto front."""
+    budgets = sorted(runs["budget_flops"].dropna().unique()) or [np.nan]
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.8), sharey=True, squeeze=False)
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        group = runs if np.isnan(budget) else runs[np.isclose(runs["budget_flops"], budget)]
+        for arch, points in group.groupby("architecture"):
+            ax.scatter(points["inference_flops_per_byte"], points["val_bpb"], color=_color(arch), label=arch)
+        front = pareto(group, "inference_flops_per_byte", "val_bpb")
+        ax.step(front["inference_flops_per_byte"], front["val_bpb"], where="post", color="black", alpha=0.5)
+        ax.set(xscale="log", xlabel="inference FLOPs per byte", title=f"budget {budget:.3g} FLOPs")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("validation bits per byte")
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -> list[Path]:
+    """Validation bits per byte against training FLOPs, one panel per budget, one line per run."""
+    budgets = sorted(runs["budget_flops"].dropna().unique()) or [np.nan]
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.8), sharey=True, squeeze=False)
+    val = curves[curves["split"] == "val"]
+    sizes = {size: MARKERS[i % len(MARKERS)] for i, size in enumerate(sorted(runs["size"].unique()))}
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        group = runs if np.isnan(budget) else runs[np.isclose(runs["budget_flops"], budget)]
+        for run in group.itertuples():
+            points = val[val["run_dir"] == run.run_dir].sort_values("flops")
+            label = f"{run.architecture} {run.size}".strip()
+            ax.plot(
+                points["flops"],
+                points["bpb"],
+                marker=sizes[run.size],
+                markersize=3,
+                color=_color(run.architecture),
+                label=label,
+            )
+        ax.set(xscale="log", xlabel="training FLOPs", title=f"budget {budget:.3g} FLOPs")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("validation bits per byte")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)

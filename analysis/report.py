@@ -1,0 +1,89 @@
+"""``bytelab analyze RUN_DIRS... --out results/<study>``: runs -> tables, fits and plots."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots
+from .collect import collect
+from .fits import compute_multipliers, fit_frontiers
+from .tables import fits_table, grid_table, paper_table, to_markdown, write_table
+
+
+@dataclass
+class Report:
+    """What an analysis produced: the frames and the files written."""
+
+    runs: pd.DataFrame
+    paper: pd.DataFrame
+    fits: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def analyze(
+    paths: list[str | Path],
+    out: str | Path,
+    budget: float | None = None,
+    reference: str = "Decoder",
+    allow_unfinished: bool = False,
+) -> Report:
+    """Collect runs, write the tables (Markdown, CSV, LaTeX) and plots (PNG, PDF) under ``out``."""
+    out = Path(out)
+    runs, curves = collect(paths, allow_unfinished)
+    fits = fit_frontiers(runs)
+    report = Report(runs, paper_table(runs, budget), fits_table(fits, compute_multipliers(fits, reference)))
+    report.files += write_table(report.paper, out, "table")
+    report.files += write_table(grid_table(runs), out, "grid")
+    report.files += write_table(report.fits, out, "fits")
+    several = runs["dataset"].nunique() > 1
+    for dataset, group in runs.groupby("dataset"):
+        suffix = f"-{_slug(dataset)}" if several else ""
+        ds_fits = fits[fits["dataset"] == dataset]
+        report.files += plots.plot_training_compute(group, ds_fits, out / f"bpb_vs_training_flops{suffix}")
+        report.files += plots.plot_inference_pareto(group, out / f"bpb_vs_inference_flops{suffix}")
+        ds_curves = curves[curves["run_dir"].isin(group["run_dir"])]
+        report.files += plots.plot_learning_curves(group, ds_curves, out / f"learning_curves{suffix}")
+    return report
+
+
+def describe(report: Report) -> str:
+    """The terminal summary: the paper-style table and the fitted exponents."""
+    return "\n".join(
+        [
+            "",
+            to_markdown(report.paper),
+            to_markdown(report.fits),
+            f"wrote {len(report.files)} files to {report.files[0].parent}",
+        ]
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bytelab analyze", description=__doc__.split("\n")[0].split(": ", 1)[-1])
+    p.add_argument("runs", nargs="+", help="run directories, or folders holding them")
+    p.add_argument("--out", required=True, help="output folder, e.g. results/<study>")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="FLOP budget of the paper-style table (default: the largest shared)",
+    )
+    p.add_argument("--reference", default="Decoder", help="architecture the compute multipliers compare with")
+    p.add_argument("--allow-unfinished", action="store_true", help="include running or failed runs")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``bytelab analyze``."""
+    args = parser().parse_args(argv)
+    report = analyze(args.runs, args.out, args.budget, args.reference, args.allow_unfinished)
+    print(describe(report))
+    return 0

@@ -1,0 +1,374 @@
+"""``bytelab sweep SWEEP.yaml``: a compute-matched grid of ``bytelab fit`` runs.
+
+A sweep file names the configs every run composes (data, trainer), the architectures with a list
+of named sizes each (``experiments/sizes.py``), the training-FLOP budgets (and optionally a byte
+budget), the seeds and the options every run shares. It expands into one run per architecture x
+size x budget x seed, each with a stable id and directory ``<run_root>/<id>``.
+
+Running a sweep again never repeats or loses work: a run whose ``run.json`` says ``finished`` is
+skipped, and every command carries ``--ckpt_path=last``, so an interrupted run resumes from its
+last checkpoint. ``--print-commands`` and ``--print-slurm`` hand the same commands to a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .manifest import MANIFEST, SWEEP_INFO, read_manifest, write_json_atomic
+from .sizes import ARCHITECTURES, model_init_args
+
+REPO = Path(__file__).resolve().parents[1]
+LOG = "log.txt"  # a run's own output, beside its run.json
+
+
+@dataclass
+class Architecture:
+    """One architecture of a sweep.
+
+    Args:
+        sizes: Named sizes (``experiments/sizes.py``), one run each per budget and seed.
+        options: ``bytelab fit`` options for this architecture only (``{"model.lr": 2e-3}``).
+    """
+
+    sizes: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sweep:
+    """A grid of compute-matched runs (the fields of a sweep YAML file).
+
+    Args:
+        name: The study's name.
+        run_root: Folder of the run directories (relative to where bytelab runs).
+        architectures: Architecture name (decoder, megabyte, perceiver_ar) -> sizes and options.
+        budgets: Training-FLOP budgets C; every architecture and size trains once per budget.
+        budget_bytes: A byte budget for every run (data-controlled; with ``budgets`` the run stops
+            at whichever runs out first).
+        seeds: One run per seed (model initialisation and training windows).
+        validations: Evenly spaced validations per run, the last at the budget.
+        configs: ``--config`` files every run composes (data, trainer), before any option.
+        options: ``bytelab fit`` options for every run (``{"data.init_args.seq_len": 256}``).
+    """
+
+    name: str
+    run_root: str
+    architectures: dict[str, Architecture]
+    budgets: list[float] = field(default_factory=list)
+    budget_bytes: float | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    validations: int | None = 4
+    configs: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Sweep:
+        """Read a sweep file, with one-line errors that name it."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep file {path} does not exist")
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a sweep file is a YAML mapping (name, run_root, architectures, ...)")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "sweep") -> Sweep:
+        """Build and check a sweep from a mapping (a parsed sweep file)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {sorted(unknown)}; a sweep has {sorted(known)}")
+        missing = {"name", "run_root", "architectures"} - set(data)
+        if missing:
+            raise ValueError(f"{source}: missing {sorted(missing)}")
+        architectures = {}
+        for name, spec in (data["architectures"] or {}).items():
+            if name not in ARCHITECTURES:
+                raise ValueError(
+                    f"{source}: unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}"
+                )
+            spec = spec or {}
+            if not spec.get("sizes"):
+                raise ValueError(f"{source}: architecture {name} lists no sizes")
+            for size in spec["sizes"]:
+                model_init_args(name, size)  # fails early on an unknown size
+            architectures[name] = Architecture(
+                sizes=list(spec["sizes"]), options=dict(spec.get("options") or {})
+            )
+        if not architectures:
+            raise ValueError(f"{source}: architectures is empty")
+        sweep = cls(**{**data, "architectures": architectures})
+        sweep.budgets = [float(b) for b in sweep.budgets or []]
+        if not sweep.budgets and sweep.budget_bytes is None:
+            raise ValueError(f"{source}: give budgets (training FLOPs) or budget_bytes")
+        if any(b <= 0 for b in sweep.budgets):
+            raise ValueError(f"{source}: budgets must be positive, got {sweep.budgets}")
+        return sweep
+
+
+@dataclass
+class Run:
+    """One run of a sweep: its id, directory, ``bytelab`` arguments and what it stands for."""
+
+    id: str
+    run_dir: Path
+    args: list[str]
+    info: dict[str, Any]
+
+    @property
+    def command(self) -> str:
+        return shlex.join(["bytelab", *self.args])
+
+
+def budget_tag(value: float) -> str:
+    """A budget as it appears in run ids: 2.5e11, 1e12, 300."""
+    return f"{value:.4g}".replace("e+", "e").replace("e0", "e")
+
+
+def flag(key: str, value: Any) -> str:
+    """``--key=value`` as LightningCLI reads it (YAML/JSON values for lists, mappings, None, bools)."""
+    if isinstance(value, bool) or value is None or isinstance(value, list | dict):
+        value = json.dumps(value)
+    return f"--{key}={value}"
+
+
+def resolve_config(path: str) -> str:
+    """A config path as given if it exists from here, else relative to the bytelab source tree."""
+    if Path(path).exists() or Path(path).is_absolute():
+        return path
+    packaged = REPO / path
+    if packaged.exists():
+        return str(packaged)
+    raise FileNotFoundError(f"config file {path} does not exist")
+
+
+def expand(sweep: Sweep) -> list[Run]:
+    """Every run of the sweep, in a stable order with stable ids."""
+    runs = []
+    budgets: list[float | None] = list(sweep.budgets) or [None]
+    for arch, spec in sweep.architectures.items():
+        for size in spec.sizes:
+            for budget in budgets:
+                for seed in sweep.seeds:
+                    tag = (
+                        f"c{budget_tag(budget)}"
+                        if budget is not None
+                        else f"b{budget_tag(sweep.budget_bytes)}"
+                    )
+                    run_id = f"{arch}-{size}-{tag}-seed{seed}"
+                    run_dir = Path(sweep.run_root) / run_id
+                    args = ["fit", *(f"--config={resolve_config(c)}" for c in sweep.configs)]
+                    args.append(f"--model.model={ARCHITECTURES[arch]}")
+                    args += [
+                        flag(f"model.model.init_args.{k}", v) for k, v in model_init_args(arch, size).items()
+                    ]
+                    args += [flag(k, v) for k, v in {**sweep.options, **spec.options}.items()]
+                    args += [f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
+                    if budget is not None:
+                        args.append(flag("budget.flops", budget))
+                    if sweep.budget_bytes is not None:
+                        args.append(flag("budget.bytes", float(sweep.budget_bytes)))
+                    if sweep.validations is not None:
+                        args.append(flag("budget.validations", sweep.validations))
+                    args += [f"--run_dir={run_dir}", "--ckpt_path=last"]
+                    info = {
+                        "sweep": sweep.name,
+                        "id": run_id,
+                        "architecture": arch,
+                        "size": size,
+                        "budget_flops": budget,
+                        "budget_bytes": sweep.budget_bytes,
+                        "seed": seed,
+                        "args": args,
+                    }
+                    runs.append(Run(run_id, run_dir, args, info))
+    return runs
+
+
+def plan(run: Run) -> str:
+    """What a sweep does with a run: ``skip`` (finished), ``resume`` (checkpoint) or ``start``.
+
+    A directory that an earlier sweep filled with other options is an error, not a silent reuse.
+    """
+    info_path = run.run_dir / SWEEP_INFO
+    if info_path.is_file():
+        previous = json.loads(info_path.read_text()).get("args")
+        if previous != run.args:
+            raise ValueError(
+                f"{run.run_dir} was run with other options than this sweep now gives it; "
+                "delete that directory or change run_root"
+            )
+    if (run.run_dir / MANIFEST).is_file() and read_manifest(run.run_dir)["status"] == "finished":
+        return "skip"
+    return "resume" if (run.run_dir / "checkpoints" / "last.ckpt").is_file() else "start"
+
+
+def bytelab_entry() -> list[str]:
+    """How to start the ``bytelab`` command with this interpreter."""
+    script = Path(sys.executable).with_name("bytelab")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "experiments.cli"]
+
+
+def run_subprocess(run: Run, threads: int | None = None) -> int:
+    """Run one ``bytelab fit`` as a child process, its output in ``<run_dir>/log.txt``."""
+    env = dict(os.environ)
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    with open(run.run_dir / LOG, "a") as log:
+        return subprocess.run(
+            [*bytelab_entry(), *run.args], stdout=log, stderr=subprocess.STDOUT, env=env
+        ).returncode
+
+
+def run_inline(run: Run) -> int:
+    """Run one ``bytelab fit`` in this process (no interpreter start-up), its output in ``log.txt``."""
+    from .cli import main  # the CLI imports this module's siblings; import it only when running
+
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    with (
+        open(run.run_dir / LOG, "a") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        try:
+            return main(run.args)
+        except Exception as error:  # noqa: BLE001 - one failed run must not stop the sweep
+            print(f"{type(error).__name__}: {error}", file=log)
+            return 1
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def summary(run: Run) -> str:
+    """One line on a run's outcome: final val/bpb and FLOPs spent, or where to look."""
+    try:
+        manifest = read_manifest(run.run_dir)
+    except (FileNotFoundError, ValueError) as error:
+        return f"no manifest ({error})"
+    val = manifest.get("metrics", {}).get("final", {}).get("val/bpb")
+    if manifest["status"] != "finished" or val is None:
+        return f"{manifest['status']}: see {run.run_dir / LOG}"
+    return f"val/bpb {val:.4f}  flops {manifest.get('flops_seen', 0):.3g}"
+
+
+def run_sweep(
+    sweep: Sweep,
+    jobs: int = 1,
+    inline: bool = False,
+    launch: Callable[[Run], int] | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[Run]:
+    """Run every unfinished run of the sweep (``jobs`` at a time); return the runs that failed."""
+    runs = expand(sweep)
+    todo = []
+    for run in runs:
+        action = plan(run)
+        if action == "skip":
+            echo(f"  skip    {run.id:34}  ({summary(run)})")
+            continue
+        todo.append((run, action))
+    if launch is None:
+        cores = os.cpu_count() or 1
+        launch = (
+            run_inline if inline else lambda r: run_subprocess(r, max(cores // jobs, 1) if jobs > 1 else None)
+        )
+    failed = []
+
+    def one(item: tuple[Run, str]) -> None:
+        run, action = item
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run.run_dir / SWEEP_INFO, run.info)
+        start = time.monotonic()
+        code = launch(run)
+        if code != 0:
+            failed.append(run)
+        echo(f"  {action:7} {run.id:34} {time.monotonic() - start:5.0f} s  {summary(run)}")
+
+    echo(f"sweep {sweep.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
+    if jobs > 1 and not inline:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, todo))
+    else:
+        for item in todo:
+            one(item)
+    return failed
+
+
+def slurm_script(sweep: Sweep, runs: Sequence[Run]) -> str:
+    """A SLURM array script running one sweep run per array task (Lightning reads SLURM's variables)."""
+    commands = "\n".join(f"  {shlex.quote(run.command)}" for run in runs)
+    first = shlex.join(["torchrun", "--nproc_per_node=8", '"$(which bytelab)"', *runs[0].args[:1]])
+    return f"""#!/bin/bash
+# Sweep {sweep.name}: {len(runs)} runs, one per array task. Submit with: sbatch THIS_FILE
+# Each command resumes from its last checkpoint (--ckpt_path=last), so a requeued or repeated task
+# continues its run; a finished run ends at once. For several GPUs per run, raise --ntasks-per-node
+# and --gpus-per-node together and append --trainer.devices=N (Lightning starts DDP from SLURM's
+# variables). Without SLURM, one run on the 8 GPUs of one machine:
+#   {first} ... --trainer.devices=8 --trainer.strategy=ddp
+#SBATCH --job-name={sweep.name}
+#SBATCH --array=0-{len(runs) - 1}
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --time=24:00:00
+#SBATCH --requeue
+#SBATCH --output={sweep.run_root}/slurm-%A_%a.out
+set -euo pipefail
+runs=(
+{commands}
+)
+srun bash -c "${{runs[$SLURM_ARRAY_TASK_ID]}}"
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bytelab sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", help="sweep YAML file (see experiments/sweeps/)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (child processes share the cores)")
+    p.add_argument("--inline", action="store_true", help="run in this process, one at a time (no start-up)")
+    p.add_argument(
+        "--print-commands", action="store_true", help="print one `bytelab fit` line per run and exit"
+    )
+    p.add_argument("--print-slurm", action="store_true", help="print a SLURM array script and exit")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``bytelab sweep``: run, or print, a sweep's runs."""
+    args = parser().parse_args(argv)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs={args.jobs} must be at least 1")
+    sweep = Sweep.from_yaml(args.sweep)
+    if args.print_commands or args.print_slurm:
+        runs = expand(sweep)
+        text = "\n".join(run.command for run in runs) if args.print_commands else slurm_script(sweep, runs)
+        print(text.rstrip())
+        return 0
+    failed = run_sweep(sweep, jobs=args.jobs, inline=args.inline)
+    if failed:
+        print(
+            f"bytelab sweep: {len(failed)} runs failed: {', '.join(str(r.run_dir) for r in failed)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

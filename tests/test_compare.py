@@ -1,0 +1,49 @@
+"""`bytelab compare` end to end on its smoke preset: 9 tiny runs, the analysis, then a rerun that skips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments.cli import main
+from experiments.compare import parser
+from experiments.sweep import REPO
+
+SMOKE = REPO / "experiments" / "sweeps" / "compare_smoke.yaml"
+
+
+@pytest.fixture
+def data_config(tmp_path: Path) -> Path:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"doc{i}.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * (30 + 4 * i))
+    config = tmp_path / "data.yaml"
+    config.write_text(f"data:\n  class_path: datamodules.TextBytes\n  init_args:\n    paths: {corpus}\n")
+    return config
+
+
+def test_compare_smoke_preset(tmp_path, data_config, capsys, monkeypatch):
+    monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
+    args = ["compare", "--sweep", str(SMOKE), "--data", str(data_config), "--runs", str(tmp_path / "runs")]
+    out = tmp_path / "out"
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sweep compare_smoke: 9 runs, 0 finished, 9 to run" in printed
+    assert "| architecture | size | params |" in printed and "corpus val bpb" in printed
+    table = pd.read_csv(out / "table.csv")
+    assert sorted(table["architecture"]) == ["Decoder", "Megabyte", "PerceiverAR"]
+    assert (table["budget"] == 8e8).all() and (table["corpus val bpb"] < 8.5).all()
+    grid = pd.read_csv(out / "grid.csv")
+    assert len(grid) == 9 and (grid["flops_seen"] <= grid["budget_flops"]).all()
+    assert {"bpb_vs_training_flops.png", "learning_curves.pdf"} <= {p.name for p in out.iterdir()}
+
+    assert main([*args, "--out", str(out)]) == 0  # everything finished: only the analysis reruns
+    assert "9 runs, 9 finished, 0 to run" in capsys.readouterr().out
+
+
+def test_compare_options():
+    args = parser().parse_args(["--budgets", "2e12", "1e12", "--device", "gpu", "--sizes", "S1"])
+    assert args.budgets == [2e12, 1e12] and args.device == "gpu" and args.sizes == ["S1"]

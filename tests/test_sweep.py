@@ -1,0 +1,121 @@
+"""Sweeps: expansion into runs with stable ids, skip finished, resume interrupted, cluster commands."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.cli import main
+from experiments.manifest import SWEEP_INFO, write_json_atomic
+from experiments.sizes import SIZES
+from experiments.sweep import Sweep, budget_tag, expand, plan, run_sweep, slurm_script
+
+SPEC = {
+    "name": "demo",
+    "run_root": "RUNS",
+    "configs": ["experiments/configs/data/text.yaml"],
+    "budgets": [1e12, 2.5e11],
+    "seeds": [0, 1],
+    "architectures": {
+        "decoder": {"sizes": ["cpu-xs", "cpu-s"]},
+        "megabyte": {"sizes": ["cpu-xs"], "options": {"model.lr": 0.002}},
+    },
+    "options": {"data.init_args.seq_len": 256, "trainer.enable_progress_bar": False},
+}
+
+
+def make(tmp_path: Path, **changes: object) -> Sweep:
+    return Sweep.from_dict({**SPEC, "run_root": str(tmp_path / "runs"), **changes})
+
+
+def test_expansion_ids_and_arguments(tmp_path):
+    runs = expand(make(tmp_path))
+    assert len(runs) == (2 + 1) * 2 * 2
+    assert runs[0].id == "decoder-cpu-xs-c1e12-seed0" and runs[-1].id == "megabyte-cpu-xs-c2.5e11-seed1"
+    assert len({r.id for r in runs}) == len(runs)
+    assert [r.id for r in expand(make(tmp_path))] == [r.id for r in runs]  # stable
+    args = runs[-1].args
+    assert args[0] == "fit" and args[1].endswith("experiments/configs/data/text.yaml")
+    assert "--model.model=modules.Megabyte" in args and "--model.lr=0.002" in args
+    width = SIZES["megabyte"]["cpu-xs"]["global_d_model"]
+    assert f"--model.model.init_args.global_d_model={width}" in args
+    assert "--trainer.enable_progress_bar=false" in args and "--budget.flops=250000000000.0" in args
+    assert "--seed_everything=1" in args and args[-2:] == [
+        f"--run_dir={runs[-1].run_dir}",
+        "--ckpt_path=last",
+    ]
+
+
+def test_budget_tags():
+    assert [budget_tag(b) for b in (1e12, 2.5e11, 3e5, 300.0)] == ["1e12", "2.5e11", "3e5", "300"]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"architectures": {"transformer": {"sizes": ["S1"]}}}, "unknown architecture 'transformer'"),
+        ({"architectures": {"decoder": {"sizes": ["huge"]}}}, "unknown size 'huge' for decoder"),
+        ({"architectures": {"decoder": {}}}, "lists no sizes"),
+        ({"budgets": []}, "give budgets"),
+        ({"budget": [1e12]}, "unknown keys"),
+    ],
+)
+def test_bad_sweeps(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        make(tmp_path, **change)
+
+
+def test_skip_finished_resume_interrupted_start_new(tmp_path):
+    sweep = make(tmp_path, seeds=[0])
+    finished, interrupted, new = expand(sweep)[:3]
+    for run, status in [(finished, "finished"), (interrupted, "running")]:
+        write_json_atomic(run.run_dir / SWEEP_INFO, run.info)
+        write_json_atomic(
+            run.run_dir / "run.json", {"status": status, "metrics": {"final": {"val/bpb": 2.0}}}
+        )
+    (interrupted.run_dir / "checkpoints").mkdir()
+    (interrupted.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert [plan(r) for r in (finished, interrupted, new)] == ["skip", "resume", "start"]
+
+    launched = []
+    failed = run_sweep(sweep, launch=lambda run: launched.append(run.id) or 0, echo=lambda line: None)
+    assert failed == [] and finished.id not in launched
+    assert launched[:2] == [interrupted.id, new.id] and len(launched) == len(expand(sweep)) - 1
+    assert json.loads((new.run_dir / SWEEP_INFO).read_text())["args"] == new.args
+
+
+def test_a_directory_with_other_options_is_an_error(tmp_path):
+    run = expand(make(tmp_path))[0]
+    write_json_atomic(run.run_dir / SWEEP_INFO, {**run.info, "args": [*run.args[:-1], "--model.lr=1"]})
+    with pytest.raises(ValueError, match=f"{run.run_dir} was run with other options"):
+        plan(run)
+
+
+def test_failed_runs_are_reported(tmp_path):
+    sweep = make(tmp_path, seeds=[0], budgets=[1e12])
+    failed = run_sweep(sweep, launch=lambda run: 1, echo=lambda line: None)
+    assert len(failed) == len(expand(sweep))
+
+
+def test_print_commands_and_slurm(tmp_path, capsys):
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, "run_root": str(tmp_path / "runs")}))
+    assert main(["sweep", str(path), "--print-commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    runs = expand(Sweep.from_yaml(path))
+    assert [shlex.split(line)[1:] for line in lines] == [r.args for r in runs]
+    assert all(line.startswith("bytelab fit ") for line in lines)
+    assert main(["sweep", str(path), "--print-slurm"]) == 0
+    script = capsys.readouterr().out
+    assert script == slurm_script(Sweep.from_yaml(path), runs).rstrip() + "\n"
+    assert f"#SBATCH --array=0-{len(runs) - 1}" in script and "torchrun" in script
+    assert shlex.quote(runs[3].command) in script
+
+
+def test_missing_sweep_file_is_a_one_line_error(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml does not exist" in capsys.readouterr().err
