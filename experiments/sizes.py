@@ -5,7 +5,7 @@
 global/local split only for Table 2 (and Table 13), so MEGABYTE's ``S*`` use the Table 14 size for
 the global model and a local model of half its layers at a quarter of its width: that split is
 bytelab's choice, not the paper's. ``cpu-*`` sizes are for laptops and tests: at 256-byte windows
-(64 PerceiverAR latents) they cost about 1.1-1.4 (xs), 3.0-3.7 (s) and 5.2-7.5 (m) MFLOPs per
+(64 or 128 PerceiverAR latents) they cost about 1.1-1.4 (xs), 3.0-3.7 (s) and 5.2-7.5 (m) MFLOPs per
 training byte.
 
 Options that depend on the study rather than the size (``max_seq_len``, ``num_latents``,
