@@ -43,6 +43,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=str)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is as readable as the logs
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
