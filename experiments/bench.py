@@ -436,7 +436,7 @@ def summary(
             [
                 f"# bytelab bench ({args.preset})",
                 f"Machine: {machine_line}. Device {args.device}, {args.dtype}, compile={args.compile}. "
-                f"Measured {args.dtype} matmul peak: {peak / 1e9:.1f} GFLOP/s.",
+                f"Measured {args.dtype} matmul peak: {peak / 1e9:.1f} GFLOP/s. {args.note}".strip(),
                 "## Targets",
                 markdown(checks),
                 "MEGABYTE: largest T whose peak memory, extrapolated linearly, fits in 24 GiB: "
@@ -464,6 +464,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--note", default="", help="a line for summary.md, e.g. how idle the machine was")
     parser.add_argument("--profile", choices=MODELS, help="only profile one training step at the target T")
     parser.add_argument("--out", default="results/bench", help="output folder (a subfolder per preset)")
     return parser.parse_args(argv)
@@ -499,6 +500,9 @@ def main(argv: list[str]) -> int:
     peak = matmul_peak_flops(args.device, dtype)
     print(f"{machine}  matmul peak {peak / 1e9:.1f} GFLOP/s ({args.dtype})")
     train = bench_training(args, preset, peak)
+    train.assign(**machine, matmul_peak_flops=peak).to_csv(
+        out / "training.csv", index=False
+    )  # kept if later parts stop
     gen = bench_generation(args, preset)
     checks = targets(train, gen, preset, peak, spec_peak_flops(args.device, dtype))
     for table, name in ((train, "training"), (gen, "generation"), (checks, "targets")):
