@@ -102,8 +102,8 @@ def plot_learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -
                 color=_color(run.architecture),
                 label=label,
             )
-        ax.set(xscale="log", xlabel="training FLOPs", title=f"budget {budget:.3g} FLOPs")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.set(xlabel="training FLOPs", title=f"budget {budget:.3g} FLOPs", xlim=(0, None))
+        ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("validation bits per byte")
     axes[0][0].legend(fontsize=7)
     return _save(fig, path)
