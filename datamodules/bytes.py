@@ -183,17 +183,24 @@ class TrainSampler(Sampler[int]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at the start of every training epoch."""
         self.epoch = epoch
 
+    def resume_at(self, samples_done: int) -> None:
+        """Start the next pass ``samples_done`` samples into the epoch: after a resume the stream goes
+        on with the first sample that was not trained on, so no window is repeated or skipped."""
+        self.skip = samples_done % self.length
+
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self) -> Iterator[int]:
-        first = self.epoch * self.length
-        return ((first + j) * self.world_size + self.rank for j in range(self.length))
+        first, skip = self.epoch * self.length, self.skip
+        self.skip = 0
+        return ((first + j) * self.world_size + self.rank for j in range(skip, self.length))
 
 
 class EvaluationWindows(Dataset):
@@ -547,7 +554,13 @@ class ByteDataModule(L.LightningDataModule):
         """The dataloader of a split for one process; rank and world_size default to torch.distributed's."""
         if rank is None or world_size is None:
             rank, world_size = distributed_rank_world()
-        common: dict[str, Any] = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        common: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            # Without its own generator, every iter() of a DataLoader draws from the global torch RNG,
+            # so a resumed run's dropout masks would drift from an uninterrupted run's.
+            "generator": torch.Generator().manual_seed(self.seed),
+        }
         if split == "train":
             per_process = math.ceil(self.train_samples_per_epoch / (world_size * self.batch_size))
             return DataLoader(
@@ -566,8 +579,17 @@ class ByteDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Random training windows: {"x": LongTensor[batch_size, seq_len]}."""
-        return self.dataloader("train")
+        """Random training windows: {"x": LongTensor[batch_size, seq_len]}.
+
+        When Lightning resumes a run, the stream continues after the last sample trained on: a
+        checkpoint always follows a whole optimizer step, so the batches done are global_step x
+        accumulate_grad_batches (Lightning restores global_step before asking for the dataloader)."""
+        loader = self.dataloader("train")
+        trainer = self.trainer
+        if trainer is not None and trainer.fit_loop.restarting:
+            batches_done = trainer.global_step * trainer.accumulate_grad_batches
+            loader.sampler.resume_at(batches_done * self.batch_size)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         """Validation windows: {"x": LongTensor[B, L], "num_scored": LongTensor[B]}, L <= seq_len."""

@@ -47,6 +47,13 @@ class ByteLabCLI(LightningCLI):
             default=None,
             help="Directory for this run's logs, config and checkpoints (default: runs/<model class>).",
         )
+        parser.add_argument(
+            "--save_every_n_steps",
+            type=int | None,
+            default=None,
+            help="Also write checkpoints/last.ckpt every N training steps (default: at each validation), "
+            "so a killed run loses at most N steps.",
+        )
         parser.add_lightning_class_args(ComputeBudget, "budget")
 
     def instantiate_trainer(self, **kwargs):  # noqa: ANN201 - same signature as LightningCLI
@@ -61,8 +68,12 @@ class ByteLabCLI(LightningCLI):
             ]
         callbacks = [
             *(self.config_init[self.subcommand].trainer.callbacks or []),
+            ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/bpb"),
             ModelCheckpoint(
-                dirpath=run_dir / "checkpoints", filename="best", monitor="val/bpb", save_last=True
+                dirpath=run_dir / "checkpoints",
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=config.save_every_n_steps,
             ),
             LearningRateMonitor(logging_interval="step"),
             PrintMetrics(),
@@ -98,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] in COMMANDS:
             return COMMANDS[args[0]](args[1:]) or 0
         lightning_main(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except (ValueError, FloatingPointError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         if debug:
             raise
         print(f"bytelab: error: {error} (run with --debug for the traceback)", file=sys.stderr)

@@ -30,7 +30,8 @@ TINY = [  # a few steps on 96-byte windows, whatever the config's own sizes
 
 
 def bytelab(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BYTELAB_CACHE": str(cache)}
+    # PYTHONPATH lets a run load test-only callbacks (tests/faults.py) by class path.
+    env = {**os.environ, "BYTELAB_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     return subprocess.run([*ENTRY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
