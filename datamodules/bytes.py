@@ -112,6 +112,37 @@ def named_files(files: Sequence[Path]) -> Iterator[tuple[str, Path]]:
         yield file.relative_to(root).as_posix(), file
 
 
+def file_record(path: Path) -> dict[str, Any]:
+    """Size, modification time and SHA-256 of a cache file, as its manifest keeps them."""
+    stat = path.stat()
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+
+
+def cache_problem(directory: Path) -> str | None:
+    """Why a cache directory cannot be used as it is, or None when it is complete and intact.
+
+    Sizes are checked every time; a file whose size or modification time moved is hashed and compared
+    with the manifest's SHA-256, so a truncated or edited cache is caught without rehashing every run."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except FileNotFoundError:
+        return "no complete cache"
+    except ValueError:
+        return "its manifest.json is unreadable"
+    for name, expected in manifest.get("files", {}).items():
+        path = directory / name
+        if not path.exists():
+            return f"{name} is missing"
+        stat = path.stat()
+        if stat.st_size != expected["size"]:
+            return f"{name} has {stat.st_size} bytes, its manifest says {expected['size']}"
+        if stat.st_mtime_ns != expected["mtime_ns"] and file_record(path)["sha256"] != expected["sha256"]:
+            return f"{name} was modified after the cache was built"
+    return None
+
+
 def distributed_rank_world() -> tuple[int, int]:
     """(rank, world_size) of this process in torch.distributed, or (0, 1) outside a distributed run."""
     if dist.is_available() and dist.is_initialized():
@@ -410,18 +441,44 @@ class ByteDataModule(L.LightningDataModule):
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         return self.cache_dir / f"{type(self).__name__.lower()}-{digest}"
 
+    @property
+    def corpus_id(self) -> str:
+        """What the cache holds, without the sources' sizes and times: caches of one corpus share it."""
+        key = {
+            "class": type(self).__qualname__,
+            "options": self._options(),
+            "sources": sorted(map(str, self.sources())),
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
     def prepare_data(self) -> None:
-        """Build the cache unless a complete one (one with a manifest) exists."""
+        """Build the cache unless a complete, intact one exists.
+
+        A cache whose files no longer match its manifest (truncated, edited, missing) is rebuilt, and
+        a cache of the same corpus built from older versions of the sources is replaced, each with a
+        one-line notice."""
         final = self.cache_path
-        if (final / "manifest.json").exists():
+        problem = cache_problem(final)
+        if problem is None:
             return
+        if (final / "manifest.json").exists():
+            log.warning("%s: %s; rebuilding it", final, problem)
         final.parent.mkdir(parents=True, exist_ok=True)
+        stale = [
+            d
+            for d in final.parent.glob(f"{type(self).__name__.lower()}-*")
+            if d != final and self._same_corpus(d)
+        ]
+        for old in stale:
+            log.warning("the sources of %s changed since it was built; building %s instead", old, final.name)
         log.info("building the %s cache in %s", type(self).__name__, final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         try:
             manifest = self._write_splits(tmp)
+            manifest["corpus_id"] = self.corpus_id
+            manifest["files"] = {f.name: file_record(f) for f in sorted(tmp.iterdir())}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            if final.exists() and not (final / "manifest.json").exists():
+            if final.exists():
                 shutil.rmtree(final)
             try:
                 os.replace(tmp, final)
@@ -433,6 +490,14 @@ class ByteDataModule(L.LightningDataModule):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _same_corpus(self, directory: Path) -> bool:
+        try:
+            return json.loads((directory / "manifest.json").read_text()).get("corpus_id") == self.corpus_id
+        except (OSError, ValueError):
+            return False
 
     def _progress(self) -> Progress:
         total = sum(path.stat().st_size for path in self.sources())

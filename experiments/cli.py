@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -95,9 +96,21 @@ def lightning_main(args: Sequence[str]) -> None:
         ByteDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={name: {"default_config_files": DEFAULT_CONFIGS} for name in LIGHTNING_SUBCOMMANDS},
+        # exit_on_error=False: a bad option raises ArgumentError, which main() prints as one line.
+        parser_kwargs={
+            "exit_on_error": False,
+            **{
+                name: {"default_config_files": DEFAULT_CONFIGS, "exit_on_error": False}
+                for name in LIGHTNING_SUBCOMMANDS
+            },
+        },
         args=list(args),
     )
+
+
+def one_line(error: BaseException) -> str:
+    """An error message on one line (jsonargparse nests its explanations over several)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,10 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] in COMMANDS:
             return COMMANDS[args[0]](args[1:]) or 0
         lightning_main(args)
+    except ArgumentError as error:
+        if debug:
+            raise
+        command = " ".join(args[:1])
+        print(f"bytelab: error: {one_line(error)} (see bytelab {command} --help)", file=sys.stderr)
+        return 2
     except (ValueError, FloatingPointError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         if debug:
             raise
-        print(f"bytelab: error: {error} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"bytelab: error: {one_line(error)} (run with --debug for the traceback)", file=sys.stderr)
         return 2
     return 0
 

@@ -201,6 +201,9 @@ class ByteLM(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("bytelab", {}).get("model")
+        if saved is not None and (change := describe_change(saved, self.model.config)):
+            raise ValueError(f"the checkpoint holds a different model: {change}")
         self.restore_counters(checkpoint)
         if "rng" in checkpoint.get("bytelab", {}):
             set_rng_states(checkpoint["bytelab"]["rng"])
@@ -236,6 +239,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     ):  # the same consolidation as `python -m lightning.fabric.utilities.consolidate_checkpoint`
         return _load_distributed_checkpoint(path)
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def describe_change(saved: dict[str, Any], configured: dict[str, Any]) -> str:
+    """What differs between a checkpoint's model config and the configured one, in a few words; empty
+    when they agree. Options the checkpoint predates (added to the model later) are not compared."""
+    if saved["class_path"] != configured["class_path"]:
+        return f"{saved['class_path']} in the checkpoint, {configured['class_path']} in the config"
+    differences = [
+        f"{name}={saved['init_args'][name]!r} in the checkpoint, {value!r} in the config"
+        for name, value in configured["init_args"].items()
+        if name in saved["init_args"] and saved["init_args"][name] != value
+    ]
+    return "; ".join(differences)
 
 
 def rng_states() -> dict[str, Any]:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
 from datamodules import TextBytes
+from datamodules.bytes import cache_problem
+from experiments.manifest import write_json_atomic
 from modules import ByteLM, Decoder
 from modules.lm import load_checkpoint
 
@@ -78,7 +83,156 @@ def test_nan_loss_stops_the_run_naming_the_step(corpus, tmp_path):
     with torch.no_grad():
         model.head.weight[0, 0] = math.nan
     dm = TextBytes(str(corpus), seq_len=64, batch_size=4, cache_dir=str(tmp_path))
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(FloatingPointError, match="training diverged at step 0: the loss is not finite"):
         trainer.fit(ByteLM(model), datamodule=dm)
+
+
+def cached(tmp_path: Path, corpus: Path) -> TextBytes:
+    dm = TextBytes(str(corpus), seq_len=64, cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    return dm
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited", "deleted"])
+def test_damaged_cache_is_detected_and_rebuilt(damage, corpus, tmp_path, caplog):
+    dm = cached(tmp_path, corpus)
+    original = (dm.cache_path / "train.bin").read_bytes()
+    target = dm.cache_path / "train.bin"
+    if damage == "truncated":
+        target.write_bytes(original[:-10])
+    elif damage == "edited":  # same size, one byte changed
+        target.write_bytes(bytes([original[0] ^ 1]) + original[1:])
+    else:
+        target.unlink()
+    rebuilt = cached(tmp_path, corpus)
+    assert "rebuilding it" in caplog.text and "train.bin" in caplog.text
+    assert (rebuilt.cache_path / "train.bin").read_bytes() == original
+
+
+def test_changed_source_builds_a_new_cache_and_drops_the_stale_one(corpus, tmp_path, caplog):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for path in corpus.iterdir():
+        (sources / path.name).write_bytes(path.read_bytes())
+    old = cached(tmp_path, sources).cache_path
+    (sources / "0.txt").write_bytes(b"exit, pursued by a bear\n" * 40)
+    new = cached(tmp_path, sources)
+    assert new.cache_path != old and not old.exists()
+    assert "changed since it was built" in caplog.text
+    assert b"pursued by a bear" in bytes(np.concatenate([split.data for split in new.splits.values()]))
+
+
+def test_a_build_killed_halfway_leaves_the_previous_cache_intact(corpus, tmp_path, monkeypatch):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "a.txt").write_bytes(b"x" * 400)
+    (sources / "b.txt").write_bytes(b"y" * 400)
+    (sources / "c.txt").write_bytes(b"z" * 400)
+    old = cached(tmp_path, sources).cache_path
+    (sources / "a.txt").write_bytes(b"w" * 500)
+
+    def killed(self, directory):
+        (directory / "train.bin").write_bytes(b"half")
+        raise KeyboardInterrupt  # stands for a kill in the middle of the build
+
+    monkeypatch.setattr(TextBytes, "_write_splits", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cached(tmp_path, sources)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [old.name]
+    assert cache_problem(old) is None
+
+
+def test_run_manifest_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "run.json"
+    write_json_atomic(path, {"status": "running", "step": 1})
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_json_atomic(path, {"status": "running", "step": 2})
+    assert json.loads(path.read_text()) == {"status": "running", "step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_checkpoint_of_another_architecture_is_refused(corpus, tmp_path):
+    run = tmp_path / "decoder"
+    fit = bytelab(
+        "fit",
+        *RUN,
+        "--trainer.max_steps=6",
+        f"--data.init_args.paths={corpus}",
+        f"--run_dir={run}",
+        cache=tmp_path / "cache",
+    )
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    result = bytelab(
+        "validate",
+        f"--config={CONFIGS / 'megabyte_tiny.yaml'}",
+        "--data.init_args.seq_len=64",
+        f"--data.init_args.paths={corpus}",
+        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"--run_dir={tmp_path / 'other'}",
+        cache=tmp_path / "cache",
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "bytelab: error: the checkpoint holds a different model: "
+            "modules.decoder.Decoder in the checkpoint, modules.megabyte.Megabyte in the config"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model.model.init_args.d_modl=3"], "Option 'd_modl' is not accepted"),
+        (["--model.model.init_args.d_model=abc"], "Expected a <class 'int'>. Got value: abc"),
+        (["--trainer.max_stepz=3"], "unrecognized arguments: --trainer.max_stepz=3"),
+        (["--model.model.init_args.d_model=-8"], "d_model=-8 must be a positive integer"),
+        (["--model.model.init_args.d_model=30"], "d_model=30 must be divisible by n_heads=4"),
+        (["--data.init_args.batch_size=0"], "batch_size=0 must be at least 1"),
+        (["--data.init_args.paths={empty_dir}"], "empty_dir"),
+        (["--run_dir={a_file}/run"], "a_file"),
+    ],
+    ids=[
+        "unknown option",
+        "wrong type",
+        "unknown trainer option",
+        "negative size",
+        "heads do not divide",
+        "zero batch",
+        "directory without data",
+        "unwritable run directory",
+    ],
+)
+def test_bad_configuration_is_one_line_and_leaves_nothing(args, message, corpus, tmp_path):
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "a_file").write_text("not a directory")
+    paths = {"empty_dir": tmp_path / "empty_dir", "a_file": tmp_path / "a_file"}
+    run = tmp_path / "run"
+    result = bytelab(
+        "fit",
+        f"--config={CONFIGS / 'decoder_tiny.yaml'}",
+        "--data.init_args.seq_len=64",
+        f"--data.init_args.paths={corpus}",
+        f"--run_dir={run}",
+        *[a.format(**paths) for a in args],
+        cache=tmp_path / "cache",
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[-1].startswith("bytelab: error: ") and message in lines[-1], lines[-1]
+    assert not run.exists()
