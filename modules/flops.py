@@ -51,19 +51,33 @@ def megabyte_flops(
     global_layers: int,
     local_d_model: int,
     local_layers: int,
+    cross_patch_attention: int = 0,
+    conv_kernels: tuple[int, ...] = (),
+    no_local: bool = False,
+    no_global: bool = False,
 ) -> int:
     """MEGABYTE: a global stack over K = T/P patches of width P*D_G, the shared D_G -> D_L
     projection, a local stack over each patch of P bytes, and the head on every byte.
 
     A window whose length is not a multiple of P is padded on the right to one (causal, so the
-    scored bytes are unaffected): the padded length is what the hardware computes.
+    scored bytes are unaffected): the padded length is what the hardware computes. The ablations:
+    ``conv_kernels`` adds causal D_G -> D_G convolutions over every byte; cross-patch attention runs
+    the local stack over r + P positions per patch; ``no_local`` drops the projection and local stack
+    (the head reads D_G chunks); ``no_global`` drops the global stack and the projection.
     """
     num_patches = -(-seq_len // patch_size)
     padded = num_patches * patch_size
-    global_model = stack_flops(num_patches, global_d_model, global_layers)
-    global_to_local = linear_flops(padded, global_d_model // patch_size, local_d_model)
-    local_model = num_patches * stack_flops(patch_size, local_d_model, local_layers)
-    return global_model + global_to_local + local_model + head_flops(padded, local_d_model)
+    d_byte = global_d_model // patch_size
+    total = 0
+    if not no_global:
+        total += stack_flops(num_patches, global_d_model, global_layers)
+        total += sum(2 * padded * d_byte * d_byte * k for k in conv_kernels)
+    if no_local:
+        return total + head_flops(padded, d_byte)
+    if not no_global:
+        total += linear_flops(padded, d_byte, local_d_model)
+    total += num_patches * stack_flops(patch_size + cross_patch_attention, local_d_model, local_layers)
+    return total + head_flops(padded, local_d_model)
 
 
 def perceiver_ar_flops(seq_len: int, d_model: int, n_layers: int, num_latents: int) -> int:

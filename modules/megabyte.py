@@ -2,11 +2,14 @@
 
 Notation as in the paper: T bytes, patch size P, K = T / P patches, D_G per-byte global width
 (global model width P * D_G), D_L local width. Equation numbers refer to the paper's section 2.
+The variants the paper ablates (its Table 10) are constructor options; the defaults are the main
+model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,16 +20,36 @@ from .decoder import shift_right
 from .flops import megabyte_flops
 from .layers import KVCache, Transformer, init_weights
 
+PATCH_ENCODER_KERNELS = (3, 5, 7)  # the paper's causal convolutional patch encoder
+
+
+class CausalConvEncoder(nn.Module):
+    """Causal convolutions over the byte embeddings before they are cut into patches, one residual
+    branch per kernel size: byte t then mixes bytes t-12..t, across patch boundaries, so a patch's
+    vector no longer depends on where the patch grid falls."""
+
+    def __init__(self, d_model: int, kernels: tuple[int, ...] = PATCH_ENCODER_KERNELS) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv1d(d_model, d_model, k, bias=False) for k in kernels)
+        self.lookback = sum(k - 1 for k in kernels)  # bytes before t that reach byte t
+
+    def forward(self, h: Tensor) -> Tensor:
+        """h: [B, T, D]; zeros stand in for the bytes before the window (left padding only)."""
+        h = h.transpose(1, 2)
+        for conv in self.convs:
+            h = h + conv(F.pad(h, (conv.kernel_size[0] - 1, 0)))
+        return h.transpose(1, 2)
+
 
 @dataclass
 class MegabyteCache:
     """Decoding state of MEGABYTE, as in the paper's generation analysis: the global model steps
     once per patch, the local model once per byte."""
 
-    global_cache: list[KVCache]  # one entry per global position: the pad patch, then whole patches
-    local_cache: list[KVCache]  # one entry per byte of the current patch
-    patch: Tensor  # [B, p] bytes of the current patch decoded so far
-    chunks: Tensor  # [B, P, D_L] the current patch's global output, split and projected (Eq. 4)
+    global_cache: list[KVCache] | None  # one entry per global position: the pad patch, then patches
+    local_cache: list[KVCache]  # the current patch's bytes (after the cross-patch context, if any)
+    bytes: Tensor  # [B, t] every byte so far; the current patch is the last t mod P of them
+    chunks: Tensor | None  # [B, P, D_L] the current patch's global output, split and projected (Eq. 4)
 
 
 class Megabyte(ByteModel):
@@ -43,6 +66,15 @@ class Megabyte(ByteModel):
         local_n_heads: Attention heads in the local model; None = ``n_heads``.
         dropout: Dropout on attention weights and residual branches.
         init_std: Standard deviation of the truncated-normal initialisation.
+        cross_patch_attention: r, how many of the previous patch's last positions the local model
+            also attends to (0 = off, at most P); the first patch of a window sees r learned pad
+            positions instead.
+        patch_encoder: ``concat`` (the paper's main model: byte embeddings concatenated per patch)
+            or ``cnn`` (causal convolutions with kernels 3, 5, 7 over the byte embeddings first).
+        no_local: Ablation without the local model: the global output of patch k predicts all P
+            bytes of patch k directly, chunk p through a linear head.
+        no_global: Ablation without the global model: the local model alone, every patch
+            predicted from its own earlier bytes only.
     """
 
     def __init__(
@@ -57,6 +89,10 @@ class Megabyte(ByteModel):
         local_n_heads: int | None = None,
         dropout: float = 0.0,
         init_std: float = 0.02,
+        cross_patch_attention: int = 0,
+        patch_encoder: Literal["concat", "cnn"] = "concat",
+        no_local: bool = False,
+        no_global: bool = False,
     ) -> None:
         super().__init__()
         local_n_heads = local_n_heads or n_heads
@@ -77,80 +113,131 @@ class Megabyte(ByteModel):
                 f"global_d_model={global_d_model} must be a multiple of patch_size={patch_size} "
                 "(it is P * D_G, the concatenation of P byte embeddings)"
             )
+        check_variant(patch_size, cross_patch_attention, patch_encoder, no_local, no_global)
         self.patch_size, self.max_seq_len = patch_size, max_seq_len
         self.global_d_model, self.global_layers = global_d_model, global_layers
         self.local_d_model, self.local_layers = local_d_model, local_layers
+        self.cross_patch_attention, self.patch_encoder = cross_patch_attention, patch_encoder
+        self.no_local, self.no_global = no_local, no_global
         d_byte = global_d_model // patch_size  # D_G
-        # Eq. 1-2: byte embeddings plus positions, concatenated per patch; a pad patch shifts by one.
-        self.global_byte_embed = nn.Embedding(VOCAB_SIZE, d_byte)
-        self.global_pos_embed = nn.Embedding(max_seq_len, d_byte)
-        self.global_pad = nn.Parameter(torch.empty(global_d_model))
-        self.global_model = Transformer(global_d_model, global_layers, n_heads, dropout)
-        # Eq. 4-5: each of the P chunks of a global output, projected to D_L, plus the local
-        # embedding of the previous byte (a pad byte at the start of each patch).
-        self.global_to_local = nn.Linear(d_byte, local_d_model, bias=False)
-        self.local_byte_embed = nn.Embedding(VOCAB_SIZE, local_d_model)
-        self.local_pos_embed = nn.Embedding(patch_size, local_d_model)
-        self.local_pad = nn.Parameter(torch.empty(local_d_model))
-        self.local_model = Transformer(local_d_model, local_layers, local_n_heads, dropout)
-        self.head = nn.Linear(local_d_model, VOCAB_SIZE, bias=False)
+        if not no_global:
+            # Eq. 1-2: byte embeddings plus positions, concatenated per patch; a pad patch shifts by one.
+            self.global_byte_embed = nn.Embedding(VOCAB_SIZE, d_byte)
+            self.global_pos_embed = nn.Embedding(max_seq_len, d_byte)
+            self.conv_encoder = CausalConvEncoder(d_byte) if patch_encoder == "cnn" else None
+            self.global_pad = nn.Parameter(torch.empty(global_d_model))
+            self.global_model = Transformer(global_d_model, global_layers, n_heads, dropout)
+        if no_local:
+            self.head = nn.Linear(d_byte, VOCAB_SIZE, bias=False)  # chunk p -> byte p of the patch
+        else:
+            # Eq. 4-5: each of the P chunks of a global output, projected to D_L, plus the local
+            # embedding of the previous byte (a pad byte at the start of each patch).
+            if not no_global:
+                self.global_to_local = nn.Linear(d_byte, local_d_model, bias=False)
+            self.local_byte_embed = nn.Embedding(VOCAB_SIZE, local_d_model)
+            self.local_pos_embed = nn.Embedding(patch_size, local_d_model)
+            self.local_pad = nn.Parameter(torch.empty(local_d_model))
+            if cross_patch_attention:
+                self.cross_patch_pad = nn.Parameter(torch.empty(cross_patch_attention, local_d_model))
+            self.local_model = Transformer(local_d_model, local_layers, local_n_heads, dropout)
+            self.head = nn.Linear(local_d_model, VOCAB_SIZE, bias=False)
         init_weights(self, init_std, global_layers)
-        init_weights(self.local_model, init_std, local_layers)
+        if not no_local:
+            init_weights(self.local_model, init_std, local_layers)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, length = x.shape
         # Right-pad to whole patches; causality means the padding never reaches a real byte.
         x = F.pad(x, (0, -length % self.patch_size))
         patches = x.view(batch, -1, self.patch_size)  # [B, K, P]
-        g = self.global_model(shift_right(self.embed_patches(x), self.global_pad))  # k sees < k
-        local_in = self.local_input(self.global_chunks(g), patches)  # [B, K, P, D_L]
-        y = self.local_model(local_in.flatten(0, 1))  # [B*K, P, D_L], patches independent
-        return self.head(y).view(batch, -1, VOCAB_SIZE)[:, :length]
+        chunks = None
+        if not self.no_global:  # Eq. 3: global position k sees patches < k
+            g = self.global_model(shift_right(self.embed_patches(x), self.global_pad))
+            chunks = self.global_chunks(g)
+        y = chunks if self.no_local else self.local_output(self.local_input(chunks, patches))
+        return self.head(y).flatten(1, 2)[:, :length]
 
-    def embed_patches(self, x: Tensor, start: int = 0) -> Tensor:
+    def embed_patches(self, x: Tensor, start: int = 0, lookback: int = 0) -> Tensor:
         """Eq. 1-2: byte embeddings plus positions ``start, start+1, ...``, concatenated per patch:
-        whole patches ``x[B, K*P]`` -> ``[B, K, P*D_G]``."""
-        positions = torch.arange(start, start + x.size(1), device=x.device)
+        whole patches ``x[B, K*P]`` -> ``[B, K, P*D_G]``. With the CNN encoder, ``x`` may begin with
+        ``lookback`` earlier bytes that only feed the convolutions (positions from start - lookback)."""
+        positions = torch.arange(start - lookback, start + x.size(1) - lookback, device=x.device)
         h = self.global_byte_embed(x) + self.global_pos_embed(positions)
-        return h.view(x.size(0), -1, self.global_d_model)
+        if self.conv_encoder is not None:
+            h = self.conv_encoder(h)[:, lookback:]
+        return h.reshape(x.size(0), -1, self.global_d_model)
 
     def global_chunks(self, g: Tensor) -> Tensor:
-        """Eq. 4: each global output ``[..., P*D_G]`` split into P chunks, projected to ``[..., P, D_L]``."""
-        return self.global_to_local(g.unflatten(-1, (self.patch_size, -1)))
+        """Eq. 4: each global output ``[..., P*D_G]`` split into P chunks, projected to ``[..., P, D_L]``
+        (without a local model the head reads the ``D_G`` chunks directly)."""
+        chunks = g.unflatten(-1, (self.patch_size, -1))
+        return chunks if self.no_local else self.global_to_local(chunks)
 
-    def local_input(self, chunks: Tensor, patches: Tensor) -> Tensor:
+    def local_input(self, chunks: Tensor | None, patches: Tensor) -> Tensor:
         """Eq. 5: chunk p plus the local embedding of the previous byte (the pad byte for p = 0) and
         local position p, for the first n bytes of each patch: ``patches[..., n]`` -> ``[..., n, D_L]``."""
         n = patches.size(-1)
         local = shift_right(self.local_byte_embed(patches), self.local_pad) + self.local_pos_embed.weight[:n]
-        return chunks[..., :n, :] + local
+        return local if chunks is None else chunks[..., :n, :] + local
+
+    def local_output(self, local_in: Tensor) -> Tensor:
+        """Eq. 6: the local model on every patch ``[B, K, P, D_L]`` independently, batched; with
+        cross-patch attention each patch first sees the last r inputs of the previous patch."""
+        batch, num_patches, size, width = local_in.shape
+        r = self.cross_patch_attention
+        if r:
+            previous = torch.cat([self.cross_patch_pad.expand(batch, 1, r, width), local_in[:, :-1, -r:]], 1)
+            local_in = torch.cat([previous, local_in], dim=2)  # [B, K, r + P, D_L]
+        y = self.local_model(local_in.flatten(0, 1))[:, r:]
+        return y.view(batch, num_patches, size, width)
 
     def prefill(self, x: Tensor) -> tuple[Tensor, MegabyteCache]:
         """Global model over the pad patch and the prompt's whole patches, local model over the
         bytes of the last, partial patch; both leave their KV caches behind."""
         whole = x.size(1) - x.size(1) % self.patch_size
-        global_cache = self.global_model.new_caches()
-        h = self.embed_patches(F.pad(x[:, :whole], (0, self.patch_size)))  # placeholder: shifted out
-        g = self.global_model(shift_right(h, self.global_pad), global_cache)[:, -1]
-        local_cache = self.local_model.new_caches()
-        cache = MegabyteCache(global_cache, local_cache, x[:, whole:], self.global_chunks(g))
-        return self.decode_local(cache, new=cache.patch.size(1) + 1), cache
+        cache = MegabyteCache(None, [], x, None)
+        previous = None
+        if not self.no_global:
+            cache.global_cache = self.global_model.new_caches()
+            h = self.embed_patches(F.pad(x[:, :whole], (0, self.patch_size)))  # placeholder: shifted out
+            g = self.global_model(shift_right(h, self.global_pad), cache.global_cache)
+            cache.chunks = self.global_chunks(g[:, -1])
+            previous = self.global_chunks(g[:, -2]) if whole else None
+        self.start_patch(cache, previous, x[:, whole - self.patch_size : whole] if whole else None)
+        return self.decode_local(cache, new=x.size(1) - whole + 1), cache
 
     def step(self, byte: Tensor, cache: MegabyteCache) -> Tensor:
         """One local step per byte; when a patch completes, one global step for the next patch."""
-        cache.patch = torch.cat([cache.patch, byte[:, None]], dim=1)
-        if cache.patch.size(1) == self.patch_size:
-            # Patch k enters the global model at position k + 1 (after the pad and patches < k).
-            start = (cache.global_cache[0].length - 1) * self.patch_size
-            g = self.global_model(self.embed_patches(cache.patch, start), cache.global_cache)[:, -1]
-            cache.chunks, cache.patch = self.global_chunks(g), cache.patch[:, :0]
-            cache.local_cache = self.local_model.new_caches()
+        cache.bytes = torch.cat([cache.bytes, byte[:, None]], dim=1)
+        length, size = cache.bytes.size(1), self.patch_size
+        if length % size == 0:
+            previous = cache.chunks
+            if not self.no_global:
+                # Patch k enters the global model at position k + 1 (after the pad and patches < k).
+                lookback = min(length - size, self.conv_encoder.lookback) if self.conv_encoder else 0
+                h = self.embed_patches(cache.bytes[:, -size - lookback :], length - size, lookback)
+                cache.chunks = self.global_chunks(self.global_model(h, cache.global_cache)[:, -1])
+            self.start_patch(cache, previous, cache.bytes[:, -size:])
         return self.decode_local(cache, new=1)
+
+    def start_patch(self, cache: MegabyteCache, chunks: Tensor | None, patch: Tensor | None) -> None:
+        """Fresh local caches for a new patch; with cross-patch attention they start with the last r
+        local inputs of the previous ``patch`` (its global ``chunks``), or the pad before the first."""
+        if self.no_local:
+            return
+        cache.local_cache = self.local_model.new_caches()
+        r = self.cross_patch_attention
+        if r:
+            context = self.cross_patch_pad[None] if patch is None else self.local_input(chunks, patch)[:, -r:]
+            self.local_model(context.expand(cache.bytes.size(0), -1, -1), cache.local_cache)
 
     def decode_local(self, cache: MegabyteCache, new: int) -> Tensor:
         """Feed the last ``new`` local inputs of the current patch through the cached local model;
         logits for the byte after the patch's bytes so far."""
-        local_in = self.local_input(cache.chunks, F.pad(cache.patch, (0, 1)))[:, -new:]
+        patch = cache.bytes[:, cache.bytes.size(1) // self.patch_size * self.patch_size :]
+        if self.no_local:
+            return self.head(cache.chunks[:, patch.size(1)])
+        local_in = self.local_input(cache.chunks, F.pad(patch, (0, 1)))[:, -new:]
         return self.head(self.local_model(local_in, cache.local_cache)[:, -1])
 
     def forward_flops(self, seq_len: int) -> int:
@@ -161,4 +248,22 @@ class Megabyte(ByteModel):
             self.global_layers,
             self.local_d_model,
             self.local_layers,
+            cross_patch_attention=self.cross_patch_attention,
+            conv_kernels=PATCH_ENCODER_KERNELS if self.patch_encoder == "cnn" else (),
+            no_local=self.no_local,
+            no_global=self.no_global,
         )
+
+
+def check_variant(patch_size: int, cross_patch: int, encoder: str, no_local: bool, no_global: bool) -> None:
+    """One-line errors for ablation options that contradict each other."""
+    if encoder not in ("concat", "cnn"):
+        raise ValueError(f"patch_encoder={encoder!r} must be 'concat' or 'cnn'")
+    if not 0 <= cross_patch <= patch_size:
+        raise ValueError(f"cross_patch_attention={cross_patch} must be between 0 and patch_size={patch_size}")
+    if no_local and no_global:
+        raise ValueError("no_local and no_global together leave no model: choose one")
+    if no_local and cross_patch:
+        raise ValueError("cross_patch_attention is an option of the local model, which no_local removes")
+    if no_global and encoder == "cnn":
+        raise ValueError("patch_encoder='cnn' encodes the global model's patches, which no_global removes")

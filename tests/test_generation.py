@@ -22,6 +22,16 @@ TINY = {
     # N = 8 latents: a 40-byte sequence restarts the latent block several times.
     "perceiver_ar": lambda: PerceiverAR(d_model=32, n_layers=2, n_heads=4, max_seq_len=64, num_latents=8),
 }
+# MEGABYTE's ablations decode with the same caches: cross-patch attention starts each patch's local
+# cache with the previous patch's last r inputs, the CNN encoder re-reads 12 bytes before a patch.
+MEGABYTE_VARIANTS = {
+    "megabyte_cross_patch": {"cross_patch_attention": 3},
+    "megabyte_cnn": {"patch_encoder": "cnn"},
+    "megabyte_no_local": {"no_local": True},
+    "megabyte_no_global": {"no_global": True, "cross_patch_attention": 2},
+}
+for _name, _options in MEGABYTE_VARIANTS.items():
+    TINY[_name] = lambda options=_options: Megabyte(**{**TINY["megabyte"]().config["init_args"], **options})
 LENGTH = 40
 
 

@@ -23,12 +23,26 @@ TINY = {
     ),
     "perceiver_ar": lambda: PerceiverAR(d_model=32, n_layers=2, n_heads=4, max_seq_len=96, num_latents=24),
 }
+# The ablations of the paper's Table 10, on the tiny MEGABYTE: they satisfy the same contract.
+MEGABYTE_VARIANTS = {
+    "megabyte_cross_patch": {"cross_patch_attention": 2},
+    "megabyte_cnn": {"patch_encoder": "cnn"},
+    "megabyte_no_local": {"no_local": True},
+    "megabyte_no_global": {"no_global": True},
+}
+VARIANTS = {
+    **TINY,
+    **{
+        name: (lambda options=options: Megabyte(**{**TINY["megabyte"]().config["init_args"], **options}))
+        for name, options in MEGABYTE_VARIANTS.items()
+    },
+}
 
 
-@pytest.fixture(params=list(TINY))
+@pytest.fixture(params=list(VARIANTS))
 def model(request: pytest.FixtureRequest) -> torch.nn.Module:
     torch.manual_seed(0)
-    return TINY[request.param]().eval()
+    return VARIANTS[request.param]().eval()
 
 
 @pytest.mark.parametrize("length", [1, 7, 24, 33, 96])
@@ -50,7 +64,9 @@ def test_causality(model, length, changed):
     upto = changed - first + 1  # predictions at positions <= changed
     if upto > 0:
         assert diff[:upto].max() == 0
-    if changed < length - 1:
+    # Without the global model (and no cross-patch attention) a patch's last byte reaches nothing later.
+    isolated = getattr(model, "no_global", False) and (changed + 1) % model.patch_size == 0
+    if changed < length - 1 and not isolated:
         assert diff[max(upto, 0) :].max() > 1e-4
 
 
@@ -67,16 +83,35 @@ def test_megabyte_first_byte_of_each_patch_sees_previous_patches():
             assert (model(y)[0, 8] - base[0, 8]).abs().max() > 1e-5
 
 
-@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("name", list(VARIANTS))
 @pytest.mark.parametrize("length", [8, 24, 61, 96])
 def test_flops_match_the_counter(name, length):
     """The analytic count agrees with torch's FlopCounterMode on the real module (meta device)."""
     with torch.device("meta"):
-        model = TINY[name]()
+        model = VARIANTS[name]()
     x = torch.randint(0, 256, (3, length), device="meta")
     counted = measure_flops(model, lambda: model(x))
     assert counted == pytest.approx(3 * model.forward_flops(length), rel=0.02)
     assert model.flops_per_byte(length) == model.forward_flops(length) / model.scored_len(length)
+
+
+def test_megabyte_ablations_change_what_a_byte_sees():
+    """no_global: patches are independent; cross-patch attention: byte kP sees patch k-1 through the
+    local model too; no_local: the bytes of a patch are predicted without each other."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (1, 32))
+    y = x.clone()
+    y[0, 6] += 1  # patch 1 (P = 4), position 2
+    moved = {}
+    with torch.no_grad():
+        for name in MEGABYTE_VARIANTS:
+            model = VARIANTS[name]().eval()
+            moved[name] = (model(y) - model(x)).abs()
+    assert moved["megabyte_no_global"][0, 8:].max() == 0  # later patches never see patch 1
+    assert moved["megabyte_no_global"][0, 7].max() > 1e-4  # the rest of patch 1 does
+    assert moved["megabyte_no_local"][0, 7].max() == 0  # byte 7 comes from patches < 1 only
+    assert moved["megabyte_no_local"][0, 8].max() > 1e-4
+    assert moved["megabyte_cross_patch"][0, 8].max() > 1e-4
 
 
 def test_flops_scale_like_the_paper():
@@ -167,6 +202,10 @@ def test_bad_sizes_are_one_line_errors():
         Megabyte(patch_size=8, global_d_model=64, max_seq_len=100)
     with pytest.raises(ValueError, match="global_d_model=60 must be a multiple of patch_size=8"):
         Megabyte(patch_size=8, global_d_model=60, max_seq_len=64)
+    with pytest.raises(ValueError, match="no_local and no_global together"):
+        Megabyte(patch_size=4, global_d_model=64, max_seq_len=64, no_local=True, no_global=True)
+    with pytest.raises(ValueError, match="cross_patch_attention=5 must be between 0 and patch_size=4"):
+        Megabyte(patch_size=4, global_d_model=64, max_seq_len=64, cross_patch_attention=5)
     with pytest.raises(ValueError, match="d_model=30 must be divisible by n_heads=4"):
         Decoder(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="n_layers=0 must be a positive integer"):
