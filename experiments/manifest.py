@@ -271,7 +271,7 @@ class RunManifest(L.Callback):
             self.data["max_steps"] = trainer.max_steps
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
-        names = ("train/bpb", "val/bpb", "test/bpb")
+        names = ("train/bpb", "val/bpb", "test/bpb", "val/flops_per_byte", "test/flops_per_byte")
         return {k: float(v) for k, v in trainer.callback_metrics.items() if k in names}
 
     def _progress(self, pl_module: L.LightningModule) -> dict[str, int]:
@@ -281,7 +281,7 @@ class RunManifest(L.Callback):
         final, best = self.data["metrics"]["final"], self.data["metrics"]["best"]
         for name, value in metrics.items():
             final[name] = value
-            if name != "train/bpb" and (name not in best or value <= best[name]["value"]):
+            if name in ("val/bpb", "test/bpb") and (name not in best or value <= best[name]["value"]):
                 best[name] = {"value": value, "step": step}
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

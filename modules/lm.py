@@ -46,6 +46,24 @@ class BitsPerByte(Metric):
         return self.nats / self.bytes / LN2
 
 
+class FlopsPerByte(Metric):
+    """Inference cost of an evaluation: forward FLOPs of every pass over every window / bytes scored."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("flops", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("bytes", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, flops: float, num_bytes: Tensor) -> None:
+        self.flops += flops
+        self.bytes += num_bytes.detach().long()
+
+    def compute(self) -> Tensor:
+        return self.flops / self.bytes
+
+
 class ByteLM(L.LightningModule):
     """Trains and evaluates any :class:`ByteModel` on byte batches.
 
@@ -65,6 +83,10 @@ class ByteLM(L.LightningModule):
         activation_checkpointing: Recompute each transformer block's activations in the backward
             pass instead of storing them (less memory, about a third more compute).
         compile: ``torch.compile`` each transformer block.
+        strided_inference: Evaluate with MEGABYTE's strided inference (:meth:`strided_nats`: two
+            passes per window, offset by P/2), for models with a ``patch_size``. Sliding-window
+            evaluation is the data's ``score_len``; the two combine. ``val/flops_per_byte`` and
+            ``test/flops_per_byte`` report what either costs.
     """
 
     def __init__(
@@ -78,6 +100,7 @@ class ByteLM(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         activation_checkpointing: bool = False,
         compile: bool = False,
+        strided_inference: bool = False,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -86,7 +109,12 @@ class ByteLM(L.LightningModule):
             raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
+        if strided_inference and not hasattr(model, "patch_size"):
+            raise ValueError(
+                f"strided_inference offsets passes by half a patch; {type(model).__name__} has no patches"
+            )
         self.train_bpb, self.val_bpb, self.test_bpb = BitsPerByte(), BitsPerByte(), BitsPerByte()
+        self.val_cost, self.test_cost = FlopsPerByte(), FlopsPerByte()
         self._model_configured = False
         self.bytes_seen = 0  # training bytes scored, all ranks
         self.flops_seen = 0  # training FLOPs spent (3x forward), all ranks
@@ -125,13 +153,11 @@ class ByteLM(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def score(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Total nats and number of bytes scored in a batch."""
+    def score(self, batch: dict[str, Tensor], strided: bool = False) -> tuple[Tensor, Tensor]:
+        """Total nats and number of bytes scored in a batch (``strided``: by :meth:`strided_nats`)."""
         x = batch["x"]
-        logits = self.model(x)
-        scored = logits.size(1)
-        targets = x[:, -scored:]
-        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        nats = self.strided_nats(x) if strided else self.position_nats(x)
+        scored = nats.size(1)
         num_scored = batch.get("num_scored")
         if num_scored is None:
             return nats.sum(), torch.tensor(nats.numel(), device=x.device)
@@ -141,7 +167,40 @@ class ByteLM(L.LightningModule):
                 f"the last {scored}: lower the data's score_len"
             )
         mask = torch.arange(scored, device=x.device) >= scored - num_scored[:, None]
-        return (nats.view_as(targets) * mask).sum(), mask.sum()
+        return (nats * mask).sum(), mask.sum()
+
+    def position_nats(self, x: Tensor) -> Tensor:
+        """Cross-entropy in nats of every position the model predicts: ``[B, S]``, the last S of x."""
+        logits = self.model(x)
+        targets = x[:, -logits.size(1) :]
+        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        return nats.view_as(targets)
+
+    def strided_nats(self, x: Tensor) -> Tensor:
+        """MEGABYTE's strided inference: ``[B, L]`` nats of every byte of the windows ``x[B, L]``.
+
+        With h = P // 2: pass 1 runs the model on x as it is, pass 2 on ``x[:, h:]``, whose patches
+        therefore start h bytes later. Byte i of the window (0-based) is taken from pass 1 when
+        ``i mod P < h`` and from pass 2 otherwise: each pass contributes the first half of each of
+        its patches, every byte comes from exactly one pass (bytes i < h from pass 1), and pass 2
+        has h bytes less left context. It costs ``forward_flops(L) + forward_flops(L - h)``.
+        """
+        first = self.position_nats(x)
+        half = self.model.patch_size // 2
+        if x.size(1) <= half or half == 0:
+            return first
+        second = F.pad(self.position_nats(x[:, half:]), (half, 0))
+        from_second = torch.arange(x.size(1), device=x.device) % self.model.patch_size >= half
+        return torch.where(from_second, second, first)
+
+    def evaluation_flops(self, x: Tensor) -> float:
+        """Forward FLOPs of evaluating the windows ``x[B, L]`` (both passes when strided)."""
+        length = x.size(1)
+        lengths = [length]
+        half = getattr(self.model, "patch_size", 0) // 2
+        if self.hparams.strided_inference and 0 < half < length:
+            lengths.append(length - half)
+        return float(x.size(0) * sum(self.model.forward_flops(n) for n in lengths))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         nats, num_bytes = self.score(batch)
@@ -170,12 +229,20 @@ class ByteLM(L.LightningModule):
             )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.val_bpb.update(*self.score(batch))
+        self.evaluate(batch, self.val_bpb, self.val_cost)
         self.log("val/bpb", self.val_bpb, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/flops_per_byte", self.val_cost, on_step=False, on_epoch=True)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.test_bpb.update(*self.score(batch))
+        self.evaluate(batch, self.test_bpb, self.test_cost)
         self.log("test/bpb", self.test_bpb, on_step=False, on_epoch=True)
+        self.log("test/flops_per_byte", self.test_cost, on_step=False, on_epoch=True)
+
+    def evaluate(self, batch: dict[str, Tensor], bpb: BitsPerByte, cost: FlopsPerByte) -> None:
+        """Score an evaluation batch (strided if so configured) and count what it cost."""
+        nats, num_bytes = self.score(batch, strided=self.hparams.strided_inference)
+        bpb.update(nats, num_bytes)
+        cost.update(self.evaluation_flops(batch["x"]), num_bytes)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -90,3 +90,47 @@ def test_sliding_evaluation_matches_a_reference_loop(corpus, tmp_path):
                     torch.nn.functional.cross_entropy(logits, doc[first_scored:end], reduction="sum")
                 )
     assert metrics["val/bpb"] == pytest.approx(nats / len(split.data) / math.log(2), rel=1e-5)
+
+
+@pytest.mark.parametrize("score_len", [48, 16, 5])
+def test_strided_inference_scores_every_byte_once(score_len, corpus, tmp_path):
+    """Strided inference (two passes offset by P/2) still scores each byte of the split exactly once."""
+    lm = ByteLM(MODELS["megabyte"](), strided_inference=True)
+    dm = datamodule(corpus, tmp_path, score_len)
+    with torch.no_grad():
+        scored = sum(int(lm.score(batch, strided=True)[1]) for batch in dm.val_dataloader())
+    assert scored == len(dm.splits["val"].data)
+
+
+@torch.no_grad()
+def test_strided_inference_takes_the_first_half_of_each_patch_from_each_pass():
+    """Byte i comes from the pass over x when i mod P < P/2, else from the pass over x[:, P/2:]."""
+    torch.manual_seed(0)
+    lm = ByteLM(MODELS["megabyte"]().eval(), strided_inference=True)  # P = 4
+    x = torch.randint(0, 256, (2, 22))
+    first, second = lm.position_nats(x), lm.position_nats(x[:, 2:])
+    expected = torch.stack([first[:, i] if i % 4 < 2 else second[:, i - 2] for i in range(22)], dim=1)
+    torch.testing.assert_close(lm.strided_nats(x), expected)
+    assert not torch.allclose(first, expected)  # the second pass really changes some bytes
+    assert lm.evaluation_flops(x) == 2 * (lm.model.forward_flops(22) + lm.model.forward_flops(20))
+
+
+def test_strided_inference_needs_patches():
+    with pytest.raises(ValueError, match="Decoder has no patches"):
+        ByteLM(MODELS["decoder"](), strided_inference=True)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_evaluation_reports_its_inference_cost(strided, corpus, tmp_path):
+    """val/flops_per_byte = forward FLOPs of every pass over every window / bytes scored."""
+    model = MODELS["megabyte"]()
+    torch.nn.init.zeros_(model.head.weight)
+    dm = datamodule(corpus, tmp_path, score_len=16)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    (metrics,) = trainer.validate(ByteLM(model, strided_inference=strided), datamodule=dm)
+    assert metrics["val/bpb"] == pytest.approx(8.0, abs=1e-6)
+    lm = ByteLM(model, strided_inference=strided)
+    flops = sum(lm.evaluation_flops(batch["x"]) for batch in dm.val_dataloader())
+    assert metrics["val/flops_per_byte"] == pytest.approx(flops / len(dm.splits["val"].data), rel=1e-6)
