@@ -74,6 +74,7 @@ def run_row(run_dir: Path, manifest: dict[str, Any], allow_unfinished: bool = Fa
         "dataset_id": data["id"] or data["name"],
         **{key: data.get(key) for key in EVAL_PROTOCOL},
         "architecture": model["class"],
+        "variant": sweep.get("variant", model["class"]),  # a sweep's label for an option set
         "size": sweep.get("size", ""),
         "seed": sweep.get("seed", np.nan),
         "budget_flops": budget.get("flops") or np.nan,
@@ -139,13 +140,19 @@ def check_protocols(runs: pd.DataFrame) -> None:
             )
 
 
-def collect(paths: Iterable[str | Path], allow_unfinished: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read run directories (or folders of them) into a runs frame and a learning-curves frame."""
+def collect(
+    paths: Iterable[str | Path], allow_unfinished: bool = False, same_protocol: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read run directories (or folders of them) into a runs frame and a learning-curves frame.
+
+    ``same_protocol=False`` admits runs of one dataset evaluated with different windows (a study
+    that, like the paper, scores each model with its own context)."""
     rows, curves = [], []
     for run_dir in find_runs(paths):
         manifest = read_manifest(run_dir)
         rows.append(run_row(run_dir, manifest, allow_unfinished))
         curves += curve_rows(run_dir, manifest)
     runs = label_datasets(pd.DataFrame(rows))
-    check_protocols(runs)
+    if same_protocol:
+        check_protocols(runs)
     return runs, pd.DataFrame(curves, columns=["run_dir", "split", "step", "flops", "bpb"])

@@ -22,7 +22,7 @@ import analysis
 from datamodules import ByteDataModule
 from modules import ByteLM
 
-from . import bench, compare, generate, sweep
+from . import bench, compare, generate, study, sweep
 from .budget import ComputeBudget
 from .callbacks import PerfMonitor, PrintMetrics
 from .manifest import RunManifest
@@ -36,6 +36,7 @@ COMMANDS["bench"] = bench.main
 COMMANDS["sweep"] = sweep.main
 COMMANDS["analyze"] = analysis.main
 COMMANDS["compare"] = compare.main
+COMMANDS["study"] = study.main
 
 
 class ByteLabCLI(LightningCLI):

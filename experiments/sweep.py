@@ -43,10 +43,13 @@ class Architecture:
     Args:
         sizes: Named sizes (``experiments/sizes.py``), one run each per budget and seed.
         options: ``bytelab fit`` options for this architecture only (``{"model.lr": 2e-3}``).
+        model: The architecture (decoder, megabyte, perceiver_ar) when the entry's key is a variant
+            label instead (``no_local: {model: megabyte, options: {...no_local: true}}``); None: the key.
     """
 
     sizes: list[str]
     options: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
 
 
 @dataclass
@@ -99,22 +102,25 @@ class Sweep:
             raise ValueError(f"{source}: missing {sorted(missing)}")
         architectures = {}
         for name, spec in (data["architectures"] or {}).items():
-            if name not in ARCHITECTURES:
-                raise ValueError(
-                    f"{source}: unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}"
-                )
             spec = spec or {}
+            model = spec.get("model") or name
+            if model not in ARCHITECTURES:
+                raise ValueError(
+                    f"{source}: unknown architecture {model!r}; known: {', '.join(ARCHITECTURES)}"
+                )
             if not spec.get("sizes"):
                 raise ValueError(f"{source}: architecture {name} lists no sizes")
             for size in spec["sizes"]:
-                model_init_args(name, size)  # fails early on an unknown size
+                model_init_args(model, size)  # fails early on an unknown size
             architectures[name] = Architecture(
-                sizes=list(spec["sizes"]), options=dict(spec.get("options") or {})
+                sizes=list(spec["sizes"]), options=dict(spec.get("options") or {}), model=spec.get("model")
             )
         if not architectures:
             raise ValueError(f"{source}: architectures is empty")
         sweep = cls(**{**data, "architectures": architectures})
         sweep.budgets = [float(b) for b in sweep.budgets or []]
+        if sweep.budget_bytes is not None:  # YAML reads 8.0e10 (no sign in the exponent) as a string
+            sweep.budget_bytes = float(sweep.budget_bytes)
         if not sweep.budgets and sweep.budget_bytes is None:
             raise ValueError(f"{source}: give budgets (training FLOPs) or budget_bytes")
         if any(b <= 0 for b in sweep.budgets):
@@ -162,7 +168,8 @@ def expand(sweep: Sweep) -> list[Run]:
     """Every run of the sweep, in a stable order with stable ids."""
     runs = []
     budgets: list[float | None] = list(sweep.budgets) or [None]
-    for arch, spec in sweep.architectures.items():
+    for label, spec in sweep.architectures.items():
+        arch = spec.model or label
         for size in spec.sizes:
             for budget in budgets:
                 for seed in sweep.seeds:
@@ -171,7 +178,7 @@ def expand(sweep: Sweep) -> list[Run]:
                         if budget is not None
                         else f"b{budget_tag(sweep.budget_bytes)}"
                     )
-                    run_id = f"{arch}-{size}-{tag}-seed{seed}"
+                    run_id = f"{label}-{size}-{tag}-seed{seed}"
                     run_dir = Path(sweep.run_root) / run_id
                     args = ["fit", *(f"--config={resolve_config(c)}" for c in sweep.configs)]
                     args.append(f"--model.model={ARCHITECTURES[arch]}")
@@ -191,6 +198,7 @@ def expand(sweep: Sweep) -> list[Run]:
                         "sweep": sweep.name,
                         "id": run_id,
                         "architecture": arch,
+                        "variant": label,
                         "size": size,
                         "budget_flops": budget,
                         "budget_bytes": sweep.budget_bytes,

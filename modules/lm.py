@@ -107,7 +107,11 @@ class ByteLM(L.LightningModule):
             raise ValueError(f"lr={lr} must be positive")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
-        self.save_hyperparameters(ignore=["model"])
+        # strided_inference is how a run is evaluated, not part of the trained model: kept out of the
+        # checkpoint's hyperparameters, which `bytelab validate --ckpt_path` would otherwise restore
+        # over the command line's choice.
+        self.save_hyperparameters(ignore=["model", "strided_inference"])
+        self.strided_inference = strided_inference
         self.model = model
         if strided_inference and not hasattr(model, "patch_size"):
             raise ValueError(
@@ -198,7 +202,7 @@ class ByteLM(L.LightningModule):
         length = x.size(1)
         lengths = [length]
         half = getattr(self.model, "patch_size", 0) // 2
-        if self.hparams.strided_inference and 0 < half < length:
+        if self.strided_inference and 0 < half < length:
             lengths.append(length - half)
         return float(x.size(0) * sum(self.model.forward_flops(n) for n in lengths))
 
@@ -240,7 +244,7 @@ class ByteLM(L.LightningModule):
 
     def evaluate(self, batch: dict[str, Tensor], bpb: BitsPerByte, cost: FlopsPerByte) -> None:
         """Score an evaluation batch (strided if so configured) and count what it cost."""
-        nats, num_bytes = self.score(batch, strided=self.hparams.strided_inference)
+        nats, num_bytes = self.score(batch, strided=self.strided_inference)
         bpb.update(nats, num_bytes)
         cost.update(self.evaluation_flops(batch["x"]), num_bytes)
 

@@ -1,0 +1,106 @@
+"""A study's table beside the paper's (``bytelab study``): our numbers, the paper's, and the orderings.
+
+Rows are the paper's rows (a study maps its run labels onto them), columns the paper's columns;
+where a row was run at several sizes the best is shown. An ordering matches when sorting the rows by
+our numbers and by the paper's gives the same order (lower is better); otherwise the table says how
+many pairs of rows agree.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import plots  # noqa: E402
+from .collect import collect  # noqa: E402
+from .paper_numbers import PAPER  # noqa: E402
+from .tables import grid_table, to_markdown, write_table  # noqa: E402
+
+
+def compare_with_paper(study: Any, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Long form: one row per (paper row, column) with ours (best over sizes) and the paper's number."""
+    ours = pd.DataFrame(rows)
+    ours["row"] = ours["label"].map(lambda label: study.rows.get(label, label))
+    best = ours.sort_values("bpb").groupby(["row", "column"], sort=False).head(1)
+    paper = PAPER.get(study.name, {})
+    best = best.assign(
+        paper=[paper.get(r, {}).get(c) for r, c in zip(best["row"], best["column"], strict=True)]
+    )
+    order = {row: i for i, row in enumerate(dict.fromkeys(study.rows.values()))}
+    return best.sort_values(["column", "row"], key=lambda s: s.map(order) if s.name == "row" else s)
+
+
+def ordering(long: pd.DataFrame, column: str) -> str:
+    """One line: our order and the paper's for one column, and whether they agree."""
+    group = long[(long["column"] == column) & long["paper"].notna()]
+    if len(group) < 2:
+        return f"- {column}: fewer than two rows with a paper number, no ordering to compare"
+    ours = " < ".join(group.sort_values("bpb")["row"])
+    theirs = " < ".join(group.sort_values("paper")["row"])
+    pairs = list(combinations(group.itertuples(), 2))
+    agree = sum((a.bpb - b.bpb) * (a.paper - b.paper) > 0 for a, b in pairs)
+    verdict = "matches" if ours == theirs else f"differs ({agree} of {len(pairs)} pairs agree)"
+    return f"- {column}: ordering {verdict}. Ours: {ours}. Paper: {theirs}."
+
+
+def wide(long: pd.DataFrame) -> pd.DataFrame:
+    """The Markdown layout: per column, ours and the paper's side by side, then our cost and size."""
+    table = pd.DataFrame({"row": list(dict.fromkeys(long["row"]))}).set_index("row")
+    for column, group in long.groupby("column", sort=False):
+        group = group.set_index("row")
+        unit = "" if column == "seconds" else " bpb"
+        table[f"{column}{unit} (ours)"] = group["bpb"]
+        table[f"{column}{unit} (paper)"] = group["paper"]
+        if column != "seconds":
+            table[f"{column} eval FLOPs/byte"] = group["flops_per_byte"]
+            table[f"{column} params"] = group["params"]
+    return table.reset_index()
+
+
+def plot_against_paper(long: pd.DataFrame, path: Path) -> list[Path]:
+    """One panel per column: our number against the paper's for each row (a rising cloud = agreement)."""
+    columns = list(dict.fromkeys(long["column"]))
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
+    for ax, column in zip(axes[0], columns, strict=True):
+        group = long[(long["column"] == column) & long["paper"].notna()]
+        ax.scatter(group["paper"], group["bpb"], color="tab:red")
+        for row in group.itertuples():
+            ax.annotate(row.row, (row.paper, row.bpb), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel=f"paper ({column})", ylabel="ours", title=column)
+        ax.grid(True, alpha=0.3)
+    return plots._save(fig, path)
+
+
+def write_study(
+    study: Any, rows: list[dict[str, Any]], run_dirs: list[Path], out: Path, variant: str
+) -> Path:
+    """Write ``table.md`` / ``table.csv`` (ours beside the paper's), ``grid.*`` and plots under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    long = compare_with_paper(study, rows)
+    long.drop(columns=["label"]).to_csv(out / "table.csv", index=False)
+    lines = [
+        f"# {study.name} ({variant}): {study.reproduces}",
+        "",
+        to_markdown(wide(long)),
+        "Lower is better. Orderings (lower first):",
+        "",
+        *[ordering(long, column) for column in dict.fromkeys(long["column"])],
+        "",
+    ]
+    if study.notes:
+        lines += [study.notes.strip(), ""]
+    (out / "table.md").write_text("\n".join(lines))
+    plot_against_paper(long, out / "ours_vs_paper")
+    runs, curves = collect(run_dirs, same_protocol=False)  # the paper's contexts differ per model
+    runs = runs.assign(architecture=runs["variant"], size=runs["size"])
+    write_table(grid_table(runs), out, "grid")
+    plots.plot_learning_curves(runs, curves, out / "learning_curves")
+    return out / "table.md"

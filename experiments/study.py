@@ -1,0 +1,257 @@
+"""``bytelab study NAME [--mini]``: one of the MEGABYTE paper's tables, run, then laid out beside the paper's.
+
+A study file, ``experiments/sweeps/paper/NAME.yaml``, names the table it reproduces and holds two
+variants: ``paper`` (the paper's sizes, batches, context and learning rates, for GPUs) and ``mini``
+(2 CPU cores, minutes, the embedded data). A variant is a list of parts, one per column of the
+paper's table; a part is a sweep (``experiments/sweep.py``: compute-matched runs, skipped when
+finished, resumed when interrupted) plus, optionally, ``evaluations`` (other ways of scoring the
+trained models, as ``bytelab validate`` options: Table 11) or ``generate_bytes`` (time cached
+generation: Table 9). The analysis writes ``results/paper/NAME/``: ``table.md`` (ours beside the
+paper's numbers from ``analysis/paper_numbers.py``, and which orderings match), ``table.csv``,
+``grid.md`` (every run) and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .manifest import MANIFEST, read_manifest, write_json_atomic
+from .sweep import REPO, Run, Sweep, expand, flag, run_inline, run_sweep
+
+STUDIES = REPO / "experiments" / "sweeps" / "paper"
+EVALUATIONS = "evaluations"  # <run_dir>/evaluations/<name>: one `bytelab validate` each
+GENERATION = "generation.json"  # <run_dir>/generation.json: the timed generation
+
+
+@dataclass
+class Part:
+    """One column of a study's table.
+
+    Args:
+        column: The paper's column this part reproduces (``arXiv``, ``Image256``, ...).
+        sweep: The runs (a sweep mapping, see ``experiments/sweep.py``).
+        evaluations: Row label -> ``bytelab validate`` options, each applied to every trained run
+            (its checkpoint) instead of the run's own final validation.
+        generate_bytes: Time cached generation of this many bytes from every trained run.
+    """
+
+    column: str
+    sweep: Sweep
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    generate_bytes: int | None = None
+
+
+@dataclass
+class Study:
+    """A study file: which table, how our row labels map to the paper's rows, and its two variants.
+
+    Args:
+        name: The study's name (the file's stem and the key of ``analysis/paper_numbers.py``).
+        reproduces: The paper's table, in words.
+        rows: Our row label (a sweep's architecture key, or an evaluation's name) -> the paper's row.
+        paper: Parts at the paper's scale.
+        mini: Parts sized for 2 CPU cores.
+        notes: What differs from the paper, printed under the table.
+    """
+
+    name: str
+    reproduces: str
+    rows: dict[str, str]
+    paper: list[Part]
+    mini: list[Part]
+    notes: str = ""
+
+    @classmethod
+    def load(cls, name: str | Path) -> Study:
+        """Read ``experiments/sweeps/paper/NAME.yaml`` (or a path), with one-line errors that name it."""
+        path = Path(name) if str(name).endswith(".yaml") else STUDIES / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml")))
+            raise FileNotFoundError(f"no study {name!r} ({path} does not exist); known: {known}")
+        data = yaml.safe_load(path.read_text())
+        known_keys = set(cls.__dataclass_fields__)
+        if not isinstance(data, dict) or set(data) - known_keys or {"paper", "mini", "rows"} - set(data):
+            raise ValueError(f"{path}: a study file is a mapping with keys {sorted(known_keys)}")
+        parts = {
+            variant: [part(p, f"{path} {variant}") for p in data[variant]] for variant in ("paper", "mini")
+        }
+        return cls(**{**data, **parts, "name": data.get("name", path.stem)})
+
+    def parts(self, mini: bool) -> list[Part]:
+        return self.mini if mini else self.paper
+
+
+def part(data: dict[str, Any], source: str) -> Part:
+    """A part from its mapping; its sweep checked like any sweep file."""
+    unknown = set(data) - set(Part.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {sorted(unknown)} in a part")
+    return Part(
+        **{
+            **data,
+            "sweep": Sweep.from_dict(data["sweep"], source),
+            "evaluations": data.get("evaluations") or {},
+        }
+    )
+
+
+def evaluation_runs(run: Run, evaluations: dict[str, dict[str, Any]]) -> list[tuple[str, Run]]:
+    """One ``bytelab validate`` per evaluation: the run's own options, its last checkpoint, then the
+    evaluation's options, in ``<run_dir>/evaluations/<name>``."""
+    runs = []
+    checkpoint = run.run_dir / "checkpoints" / "last.ckpt"
+    for name, options in evaluations.items():
+        run_dir = run.run_dir / EVALUATIONS / "".join(c if c.isalnum() else "_" for c in name)
+        args = ["validate", *run.args[1:-2], f"--run_dir={run_dir}", f"--ckpt_path={checkpoint}"]
+        args += [flag(k, v) for k, v in options.items()]
+        runs.append((name, Run(f"{run.id}/{name}", run_dir, args, {**run.info, "evaluation": name})))
+    return runs
+
+
+def evaluate(part: Part, echo: Any = print) -> None:
+    """Run the part's evaluations that have not finished yet."""
+    for run in expand(part.sweep):
+        for _, evaluation in evaluation_runs(run, part.evaluations):
+            manifest = evaluation.run_dir / MANIFEST
+            if manifest.is_file() and read_manifest(evaluation.run_dir)["status"] == "finished":
+                continue
+            evaluation.run_dir.mkdir(parents=True, exist_ok=True)
+            start = time.monotonic()
+            if run_inline(evaluation) != 0:
+                raise ValueError(f"evaluation {evaluation.id} failed: see {evaluation.run_dir / 'log.txt'}")
+            echo(f"  eval    {evaluation.id:44} {time.monotonic() - start:5.0f} s")
+
+
+def time_generation(part: Part, echo: Any = print) -> None:
+    """Time cached generation of ``generate_bytes`` bytes (batch 1, no prompt) from every run, on
+    the GPU if there is one."""
+    import torch
+
+    from modules import ByteLM
+    from modules.generate import generate
+
+    for run in expand(part.sweep):
+        out = run.run_dir / GENERATION
+        if out.is_file():
+            continue
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = ByteLM.from_checkpoint(run.run_dir / "checkpoints" / "last.ckpt").model.eval().to(device)
+        prompt = torch.zeros(1, 0, dtype=torch.long, device=device)
+        generate(model, prompt, min(16, part.generate_bytes))  # warm-up
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        start = time.perf_counter()
+        generate(model, prompt, part.generate_bytes, generator=torch.Generator(device).manual_seed(0))
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        seconds = time.perf_counter() - start
+        record = {"bytes": part.generate_bytes, "seconds": seconds, "threads": torch.get_num_threads()}
+        write_json_atomic(out, {**record, "device": str(device)})
+        echo(f"  generate {run.id:43} {seconds:5.1f} s for {part.generate_bytes} bytes")
+
+
+def results(part: Part) -> list[dict[str, Any]]:
+    """Our numbers of one part: one row per run (per evaluation, if the part has evaluations)."""
+    rows = []
+    for run in expand(part.sweep):
+        manifest = read_manifest(run.run_dir)
+        base = {
+            "label": run.info["variant"],
+            "column": part.column,
+            "size": run.info["size"],
+            "run_dir": str(run.run_dir),
+            "params": manifest["model"]["params"]["total"],
+        }
+        evaluated = [(name, read_manifest(e.run_dir)) for name, e in evaluation_runs(run, part.evaluations)]
+        for label, m in evaluated or [(base["label"], manifest)]:
+            final = m["metrics"]["final"]
+            rows.append(
+                {
+                    **base,
+                    "label": label,
+                    "bpb": final["val/bpb"],
+                    "flops_per_byte": final.get("val/flops_per_byte"),
+                }
+            )
+        if part.generate_bytes:
+            generation = json.loads((run.run_dir / GENERATION).read_text())
+            rows.append({**rows[-1], "column": "seconds", "bpb": generation["seconds"]})
+    return rows
+
+
+def run_study(study: Study, mini: bool, out: Path, jobs: int = 1, echo: Any = print) -> Path:
+    """Run every part of one variant (sweep, evaluations, generation timing), then the analysis."""
+    from analysis.paper import write_study  # pandas and matplotlib: only when analysing
+
+    parts = study.parts(mini)
+    for p in parts:
+        failed = run_sweep(p.sweep, jobs=jobs, inline=jobs == 1, echo=echo)
+        if failed:
+            raise ValueError(
+                f"{len(failed)} runs of study {study.name} failed, see {failed[0].run_dir}/log.txt"
+            )
+        evaluate(p, echo)
+        if p.generate_bytes:
+            time_generation(p, echo)
+    rows = [row for p in parts for row in results(p)]
+    run_dirs = [run.run_dir for p in parts for run in expand(p.sweep)]
+    return write_study(study, rows, run_dirs, out, variant="mini" if mini else "paper")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bytelab study", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", help=f"a study of {STUDIES} (its file name without .yaml), or a path")
+    p.add_argument("--mini", action="store_true", help="the CPU-sized variant (default: the paper's scale)")
+    p.add_argument("--out", help="output folder (default: results/paper/NAME)")
+    p.add_argument("--runs", help="folder for the run directories (default: each part's run_root)")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bytelab fit options for every run (YAML values), e.g. data.init_args.paths=data/pg19",
+    )
+    p.add_argument("--budgets", type=float, nargs="+", help="training-FLOP budgets replacing every part's")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time in child processes (1: in this process)"
+    )
+    p.add_argument("--print-commands", action="store_true", help="print every `bytelab fit` line and exit")
+    return p
+
+
+def configure(
+    study: Study, mini: bool, runs: str | None, options: list[str], budgets: list[float] | None = None
+) -> None:
+    """Apply ``--runs``, ``--set`` and ``--budgets`` to every part of the chosen variant, in place."""
+    extra = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: give KEY=VALUE")
+        extra[key] = yaml.safe_load(value)
+    for i, p in enumerate(study.parts(mini)):
+        p.sweep.options = {**p.sweep.options, **extra}
+        if budgets:
+            p.sweep.budgets = sorted(budgets)
+        if runs:
+            p.sweep.run_root = str(Path(runs) / f"{i}-{p.column}")
+
+
+def main(argv: list[str]) -> int:
+    """``bytelab study``."""
+    args = parser().parse_args(argv)
+    study = Study.load(args.name)
+    configure(study, args.mini, args.runs, args.set, args.budgets)
+    if args.print_commands:
+        for p in study.parts(args.mini):
+            print("\n".join(run.command for run in expand(p.sweep)))
+        return 0
+    out = Path(args.out or f"results/paper/{study.name}")
+    table = run_study(study, args.mini, out, args.jobs)
+    print(table.read_text())
+    return 0

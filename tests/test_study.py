@@ -1,0 +1,99 @@
+"""`bytelab study`: every study file parses and builds its models (meta device, no training), the
+paper's numbers cover its rows, and one mini study runs end to end on a tiny corpus."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from analysis.paper import ordering
+from analysis.paper_numbers import PAPER
+from experiments.cli import main
+from experiments.study import STUDIES, Study
+from experiments.sweep import expand
+from modules.base import build_model
+
+NAMES = sorted(path.stem for path in STUDIES.glob("*.yaml"))
+
+
+def model_config(args: list[str]) -> dict:
+    """The model a `bytelab fit` command line builds: its class and init_args flags (last one wins)."""
+    flags = dict(arg[2:].split("=", 1) for arg in args if arg.startswith("--model.model"))
+    init_args = {
+        key.removeprefix("model.model.init_args."): yaml.safe_load(value)
+        for key, value in flags.items()
+        if key.startswith("model.model.init_args.")
+    }
+    return {"class_path": flags["model.model"], "init_args": init_args}
+
+
+def test_every_table_of_the_issue_has_a_study():
+    expected = {"table2_text", "table5_images", "audio", "table10_ablations", "table12_patch_size"}
+    expected |= {"table13_split", "table11_inference", "table16_scan_order", "table9_generation"}
+    assert set(NAMES) == expected == set(PAPER)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("variant", ["paper", "mini"])
+def test_study_parses_and_builds_its_models(name, variant, monkeypatch):
+    for module in ("decoder", "megabyte", "perceiver_ar"):  # shapes and FLOPs only: skip the init
+        monkeypatch.setattr(f"modules.{module}.init_weights", lambda *args: None)
+    study = Study.load(name)
+    assert study.name == name
+    labels = set()
+    for part in study.parts(variant == "mini"):
+        runs = expand(part.sweep)
+        assert runs and len({r.run_dir for r in runs}) == len(runs)
+        for run in runs:
+            config = model_config(run.args)
+            with torch.device("meta"):
+                model = build_model(config)
+            seq_len = yaml.safe_load(
+                [a for a in run.args if a.startswith("--data.init_args.seq_len=")][-1].split("=", 1)[1]
+            )
+            assert model.max_seq_len >= seq_len and model.flops_per_byte(seq_len) > 0
+            if variant == "paper":
+                assert any("trainer/fsdp.yaml" in a for a in run.args)
+            labels |= set(part.evaluations) or {run.info["variant"]}
+        for row in study.rows.values():  # the paper has a number for every row of every column
+            column = "bpb" if part.generate_bytes else part.column
+            assert PAPER[name][row][column] > 0
+    assert labels == set(study.rows)
+
+
+def test_orderings_are_compared_pair_by_pair():
+    long = pd.DataFrame(
+        {"row": ["a", "b", "c"], "column": ["x"] * 3, "bpb": [1.0, 2.0, 3.0], "paper": [1.0, 3.0, 2.0]}
+    )
+    assert (
+        ordering(long, "x")
+        == "- x: ordering differs (2 of 3 pairs agree). Ours: a < b < c. Paper: a < c < b."
+    )
+    assert "ordering matches" in ordering(long.assign(paper=[0.5, 0.6, 0.7]), "x")
+
+
+def test_mini_inference_study_end_to_end(tmp_path, monkeypatch, capsys):
+    """Table 11's mini on a tiny corpus and model: one training run, four evaluations, the table."""
+    monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"doc{i}.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * (30 + 4 * i))
+    tiny = {"global_d_model": 32, "global_layers": 1, "local_d_model": 16, "local_layers": 1}
+    sets = [f"model.model.init_args.{k}={v}" for k, v in tiny.items()] + [f"data.init_args.paths={corpus}"]
+    out = tmp_path / "out"
+    args = ["study", "table11_inference", "--mini", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    assert main([*args, "--budgets", "3e9", "--set", *sets]) == 0
+    table = pd.read_csv(out / "table.csv").set_index("row")
+    assert list(table.index) == ["basic", "sliding window", "strided", "sliding window + strided"]
+    assert (table["bpb"] < 8.5).all() and table.loc["basic", "paper"] == 0.9079
+    cost = table["flops_per_byte"]  # strided doubles the passes; sliding windows of 64 of 256 bytes, 4x
+    assert cost["strided"] == pytest.approx(2 * cost["basic"], rel=0.05)
+    assert cost["sliding window"] > 3 * cost["basic"]
+    text = (out / "table.md").read_text()
+    assert "| basic |" in text and "PG-19: ordering" in text
+    assert {"ours_vs_paper.png", "learning_curves.png", "grid.md"} <= {p.name for p in out.iterdir()}
+    assert main([*args, "--budgets", "3e9", "--set", *sets]) == 0  # all done: only the analysis again
+    assert "0 to run" in capsys.readouterr().out
