@@ -128,6 +128,7 @@ def test_pcm16_training_windows_hold_whole_samples(tmp_path: Path) -> None:
         AudioBytes(encoding="pcm16", seq_len=15)
 
 
+@pytest.mark.faults
 def test_corrupt_audio_fails_or_is_skipped(tmp_path: Path) -> None:
     write_waves(tmp_path / "wav", [0.02] * 3)
     (tmp_path / "wav" / "broken.flac").write_bytes(b"fLaC but nothing else")

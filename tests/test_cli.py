@@ -90,6 +90,7 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
     assert validated.returncode == 0, validated.stderr[-3000:]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -98,6 +99,13 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
         (["--data.init_args.paths={short}"], "seq_len"),
         (["--model.model.init_args.max_seq_len=100"], "max_seq_len=100 must be a multiple of patch_size=8"),
         (["--config={perceiver}", "--data.init_args.score_len=96"], "score_len=96 exceeds the 32 positions"),
+    ],
+    ids=[
+        "empty corpus",
+        "missing path",
+        "corpus shorter than a window",
+        "max_seq_len not a multiple of patch_size",
+        "score_len above num_latents",
     ],
 )
 def test_bad_input_is_a_one_line_error(args, message, tmp_path, corpus):

@@ -202,6 +202,7 @@ def test_cifar10_python_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert dm.manifest["splits"]["val"]["documents"] == 2
 
 
+@pytest.mark.faults
 def test_corrupt_images_fail_or_are_skipped(tmp_path: Path) -> None:
     write_images(tmp_path / "images", [(8, 8)] * 4)
     (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -272,6 +273,7 @@ def test_fit_each_model_on_the_image_default(model: str, tmp_path: Path) -> None
 
 
 @pytest.mark.cli
+@pytest.mark.faults
 def test_unsupported_patch_size_is_a_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(
         [
