@@ -116,9 +116,8 @@ def _cell(value: object, column: str) -> str:
         return f"{value:.4f}" if column != "compute multiplier" else f"{value:.2f}x"
     if "params" in column:
         return f"{value / 1e6:.2f}M"
-    if isinstance(value, float | np.floating) and (
-        "flops" in column.lower() or "budget" in column or column == "c0"
-    ):
+    counts = ("flops", "budget", "bytes", "c0")
+    if isinstance(value, int | float | np.number) and any(k in column.lower() for k in counts):
         return f"{value:.3g}"
     if isinstance(value, float | np.floating):
         return f"{value:.4g}"

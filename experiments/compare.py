@@ -35,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs", type=int, default=1, help="runs at a time in child processes (1: in this process)"
     )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads per run (default: 1, for small models)"
+    )
     return p
 
 
@@ -65,7 +68,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     sweep = configure(args)
     start = time.monotonic()
-    failed = run_sweep(sweep, jobs=args.jobs, inline=args.jobs == 1)
+    failed = run_sweep(sweep, jobs=args.jobs, inline=args.jobs == 1, threads=args.threads)
     if failed:
         print(
             f"bytelab compare: {len(failed)} runs failed, see their log.txt: {failed[0].run_dir}",

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .manifest import MANIFEST, SWEEP_INFO, read_manifest, write_json_atomic
@@ -237,7 +238,7 @@ def run_subprocess(run: Run, threads: int | None = None) -> int:
     """Run one ``bytelab fit`` as a child process, its output in ``<run_dir>/log.txt``."""
     env = dict(os.environ)
     if threads is not None:
-        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(run.run_dir / LOG, "a") as log:
         return subprocess.run(
             [*bytelab_entry(), *run.args], stdout=log, stderr=subprocess.STDOUT, env=env
@@ -285,8 +286,14 @@ def run_sweep(
     inline: bool = False,
     launch: Callable[[Run], int] | None = None,
     echo: Callable[[str], None] = print,
+    threads: int | None = None,
 ) -> list[Run]:
-    """Run every unfinished run of the sweep (``jobs`` at a time); return the runs that failed."""
+    """Run every unfinished run of the sweep (``jobs`` at a time); return the runs that failed.
+
+    ``threads`` is torch's CPU threads per run (default: the cores shared among the jobs). Small
+    models on a busy machine want 1: with 2 OpenMP threads on 2 loaded cores, a tiny model's step was
+    measured 100x slower than with 1, the threads spinning while they wait for each other.
+    """
     runs = expand(sweep)
     todo = []
     for run in runs:
@@ -296,10 +303,8 @@ def run_sweep(
             continue
         todo.append((run, action))
     if launch is None:
-        cores = os.cpu_count() or 1
-        launch = (
-            run_inline if inline else lambda r: run_subprocess(r, max(cores // jobs, 1) if jobs > 1 else None)
-        )
+        per_run = threads or (max((os.cpu_count() or 1) // jobs, 1) if jobs > 1 else None)
+        launch = run_inline if inline else lambda r: run_subprocess(r, per_run)
     failed = []
 
     def one(item: tuple[Run, str]) -> None:
@@ -316,9 +321,14 @@ def run_sweep(
     if jobs > 1 and not inline:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             list(pool.map(one, todo))
-    else:
+        return failed
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)  # in-process runs share this process's setting
+    try:
         for item in todo:
             one(item)
+    finally:
+        torch.set_num_threads(previous)
     return failed
 
 
@@ -354,6 +364,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep YAML file (see experiments/sweeps/)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (child processes share the cores)")
     p.add_argument("--inline", action="store_true", help="run in this process, one at a time (no start-up)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / jobs)")
     p.add_argument(
         "--print-commands", action="store_true", help="print one `bytelab fit` line per run and exit"
     )
@@ -372,7 +383,7 @@ def main(argv: list[str]) -> int:
         text = "\n".join(run.command for run in runs) if args.print_commands else slurm_script(sweep, runs)
         print(text.rstrip())
         return 0
-    failed = run_sweep(sweep, jobs=args.jobs, inline=args.inline)
+    failed = run_sweep(sweep, jobs=args.jobs, inline=args.inline, threads=args.threads)
     if failed:
         print(
             f"bytelab sweep: {len(failed)} runs failed: {', '.join(str(r.run_dir) for r in failed)}",

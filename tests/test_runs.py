@@ -8,12 +8,22 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import torch
 
 from datamodules import TextBytes
 from datamodules.bytes import evaluation_windows, truncated_lengths
 from experiments.budget import ComputeBudget, steps_for_budget
 from experiments.manifest import RunManifest, parameter_counts, read_manifest, write_json_atomic
 from modules import ByteLM, Decoder, Megabyte
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster, and immune to OpenMP spinning on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from experiments.cli import main
@@ -119,3 +120,15 @@ def test_print_commands_and_slurm(tmp_path, capsys):
 def test_missing_sweep_file_is_a_one_line_error(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml does not exist" in capsys.readouterr().err
+
+
+def test_threads_apply_to_in_process_runs_and_are_restored(tmp_path):
+    torch.set_num_threads(2)
+    seen = []
+    run_sweep(
+        make(tmp_path, seeds=[0], budgets=[1e12]),
+        launch=lambda run: seen.append(torch.get_num_threads()) or 0,
+        echo=lambda line: None,
+        threads=1,
+    )
+    assert set(seen) == {1} and torch.get_num_threads() == 2
