@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/bytelab fit --config experiments/configs/model/megabyte_tiny.yaml --run_dir runs/quickstart \
-		--trainer.max_steps 300 --trainer.val_check_interval 100
+	$(BIN)/bytelab compare
 
 test: $(STAMP)
 	$(BIN)/pytest
