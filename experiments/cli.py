@@ -64,6 +64,7 @@ class ByteLabCLI(LightningCLI):
         trainer_config = config.trainer
         kwargs.setdefault("default_root_dir", str(run_dir))
         if trainer_config.logger in (None, True):
+            keep_earlier_metrics(run_dir)
             kwargs["logger"] = [
                 CSVLogger(run_dir, name="", version=""),
                 TensorBoardLogger(run_dir, name="", version="tensorboard"),
@@ -86,6 +87,18 @@ class ByteLabCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+
+def keep_earlier_metrics(run_dir: Path) -> None:
+    """Move an existing ``metrics.csv`` to ``metrics.<n>.csv`` before a new logger starts.
+
+    Lightning's CSVLogger deletes the file it finds in its directory, so resuming a run (or testing
+    it) in the same run directory would lose the curve so far; the parts stay beside it, in order.
+    """
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        part = 1 + sum(1 for _ in run_dir.glob("metrics.*.csv"))
+        metrics.rename(run_dir / f"metrics.{part}.csv")
 
 
 def lightning_main(args: Sequence[str]) -> None:

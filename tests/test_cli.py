@@ -88,6 +88,9 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
     assert torch.equal(restored.model.head.weight, weights)
     validated = bytelab("validate", *common, "--ckpt_path=last", cache=cache)
     assert validated.returncode == 0, validated.stderr[-3000:]
+    # Each invocation logs a fresh metrics.csv; the earlier parts of the curve are kept in order.
+    first, resumed = (pd.read_csv(run / name)["step"] for name in ("metrics.1.csv", "metrics.2.csv"))
+    assert first.max() < 3 <= resumed.min() and "val/bpb" in pd.read_csv(run / "metrics.csv")
 
 
 @pytest.mark.faults
