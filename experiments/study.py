@@ -87,6 +87,17 @@ class Study:
     def parts(self, mini: bool) -> list[Part]:
         return self.mini if mini else self.paper
 
+    def keep_columns(self, mini: bool, columns: list[str]) -> None:
+        """Keep only the parts of these columns (a one-line error names an unknown one)."""
+        known = [p.column for p in self.parts(mini)]
+        if unknown := set(columns) - set(known):
+            raise ValueError(f"study {self.name} has no column {sorted(unknown)}; it has {known}")
+        kept = [p for p in self.parts(mini) if p.column in columns]
+        if mini:
+            self.mini = kept
+        else:
+            self.paper = kept
+
 
 def part(data: dict[str, Any], source: str) -> Part:
     """A part from its mapping; its sweep checked like any sweep file."""
@@ -216,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="bytelab fit options for every run (YAML values), e.g. data.init_args.paths=data/pg19",
     )
+    p.add_argument("--columns", nargs="+", help="run only these columns of the paper's table (default: all)")
     p.add_argument("--budgets", type=float, nargs="+", help="training-FLOP budgets replacing every part's")
     p.add_argument(
         "--jobs", type=int, default=1, help="runs at a time in child processes (1: in this process)"
@@ -246,6 +258,8 @@ def main(argv: list[str]) -> int:
     """``bytelab study``."""
     args = parser().parse_args(argv)
     study = Study.load(args.name)
+    if args.columns:
+        study.keep_columns(args.mini, args.columns)
     configure(study, args.mini, args.runs, args.set, args.budgets)
     if args.print_commands:
         for p in study.parts(args.mini):
