@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import plots  # noqa: E402
+from .atomic import atomic_path, write_text_atomic  # noqa: E402
 from .collect import collect  # noqa: E402
 from .paper_numbers import PAPER  # noqa: E402
 from .tables import grid_table, to_markdown, write_table  # noqa: E402
@@ -85,7 +86,8 @@ def write_study(
     """Write ``table.md`` / ``table.csv`` (ours beside the paper's), ``grid.*`` and plots under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     long = compare_with_paper(study, rows)
-    long.drop(columns=["label"]).to_csv(out / "table.csv", index=False)
+    with atomic_path(out / "table.csv") as tmp:
+        long.drop(columns=["label"]).to_csv(tmp, index=False)
     lines = [
         f"# {study.name} ({variant}): {study.reproduces}",
         "",
@@ -97,7 +99,7 @@ def write_study(
     ]
     if study.notes:
         lines += [study.notes.strip(), ""]
-    (out / "table.md").write_text("\n".join(lines))
+    write_text_atomic(out / "table.md", "\n".join(lines))
     plot_against_paper(long, out / "ours_vs_paper")
     runs, curves = collect(run_dirs, same_protocol=False)  # the paper's contexts differ per model
     runs = runs.assign(architecture=runs["variant"], size=runs["size"])

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .atomic import atomic_path  # noqa: E402
 from .fits import as_law, frontier  # noqa: E402
 
 COLORS = {"Decoder": "tab:blue", "PerceiverAR": "tab:green", "Megabyte": "tab:red"}
@@ -32,8 +33,10 @@ def _color(arch: str) -> str:
 def _save(fig: plt.Figure, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})
+    with atomic_path(paths[0]) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    with atomic_path(paths[1]) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", metadata={"CreationDate": None})
     plt.close(fig)
     return paths
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path, write_text_atomic
 from .fits import frontier
 
 
@@ -168,7 +169,8 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> list[Path]:
     """Write ``name.md``, ``name.csv`` (raw numbers) and ``name.tex`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.{ext}" for ext in ("md", "csv", "tex")]
-    paths[0].write_text(to_markdown(table))
-    table.to_csv(paths[1], index=False)
-    paths[2].write_text(to_latex(table))
+    write_text_atomic(paths[0], to_markdown(table))
+    with atomic_path(paths[1]) as tmp:
+        table.to_csv(tmp, index=False)
+    write_text_atomic(paths[2], to_latex(table))
     return paths

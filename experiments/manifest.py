@@ -14,7 +14,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from importlib import metadata
@@ -25,6 +24,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
+
+from analysis.atomic import write_text_atomic
 
 from .budget import ComputeBudget, training_flops_per_step
 
@@ -37,17 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is as readable as the logs
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from analysis.tables import write_table
 from datamodules import TextBytes
 from datamodules.bytes import cache_problem
 from experiments.manifest import write_json_atomic
@@ -236,3 +238,18 @@ def test_bad_configuration_is_one_line_and_leaves_nothing(args, message, corpus,
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert lines[-1].startswith("bytelab: error: ") and message in lines[-1], lines[-1]
     assert not run.exists()
+
+
+def test_result_tables_are_written_atomically(tmp_path, monkeypatch):
+    """A crash while writing a table keeps the previous complete version and leaves no temporary file."""
+    table = pd.DataFrame({"architecture": ["Megabyte"], "val bpb": [3.3]})
+    write_table(table, tmp_path, "table")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_table(table.assign(**{"val bpb": [9.9]}), tmp_path, "table")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
