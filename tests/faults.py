@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import lightning as L
 
@@ -18,3 +19,23 @@ class KillAtStep(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillOnce(KillAtStep):
+    """KillAtStep for sweeps: fires once, in the first run after ``after_runs`` runs have started, and
+    only while the file ``flag`` exists (it is removed first), so rerunning the sweep is not killed."""
+
+    def __init__(self, step: int, flag: str, after_runs: int) -> None:
+        super().__init__(step)
+        self.flag = Path(flag)
+        self.after_runs = after_runs
+
+    def on_train_start(self, trainer: L.Trainer, *args: object) -> None:
+        if self.flag.exists():
+            self.flag.write_text(str(int(self.flag.read_text() or 0) + 1))
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        armed = self.flag.exists() and int(self.flag.read_text()) > self.after_runs
+        if armed and trainer.global_step == self.step:
+            self.flag.unlink()
+            super().on_train_batch_end(trainer, *args)

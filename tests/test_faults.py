@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+from analysis.collect import collect
 from analysis.tables import write_table
 from datamodules import TextBytes
 from datamodules.bytes import cache_problem
@@ -20,7 +22,7 @@ from experiments.manifest import write_json_atomic
 from modules import ByteLM, Decoder
 from modules.lm import load_checkpoint
 
-from .test_cli import CONFIGS, bytelab
+from .test_cli import CONFIGS, REPO, bytelab
 
 pytestmark = pytest.mark.faults
 
@@ -253,3 +255,29 @@ def test_result_tables_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_table(table.assign(**{"val bpb": [9.9]}), tmp_path, "table")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_killed_sweep_reruns_to_every_run_exactly_once(tmp_path):
+    """A sweep SIGKILLed in the middle of its second run, then rerun: finished runs are skipped, the
+    killed one resumes, the rest start, and the analysis sees every run once."""
+    spec = yaml.safe_load((REPO / "experiments" / "sweeps" / "compare_smoke.yaml").read_text())
+    flag = tmp_path / "kill-once"
+    flag.write_text("0")
+    kill = {
+        "class_path": "tests.faults.KillOnce",
+        "init_args": {"step": 2, "flag": str(flag), "after_runs": 1},
+    }
+    spec.update(run_root=str(tmp_path / "runs"), budgets=[4.0e8, 8.0e8])
+    spec["options"]["trainer.callbacks+"] = kill
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    killed = bytelab("sweep", str(path), "--inline", cache=tmp_path / "cache")
+    assert killed.returncode == -9 and not flag.exists()
+    statuses = {
+        p.parent.name: json.loads(p.read_text())["status"] for p in (tmp_path / "runs").glob("*/run.json")
+    }
+    assert sorted(statuses.values()) == ["finished", "running"]
+    rerun = bytelab("sweep", str(path), "--inline", cache=tmp_path / "cache")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    runs, _ = collect([tmp_path / "runs"])
+    assert len(runs) == 6 and runs["run"].is_unique and set(statuses) <= set(runs["run"])
