@@ -156,10 +156,10 @@ def time_generation(part: Part, echo: Any = print) -> None:
         model = ByteLM.from_checkpoint(run.run_dir / "checkpoints" / "last.ckpt").model.eval().to(device)
         prompt = torch.zeros(1, 0, dtype=torch.long, device=device)
         generate(model, prompt, min(16, part.generate_bytes))  # warm-up
-        torch.cuda.synchronize() if device.type == "cuda" else None
         start = time.perf_counter()
         generate(model, prompt, part.generate_bytes, generator=torch.Generator(device).manual_seed(0))
-        torch.cuda.synchronize() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # the sampled bytes are on the GPU until this returns
         seconds = time.perf_counter() - start
         record = {"bytes": part.generate_bytes, "seconds": seconds, "threads": torch.get_num_threads()}
         write_json_atomic(out, {**record, "device": str(device)})
