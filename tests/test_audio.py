@@ -7,16 +7,15 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import soundfile as sf
 import torch
 
 from datamodules import AudioBytes
 from datamodules.audio import SPEECH, decode, encode
-from experiments.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+from .test_cli import fit_modality_default
+
 
 
 def write_waves(folder: Path, seconds: list[float], rate: int = 16000, seed: int = 0) -> list[np.ndarray]:
@@ -166,24 +165,4 @@ def test_embedded_speech(tmp_path: Path) -> None:
 @pytest.mark.cli
 @pytest.mark.parametrize("model", ["megabyte_audio_tiny", "decoder_tiny", "perceiver_ar_tiny"])
 def test_fit_each_model_on_the_audio_default(model: str, tmp_path: Path) -> None:
-    code = main(
-        [
-            "fit",
-            f"--config={CONFIGS / 'data' / 'audio_default.yaml'}",
-            f"--config={CONFIGS / 'model' / f'{model}.yaml'}",
-            "--trainer.max_steps=2",
-            "--trainer.val_check_interval=2",
-            "--trainer.limit_val_batches=2",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            "--data.init_args.seq_len=96",
-            "--data.init_args.score_len=96",
-            "--data.init_args.batch_size=2",
-            f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-            f"--run_dir={tmp_path / 'run'}",
-        ]
-    )
-    assert code == 0
-    val = pd.read_csv(tmp_path / "run" / "metrics.csv")["val/bpb"].dropna()
-    assert len(val) == 1 and 4 < val.iloc[0] < 9
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    fit_modality_default("audio_default", model, tmp_path)

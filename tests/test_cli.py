@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from experiments.cli import main
 from modules import ByteLM, Decoder
 
 pytestmark = pytest.mark.cli
@@ -33,6 +34,32 @@ def bytelab(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
     # PYTHONPATH lets a run load test-only callbacks (tests/faults.py) by class path.
     env = {**os.environ, "BYTELAB_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     return subprocess.run([*ENTRY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def fit_modality_default(data_config: str, model_config: str, tmp_path: Path) -> None:
+    """Two steps of ``bytelab fit`` (in process) of a model config on a modality's default data:
+    one validation with finite bits per byte below uniform, and a checkpoint."""
+    code = main(
+        [
+            "fit",
+            f"--config={CONFIGS.parent / 'data' / f'{data_config}.yaml'}",
+            f"--config={CONFIGS / f'{model_config}.yaml'}",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--data.init_args.seq_len=96",
+            "--data.init_args.score_len=96",
+            "--data.init_args.batch_size=2",
+            f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+            f"--run_dir={tmp_path / 'run'}",
+        ]
+    )
+    assert code == 0
+    val = pd.read_csv(tmp_path / "run" / "metrics.csv")["val/bpb"].dropna()
+    assert len(val) == 1 and 4 < val.iloc[0] < 9
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
 @pytest.fixture(scope="module")

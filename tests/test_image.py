@@ -7,7 +7,6 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torchvision.datasets.cifar
@@ -16,6 +15,8 @@ from PIL import Image
 from datamodules import ImageBytes
 from datamodules.image import PHOTOS, as_hwc, patch_scan, patch_unscan, square
 from experiments.cli import main
+
+from .test_cli import fit_modality_default
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
@@ -249,27 +250,7 @@ def test_embedded_photos(tmp_path: Path) -> None:
 @pytest.mark.cli
 @pytest.mark.parametrize("model", ["megabyte_image_tiny", "decoder_tiny", "perceiver_ar_tiny"])
 def test_fit_each_model_on_the_image_default(model: str, tmp_path: Path) -> None:
-    code = main(
-        [
-            "fit",
-            f"--config={CONFIGS / 'data' / 'image_default.yaml'}",
-            f"--config={CONFIGS / 'model' / f'{model}.yaml'}",
-            "--trainer.max_steps=2",
-            "--trainer.val_check_interval=2",
-            "--trainer.limit_val_batches=2",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            "--data.init_args.seq_len=96",
-            "--data.init_args.score_len=96",
-            "--data.init_args.batch_size=2",
-            f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-            f"--run_dir={tmp_path / 'run'}",
-        ]
-    )
-    assert code == 0
-    val = pd.read_csv(tmp_path / "run" / "metrics.csv")["val/bpb"].dropna()
-    assert len(val) == 1 and 4 < val.iloc[0] < 9
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    fit_modality_default("image_default", model, tmp_path)
 
 
 @pytest.mark.cli
