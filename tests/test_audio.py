@@ -17,7 +17,6 @@ from datamodules.audio import SPEECH, decode, encode
 from .test_cli import fit_modality_default
 
 
-
 def write_waves(folder: Path, seconds: list[float], rate: int = 16000, seed: int = 0) -> list[np.ndarray]:
     """16-bit mono WAVs of noisy tones; returns their int16 samples."""
     rng = np.random.default_rng(seed)
