@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bytes import ByteDataModule
+from .bytes import ByteDataModule, named_files
 
 SHAKESPEARE = Path(__file__).parent / "data" / "shakespeare.tar.xz"
 
@@ -78,9 +78,8 @@ class TextBytes(ByteDataModule):
         if self.files is None:
             yield from read_tar(SHAKESPEARE)
             return
-        root = Path(os.path.commonpath([f.parent for f in self.files]))
-        for file in self.files:
-            yield file.relative_to(root).as_posix(), file.read_bytes()
+        for name, file in named_files(self.files):
+            yield name, file.read_bytes()
 
     def sources(self) -> list[Path]:
         """The files read, or the embedded archive."""
