@@ -195,13 +195,15 @@ def results(part: Part) -> list[dict[str, Any]]:
     return rows
 
 
-def run_study(study: Study, mini: bool, out: Path, jobs: int = 1, echo: Any = print) -> Path:
+def run_study(
+    study: Study, mini: bool, out: Path, jobs: int = 1, echo: Any = print, threads: int | None = None
+) -> Path:
     """Run every part of one variant (sweep, evaluations, generation timing), then the analysis."""
     from analysis.paper import write_study  # pandas and matplotlib: only when analysing
 
     parts = study.parts(mini)
     for p in parts:
-        failed = run_sweep(p.sweep, jobs=jobs, inline=jobs == 1, echo=echo)
+        failed = run_sweep(p.sweep, jobs=jobs, inline=jobs == 1, echo=echo, threads=threads)
         if failed:
             raise ValueError(
                 f"{len(failed)} runs of study {study.name} failed, see {failed[0].run_dir}/log.txt"
@@ -231,6 +233,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", type=float, nargs="+", help="training-FLOP budgets replacing every part's")
     p.add_argument(
         "--jobs", type=int, default=1, help="runs at a time in child processes (1: in this process)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads per run (default: the cores shared among the jobs; 1 suits the minis)",
     )
     p.add_argument("--print-commands", action="store_true", help="print every `bytelab fit` line and exit")
     return p
@@ -266,6 +273,6 @@ def main(argv: list[str]) -> int:
             print("\n".join(run.command for run in expand(p.sweep)))
         return 0
     out = Path(args.out or f"results/paper/{study.name}")
-    table = run_study(study, args.mini, out, args.jobs)
+    table = run_study(study, args.mini, out, args.jobs, threads=args.threads)
     print(table.read_text())
     return 0
