@@ -120,6 +120,14 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
 
 
+def stored_corpus_id(directory: Path) -> str | None:
+    """The corpus id a cache directory's manifest records; None without a readable manifest."""
+    try:
+        return json.loads((directory / "manifest.json").read_text()).get("corpus_id")
+    except (OSError, ValueError):
+        return None
+
+
 def cache_problem(directory: Path) -> str | None:
     """Why a cache directory cannot be used as it is, or None when it is complete and intact.
 
@@ -464,18 +472,16 @@ class ByteDataModule(L.LightningDataModule):
         if (final / "manifest.json").exists():
             log.warning("%s: %s; rebuilding it", final, problem)
         final.parent.mkdir(parents=True, exist_ok=True)
-        stale = [
-            d
-            for d in final.parent.glob(f"{type(self).__name__.lower()}-*")
-            if d != final and self._same_corpus(d)
-        ]
+        corpus = self.corpus_id  # lists the sources once, not once per sibling cache
+        siblings = final.parent.glob(f"{type(self).__name__.lower()}-*")
+        stale = [d for d in siblings if d != final and stored_corpus_id(d) == corpus]
         for old in stale:
             log.warning("the sources of %s changed since it was built; building %s instead", old, final.name)
         log.info("building the %s cache in %s", type(self).__name__, final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         try:
             manifest = self._write_splits(tmp)
-            manifest["corpus_id"] = self.corpus_id
+            manifest["corpus_id"] = corpus
             manifest["files"] = {f.name: file_record(f) for f in sorted(tmp.iterdir())}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             if final.exists():
@@ -492,12 +498,6 @@ class ByteDataModule(L.LightningDataModule):
             raise
         for old in stale:
             shutil.rmtree(old, ignore_errors=True)
-
-    def _same_corpus(self, directory: Path) -> bool:
-        try:
-            return json.loads((directory / "manifest.json").read_text()).get("corpus_id") == self.corpus_id
-        except (OSError, ValueError):
-            return False
 
     def _progress(self) -> Progress:
         total = sum(path.stat().st_size for path in self.sources())
