@@ -55,8 +55,9 @@ class ByteModel(nn.Module, ABC):
         return self(F.pad(x, (0, 1)))[:, -1]
 
     @abstractmethod
-    def forward_flops(self, seq_len: int) -> int:
-        """Analytic forward FLOPs of one window of ``seq_len`` bytes (DESIGN's FLOP convention)."""
+    def forward_flops(self, seq_len: int, skip_masked: bool = False) -> int:
+        """Analytic forward FLOPs of one window of ``seq_len`` bytes (DESIGN's FLOP convention);
+        ``skip_masked``: what causal kernels execute instead (``modules/flops.py``)."""
 
     def scored_len(self, seq_len: int) -> int:
         """How many positions of a ``seq_len`` window the model predicts (its last ones)."""

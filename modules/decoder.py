@@ -72,5 +72,5 @@ class Decoder(ByteModel):
         h = self.byte_embed(byte[:, None]) + self.pos_embed.weight[cache[0].length]
         return self.head(self.transformer(h, cache)[:, -1])
 
-    def forward_flops(self, seq_len: int) -> int:
-        return decoder_flops(seq_len, self.d_model, self.n_layers)
+    def forward_flops(self, seq_len: int, skip_masked: bool = False) -> int:
+        return decoder_flops(seq_len, self.d_model, self.n_layers, skip_masked)

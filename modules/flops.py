@@ -5,6 +5,12 @@ attention's score (QK^T) and value (AV) products included at full size (no causa
 ``torch.utils.flop_counter.FlopCounterMode`` counts them); embeddings, norms and activations cost
 0; the output head counts. Training FLOPs are 3x forward. Tests check every function against
 ``FlopCounterMode`` on the real modules.
+
+``skip_masked=True`` gives instead what a causal kernel executes: SDPA with ``is_causal`` (every
+self-attention here) computes only the query-key pairs on and below the diagonal, about half of a
+long window's attention. The benchmark divides time into these FLOPs to measure how well the
+hardware is used; compute matching keeps the convention above. Cross-attention with an explicit
+mask (PerceiverAR's, on the CPU) computes every pair and stays at full size.
 """
 
 from __future__ import annotations
@@ -17,21 +23,24 @@ def linear_flops(tokens: int, d_in: int, d_out: int) -> int:
     return 2 * tokens * d_in * d_out
 
 
-def attention_flops(q_len: int, kv_len: int, d_model: int) -> int:
-    """Score and value products of one attention layer (all heads): 2 matmuls of q_len x kv_len x d."""
-    return 2 * 2 * q_len * kv_len * d_model
+def attention_flops(q_len: int, kv_len: int, d_model: int, skip_masked: bool = False) -> int:
+    """Score and value products of one attention layer (all heads): 2 matmuls of q_len x kv_len x d;
+    with ``skip_masked``, only the pairs a bottom-right causal mask keeps (query i sees keys up to
+    ``kv_len - q_len + i``)."""
+    pairs = q_len * (kv_len - q_len) + q_len * (q_len + 1) // 2 if skip_masked else q_len * kv_len
+    return 2 * 2 * pairs * d_model
 
 
-def block_flops(q_len: int, kv_len: int, d_model: int) -> int:
+def block_flops(q_len: int, kv_len: int, d_model: int, skip_masked: bool = False) -> int:
     """One pre-norm block: q, kv and output projections, attention, and the 4x MLP."""
     projections = linear_flops(q_len, d_model, d_model) * 2 + linear_flops(kv_len, d_model, 2 * d_model)
     mlp = 2 * linear_flops(q_len, d_model, 4 * d_model)
-    return projections + attention_flops(q_len, kv_len, d_model) + mlp
+    return projections + attention_flops(q_len, kv_len, d_model, skip_masked) + mlp
 
 
-def stack_flops(seq_len: int, d_model: int, n_layers: int) -> int:
+def stack_flops(seq_len: int, d_model: int, n_layers: int, skip_masked: bool = False) -> int:
     """A causal self-attention stack over one sequence of ``seq_len`` positions."""
-    return n_layers * block_flops(seq_len, seq_len, d_model)
+    return n_layers * block_flops(seq_len, seq_len, d_model, skip_masked)
 
 
 def head_flops(tokens: int, d_model: int) -> int:
@@ -39,9 +48,9 @@ def head_flops(tokens: int, d_model: int) -> int:
     return linear_flops(tokens, d_model, VOCAB_SIZE)
 
 
-def decoder_flops(seq_len: int, d_model: int, n_layers: int) -> int:
+def decoder_flops(seq_len: int, d_model: int, n_layers: int, skip_masked: bool = False) -> int:
     """Flat decoder: every position through every layer, every position scored."""
-    return stack_flops(seq_len, d_model, n_layers) + head_flops(seq_len, d_model)
+    return stack_flops(seq_len, d_model, n_layers, skip_masked) + head_flops(seq_len, d_model)
 
 
 def megabyte_flops(
@@ -55,6 +64,7 @@ def megabyte_flops(
     conv_kernels: tuple[int, ...] = (),
     no_local: bool = False,
     no_global: bool = False,
+    skip_masked: bool = False,
 ) -> int:
     """MEGABYTE: a global stack over K = T/P patches of width P*D_G, the shared D_G -> D_L
     projection, a local stack over each patch of P bytes, and the head on every byte.
@@ -70,19 +80,22 @@ def megabyte_flops(
     d_byte = global_d_model // patch_size
     total = 0
     if not no_global:
-        total += stack_flops(num_patches, global_d_model, global_layers)
+        total += stack_flops(num_patches, global_d_model, global_layers, skip_masked)
         total += sum(2 * padded * d_byte * d_byte * k for k in conv_kernels)
     if no_local:
         return total + head_flops(padded, d_byte)
     if not no_global:
         total += linear_flops(padded, d_byte, local_d_model)
-    total += num_patches * stack_flops(patch_size + cross_patch_attention, local_d_model, local_layers)
+    local_len = patch_size + cross_patch_attention
+    total += num_patches * stack_flops(local_len, local_d_model, local_layers, skip_masked)
     return total + head_flops(padded, local_d_model)
 
 
-def perceiver_ar_flops(seq_len: int, d_model: int, n_layers: int, num_latents: int) -> int:
+def perceiver_ar_flops(
+    seq_len: int, d_model: int, n_layers: int, num_latents: int, skip_masked: bool = False
+) -> int:
     """PerceiverAR: one cross-attention block from the last N positions into all T inputs, then
     ``n_layers`` self-attention blocks over the N latents; only the N latents are scored."""
     latents = min(seq_len, num_latents)
-    cross = block_flops(latents, seq_len, d_model)
-    return cross + stack_flops(latents, d_model, n_layers) + head_flops(latents, d_model)
+    cross = block_flops(latents, seq_len, d_model, skip_masked and latents == seq_len)  # is_causal only then
+    return cross + stack_flops(latents, d_model, n_layers, skip_masked) + head_flops(latents, d_model)

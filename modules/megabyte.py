@@ -240,7 +240,7 @@ class Megabyte(ByteModel):
         local_in = self.local_input(cache.chunks, F.pad(patch, (0, 1)))[:, -new:]
         return self.head(self.local_model(local_in, cache.local_cache)[:, -1])
 
-    def forward_flops(self, seq_len: int) -> int:
+    def forward_flops(self, seq_len: int, skip_masked: bool = False) -> int:
         return megabyte_flops(
             seq_len,
             self.patch_size,
@@ -252,6 +252,7 @@ class Megabyte(ByteModel):
             conv_kernels=PATCH_ENCODER_KERNELS if self.patch_encoder == "cnn" else (),
             no_local=self.no_local,
             no_global=self.no_global,
+            skip_masked=skip_masked,
         )
 
 

@@ -125,5 +125,5 @@ class PerceiverAR(ByteModel):
     def scored_len(self, seq_len: int) -> int:
         return min(seq_len, self.num_latents)
 
-    def forward_flops(self, seq_len: int) -> int:
-        return perceiver_ar_flops(seq_len, self.d_model, self.n_layers, self.num_latents)
+    def forward_flops(self, seq_len: int, skip_masked: bool = False) -> int:
+        return perceiver_ar_flops(seq_len, self.d_model, self.n_layers, self.num_latents, skip_masked)

@@ -95,6 +95,31 @@ def test_flops_match_the_counter(name, length):
     assert model.flops_per_byte(length) == model.forward_flops(length) / model.scored_len(length)
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("length", [8, 61, 96])
+def test_executed_flops_leave_out_what_causal_kernels_skip(name, length, monkeypatch):
+    """``skip_masked`` removes exactly the query-key pairs above the diagonal of every SDPA call made
+    with ``is_causal`` (the pairs a causal kernel never computes), read off the real calls."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    skipped = 0
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+        nonlocal skipped
+        if is_causal:
+            assert q.size(-2) == k.size(-2)
+            above_diagonal = torch.ones(q.size(-2), k.size(-2)).triu(1).sum().item()
+            skipped += 2 * 2 * q[..., 0, 0].numel() * q.size(-1) * int(above_diagonal)  # batch x heads x dim
+        return sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = VARIANTS[name]().eval()
+    with torch.no_grad():
+        model(torch.randint(0, 256, (1, length)))  # one window (MEGABYTE batches its patches)
+    executed = model.forward_flops(length, skip_masked=True)
+    assert model.forward_flops(length) - executed == skipped
+    assert skipped > 0
+
+
 def test_megabyte_ablations_change_what_a_byte_sees():
     """no_global: patches are independent; cross-patch attention: byte kP sees patch k-1 through the
     local model too; no_local: the bytes of a patch are predicted without each other."""
