@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 
 def machine_info(device: torch.device) -> dict[str, str | int]:
@@ -58,21 +60,47 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Measured peak of square matmuls (2 n^3 FLOPs each): the best of ``repeats`` after a warm-up.
+def matmul_peak_flops(
+    device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5
+) -> float:
+    """Measured peak of square matmuls (2 n^3 FLOPs each): the best of ``repeats`` after a warm-up,
+    over several sizes (one size can fall between the kernel's blockings and under-read the peak).
 
     The yardstick for achieved FLOP/s on a CPU, where no spec-sheet peak applies."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best = float("inf")
-    for i in range(repeats + 1):
+    best = 0.0
+    for size in sizes:
+        a, b = torch.randn(2, size, size, device=device, dtype=dtype)
+        for seconds in time_calls(lambda a=a, b=b: a @ b, device, 1, repeats):
+            best = max(best, 2 * size**3 / seconds)
+    return best
+
+
+def causal_attention_cost(
+    device: torch.device, dtype: torch.dtype, seq_len: int, d_model: int = 512, n_heads: int = 8
+) -> float:
+    """Time of causal over full (unmasked) SDPA, forward and backward, on one window: ~0.5 where
+    the kernel skips the masked half, as the executed-FLOP count (``skip_masked``) assumes."""
+    shape = (1, n_heads, seq_len, d_model // n_heads)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+
+    def attention(causal: bool) -> None:
+        F.scaled_dot_product_attention(q, k, v, is_causal=causal).sum().backward()
+
+    causal, full = (min(time_calls(lambda c=c: attention(c), device, 1, 3)) for c in (True, False))
+    return causal / full
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> list[float]:
+    """Wall seconds of ``reps`` calls of ``fn`` after ``warmup`` untimed ones."""
+    times = []
+    for i in range(warmup + reps):
         synchronize(device)
         start = time.perf_counter()
-        a @ b
+        fn()
         synchronize(device)
-        if i:  # the first one is the warm-up
-            best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
 
 
 def spec_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
