@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -126,6 +127,34 @@ def stored_corpus_id(directory: Path) -> str | None:
         return json.loads((directory / "manifest.json").read_text()).get("corpus_id")
     except (OSError, ValueError):
         return None
+
+
+def build_owner() -> str:
+    """This process as ``host.pid`` (dots in the host name replaced), stamped on temporary builds."""
+    return f"{socket.gethostname().replace('.', '_')}.{os.getpid()}"
+
+
+def remove_abandoned_builds(final: Path) -> None:
+    """Delete the temporary build directories of ``final`` (``.NAME.HOST.PID.RANDOM.tmp``) left by
+    processes of this host that no longer run: a SIGKILL mid-build skips the cleanup. A build still
+    running, or one from another host sharing the cache folder, is left alone."""
+    host = build_owner().split(".")[0]
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        owner = tmp.name[len(final.name) + 2 : -len(".tmp")].split(".")
+        if len(owner) != 3 or owner[0] != host or not owner[1].isdigit() or process_alive(int(owner[1])):
+            continue
+        log.warning("removing %s, left by an interrupted cache build", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def cache_problem(directory: Path) -> str | None:
@@ -478,7 +507,9 @@ class ByteDataModule(L.LightningDataModule):
         for old in stale:
             log.warning("the sources of %s changed since it was built; building %s instead", old, final.name)
         log.info("building the %s cache in %s", type(self).__name__, final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        remove_abandoned_builds(final)
+        owner = f".{final.name}.{build_owner()}."
+        tmp = Path(tempfile.mkdtemp(prefix=owner, suffix=".tmp", dir=final.parent))
         try:
             manifest = self._write_splits(tmp)
             manifest["corpus_id"] = corpus

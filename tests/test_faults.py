@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -152,6 +155,30 @@ def test_a_build_killed_halfway_leaves_the_previous_cache_intact(corpus, tmp_pat
         cached(tmp_path, sources)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [old.name]
     assert cache_problem(old) is None
+
+
+KILLED_BUILD = """
+import os, signal, sys
+from datamodules import TextBytes
+
+def killed(self, directory):
+    (directory / "train.bin").write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+TextBytes._write_splits = killed
+TextBytes(sys.argv[1], seq_len=64, cache_dir=sys.argv[2]).prepare_data()
+"""
+
+
+def test_a_build_killed_by_sigkill_leaves_a_directory_the_next_build_removes(corpus, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    child = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(corpus), str(cache)], cwd=REPO)
+    assert child.returncode == -signal.SIGKILL
+    (left,) = cache.iterdir()
+    assert left.name.endswith(".tmp") and (left / "train.bin").read_bytes() == b"half"
+    dm = cached(tmp_path, corpus)
+    assert sorted(p.name for p in cache.iterdir()) == [dm.cache_path.name]
+    assert f"removing {left}, left by an interrupted cache build" in caplog.text
 
 
 def test_run_manifest_write_is_atomic(tmp_path, monkeypatch):
