@@ -395,7 +395,9 @@ def plot(train: pd.DataFrame, gen: pd.DataFrame, out: Path) -> None:
 def summary(
     machine: dict,
     args: argparse.Namespace,
+    preset: Preset,
     peak: float,
+    causal_cost: float,
     train: pd.DataFrame,
     gen: pd.DataFrame,
     checks: pd.DataFrame,
@@ -435,7 +437,7 @@ def summary(
                 "matching does); `executed_flops_per_s` counts only the unmasked half of causal "
                 "self-attention, what the kernel computes (`forward_flops(T, skip_masked=True)`), and is "
                 "what the utilisation targets use. Measured here: causal SDPA (forward + backward, "
-                f"T={PRESETS[args.preset].target_len}) takes {args.causal_cost:.2f} of the time of "
+                f"T={preset.target_len}) takes {causal_cost:.2f} of the time of "
                 "unmasked SDPA.",
                 "## Targets",
                 markdown(checks),
@@ -498,9 +500,9 @@ def main(argv: list[str]) -> int:
         return 0
     dtype = getattr(torch, args.dtype)
     peak = matmul_peak_flops(args.device, dtype, sizes=preset.peak_sizes)
-    args.causal_cost = causal_attention_cost(args.device, dtype, preset.target_len)
+    causal_cost = causal_attention_cost(args.device, dtype, preset.target_len)
     print(f"{machine}  matmul peak {peak / 1e9:.1f} GFLOP/s ({args.dtype})", end="  ")
-    print(f"causal / full attention time at T={preset.target_len}: {args.causal_cost:.2f}")
+    print(f"causal / full attention time at T={preset.target_len}: {causal_cost:.2f}")
     train = bench_training(args, preset, peak)
     train.assign(**machine, matmul_peak_flops=peak).to_csv(
         out / "training.csv", index=False
@@ -510,7 +512,7 @@ def main(argv: list[str]) -> int:
     for table, name in ((train, "training"), (gen, "generation"), (checks, "targets")):
         table.assign(**machine, matmul_peak_flops=peak).to_csv(out / f"{name}.csv", index=False)
     plot(train, gen, out)
-    text = summary(machine, args, peak, train, gen, checks)
+    text = summary(machine, args, preset, peak, causal_cost, train, gen, checks)
     (out / "summary.md").write_text(text)
     print(text)
     return 0
