@@ -129,16 +129,16 @@ def stored_corpus_id(directory: Path) -> str | None:
         return None
 
 
-def build_owner() -> str:
-    """This process as ``host.pid`` (dots in the host name replaced), stamped on temporary builds."""
-    return f"{socket.gethostname().replace('.', '_')}.{os.getpid()}"
+def build_host() -> str:
+    """This host's name with its dots replaced, so it is one field of a temporary build's name."""
+    return socket.gethostname().replace(".", "_")
 
 
 def remove_abandoned_builds(final: Path) -> None:
     """Delete the temporary build directories of ``final`` (``.NAME.HOST.PID.RANDOM.tmp``) left by
     processes of this host that no longer run: a SIGKILL mid-build skips the cleanup. A build still
     running, or one from another host sharing the cache folder, is left alone."""
-    host = build_owner().split(".")[0]
+    host = build_host()
     for tmp in final.parent.glob(f".{final.name}.*.tmp"):
         owner = tmp.name[len(final.name) + 2 : -len(".tmp")].split(".")
         if len(owner) != 3 or owner[0] != host or not owner[1].isdigit() or process_alive(int(owner[1])):
@@ -508,8 +508,8 @@ class ByteDataModule(L.LightningDataModule):
             log.warning("the sources of %s changed since it was built; building %s instead", old, final.name)
         log.info("building the %s cache in %s", type(self).__name__, final)
         remove_abandoned_builds(final)
-        owner = f".{final.name}.{build_owner()}."
-        tmp = Path(tempfile.mkdtemp(prefix=owner, suffix=".tmp", dir=final.parent))
+        prefix = f".{final.name}.{build_host()}.{os.getpid()}."
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=final.parent))
         try:
             manifest = self._write_splits(tmp)
             manifest["corpus_id"] = corpus
