@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from datamodules import TextBytes
 from modules import ByteLM, Decoder, Megabyte, PerceiverAR
@@ -32,41 +33,79 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def datamodule(corpus: Path, tmp_path: Path, score_len: int) -> TextBytes:
+def datamodule(corpus: Path, tmp_path: Path, score_len: int, seq_len: int = 48) -> TextBytes:
     dm = TextBytes(
-        str(corpus), seq_len=48, score_len=score_len, batch_size=4, val_fraction=0.3, test_fraction=0.2,
-        cache_dir=str(tmp_path / "cache"),
+        str(corpus), seq_len=seq_len, score_len=score_len, batch_size=4, val_fraction=0.3,
+        test_fraction=0.2, cache_dir=str(tmp_path / "cache"),
     )  # fmt: skip
     dm.setup()
     return dm
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("score_len", [48, 16, 5])
-def test_every_byte_of_the_split_is_scored_once(name, score_len, corpus, tmp_path):
+class KnownLosses(torch.nn.Module):
+    """An output head whose logits ignore the model: byte value v always costs ``NATS[v]`` nats. A
+    window's loss is then the sum of ``NATS`` over the bytes it scores, so a byte scored twice, a byte
+    skipped or a wrong byte scored each moves the total (unlike uniform logits, where any set of bytes
+    of the right size scores exactly 8 bits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.randn(256, generator=torch.Generator().manual_seed(0)) * 2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(*h.shape[:-1], 256)
+
+
+NATS = -torch.log_softmax(KnownLosses().logits.double(), dim=0)
+
+
+def with_known_losses(name: str) -> torch.nn.Module:
     model = MODELS[name]()
-    if score_len > model.scored_len(48):
-        pytest.skip("PerceiverAR scores at most num_latents bytes per window")
-    lm = ByteLM(model)
-    dm = datamodule(corpus, tmp_path, score_len)
-    scored = 0
-    with torch.no_grad():
-        for batch in dm.val_dataloader():
-            scored += int(lm.score(batch)[1])
-    assert scored == len(dm.splits["val"].data)
+    model.head = KnownLosses()
+    return model
+
+
+def expected_nats(data: np.ndarray) -> float:
+    """What scoring every byte of ``data`` exactly once costs under :class:`KnownLosses`."""
+    return float(NATS[torch.from_numpy(data.astype(np.int64))].sum())
+
+
+WINDOWS = [(48, 48), (48, 16), (48, 5), (33, 7)]  # (seq_len, score_len): plain, sliding, uneven
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_uniform_predictions_score_eight_bits_through_the_trainer(name, corpus, tmp_path):
-    """Trainer.validate with a zero-logit model: val/bpb is exactly log2(256)."""
-    model = MODELS[name]()
-    torch.nn.init.zeros_(model.head.weight)
+@pytest.mark.parametrize("seq_len,score_len", WINDOWS)
+@pytest.mark.parametrize("strided", [False, True])
+def test_every_byte_of_the_split_is_scored_once(name, seq_len, score_len, strided, corpus, tmp_path):
+    """Summed over the ranks of 1, 2 and 3 processes (uneven: some ranks run padding batches), the
+    evaluation's nats equal each byte of the split scored exactly once, and so does the byte count."""
+    model = with_known_losses(name)
+    if score_len > model.scored_len(seq_len) or (strided and name != "megabyte"):
+        pytest.skip("PerceiverAR scores at most num_latents bytes a window; only MEGABYTE has patches")
+    lm = ByteLM(model, strided_inference=strided)
+    dm = datamodule(corpus, tmp_path, score_len, seq_len)
+    reference = expected_nats(dm.splits["val"].data)
+    for world_size in (1, 2, 3):
+        nats, count = 0.0, 0
+        with torch.no_grad():
+            for rank in range(world_size):
+                for batch in dm.dataloader("val", rank=rank, world_size=world_size):
+                    batch_nats, batch_count = lm.score(batch, strided=strided)
+                    nats, count = nats + float(batch_nats), count + int(batch_count)
+        assert count == len(dm.splits["val"].data)
+        assert nats == pytest.approx(reference, rel=1e-6), f"{world_size} processes"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_known_losses_through_the_trainer(name, corpus, tmp_path):
+    """Trainer.validate reports the split's known bits per byte: sum of NATS over its bytes / ln 2 / bytes."""
     dm = datamodule(corpus, tmp_path, score_len=16)
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
-    (metrics,) = trainer.validate(ByteLM(model), datamodule=dm)
-    assert metrics["val/bpb"] == pytest.approx(8.0, abs=1e-6)
+    (metrics,) = trainer.validate(ByteLM(with_known_losses(name)), datamodule=dm)
+    data = dm.splits["val"].data
+    assert metrics["val/bpb"] == pytest.approx(expected_nats(data) / len(data) / math.log(2), rel=1e-6)
 
 
 def test_sliding_evaluation_matches_a_reference_loop(corpus, tmp_path):
@@ -92,16 +131,6 @@ def test_sliding_evaluation_matches_a_reference_loop(corpus, tmp_path):
     assert metrics["val/bpb"] == pytest.approx(nats / len(split.data) / math.log(2), rel=1e-5)
 
 
-@pytest.mark.parametrize("score_len", [48, 16, 5])
-def test_strided_inference_scores_every_byte_once(score_len, corpus, tmp_path):
-    """Strided inference (two passes offset by P/2) still scores each byte of the split exactly once."""
-    lm = ByteLM(MODELS["megabyte"](), strided_inference=True)
-    dm = datamodule(corpus, tmp_path, score_len)
-    with torch.no_grad():
-        scored = sum(int(lm.score(batch, strided=True)[1]) for batch in dm.val_dataloader())
-    assert scored == len(dm.splits["val"].data)
-
-
 @torch.no_grad()
 def test_strided_inference_takes_the_first_half_of_each_patch_from_each_pass():
     """Byte i comes from the pass over x when i mod P < P/2, else from the pass over x[:, P/2:]."""
@@ -120,17 +149,25 @@ def test_strided_inference_needs_patches():
         ByteLM(MODELS["decoder"](), strided_inference=True)
 
 
-@pytest.mark.parametrize("strided", [False, True])
-def test_evaluation_reports_its_inference_cost(strided, corpus, tmp_path):
-    """val/flops_per_byte = forward FLOPs of every pass over every window / bytes scored."""
+def test_evaluation_reports_its_inference_cost(corpus, tmp_path):
+    """val/flops_per_byte = FLOPs that torch's counter sees in every evaluation forward / bytes scored;
+    strided inference's second pass (all but P/2 bytes of each window, padded to whole patches) about
+    doubles it."""
+    torch.manual_seed(0)
     model = MODELS["megabyte"]()
-    torch.nn.init.zeros_(model.head.weight)
     dm = datamodule(corpus, tmp_path, score_len=16)
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
-    (metrics,) = trainer.validate(ByteLM(model, strided_inference=strided), datamodule=dm)
-    assert metrics["val/bpb"] == pytest.approx(8.0, abs=1e-6)
-    lm = ByteLM(model, strided_inference=strided)
-    flops = sum(lm.evaluation_flops(batch["x"]) for batch in dm.val_dataloader())
-    assert metrics["val/flops_per_byte"] == pytest.approx(flops / len(dm.splits["val"].data), rel=1e-6)
+    cost = {}
+    for strided in (False, True):
+        (metrics,) = trainer.validate(ByteLM(model, strided_inference=strided), datamodule=dm)
+        with torch.device("meta"):  # the counter sees SDPA on the meta device (not on the CPU kernels)
+            lm = ByteLM(MODELS["megabyte"](), strided_inference=strided)
+        passes = lm.strided_nats if strided else lm.position_nats
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            for batch in dm.val_dataloader():
+                passes(batch["x"].to("meta"))
+        cost[strided] = counter.get_total_flops() / len(dm.splits["val"].data)
+        assert metrics["val/flops_per_byte"] == pytest.approx(cost[strided], rel=1e-9)
+    assert 1.8 < cost[True] / cost[False] <= 2  # the shorter pass pads back to whole patches
