@@ -58,7 +58,9 @@ def fit_modality_default(data_config: str, model_config: str, tmp_path: Path) ->
     )
     assert code == 0
     val = pd.read_csv(tmp_path / "run" / "metrics.csv")["val/bpb"].dropna()
-    assert len(val) == 1 and 4 < val.iloc[0] < 9
+    # Two steps learn next to nothing: a correct model still scores about log2(256) = 8 bits (measured
+    # 7.98-8.16 on images and audio); bits counted in nats (5.5) or a diverged step would not.
+    assert len(val) == 1 and 7.85 < val.iloc[0] < 8.3
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
@@ -86,7 +88,8 @@ def test_fit_each_model_through_the_cli(name, corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = pd.read_csv(run / "metrics.csv")
     val = metrics["val/bpb"].dropna()
-    assert len(val) == 2 and val.iloc[-1] < 8.0
+    # Measured: 7.36-7.49 after 3 steps, 6.70-6.79 after 6 (the repeated line is easy to learn).
+    assert len(val) == 2 and val.iloc[-1] < 7.1 and val.iloc[-1] < val.iloc[0] - 0.4
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "config.yaml").exists() and (run / "tensorboard").is_dir()
     assert "val/bpb" in result.stdout  # one printed line per validation

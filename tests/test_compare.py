@@ -35,7 +35,7 @@ def test_compare_smoke_preset(tmp_path, data_config, capsys, monkeypatch):
     assert "| architecture | size | params |" in printed and "corpus val bpb" in printed
     table = pd.read_csv(out / "table.csv")
     assert sorted(table["architecture"]) == ["Decoder", "Megabyte", "PerceiverAR"]
-    assert (table["budget"] == 8e8).all() and (table["corpus val bpb"] < 8.5).all()
+    assert (table["budget"] == 8e8).all() and (table["corpus val bpb"] < 7.6).all()  # measured 6.06-7.23
     grid = pd.read_csv(out / "grid.csv")
     assert len(grid) == 9 and (grid["flops_seen"] <= grid["budget_flops"]).all()
     assert {"bpb_vs_training_flops.png", "learning_curves.pdf"} <= {p.name for p in out.iterdir()}

@@ -85,9 +85,9 @@ def test_mini_inference_study_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     args = ["study", "table11_inference", "--mini", "--runs", str(tmp_path / "runs"), "--out", str(out)]
     assert main([*args, "--budgets", "3e9", "--set", *sets]) == 0
-    table = pd.read_csv(out / "table.csv").set_index("row")
+    table = pd.read_csv(out / "table.csv").set_index("row")  # bits per byte measured: 7.37-7.38
     assert list(table.index) == ["basic", "sliding window", "strided", "sliding window + strided"]
-    assert (table["bpb"] < 8.5).all() and table.loc["basic", "paper"] == 0.9079
+    assert (table["bpb"] < 7.7).all() and table.loc["basic", "paper"] == 0.9079
     cost = table["flops_per_byte"]  # strided doubles the passes; sliding windows of 64 of 256 bytes, 4x
     assert cost["strided"] == pytest.approx(2 * cost["basic"], rel=0.05)
     assert cost["sliding window"] > 3 * cost["basic"]
