@@ -141,7 +141,6 @@ def test_strided_inference_takes_the_first_half_of_each_patch_from_each_pass():
     expected = torch.stack([first[:, i] if i % 4 < 2 else second[:, i - 2] for i in range(22)], dim=1)
     torch.testing.assert_close(lm.strided_nats(x), expected)
     assert not torch.allclose(first, expected)  # the second pass really changes some bytes
-    assert lm.evaluation_flops(x) == 2 * (lm.model.forward_flops(22) + lm.model.forward_flops(20))
 
 
 def test_strided_inference_needs_patches():

@@ -9,12 +9,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.fabric.utilities.throughput import measure_flops
 
 from datamodules import TextBytes
 from datamodules.bytes import evaluation_windows, truncated_lengths
 from experiments.budget import ComputeBudget, steps_for_budget
 from experiments.manifest import RunManifest, parameter_counts, read_manifest, write_json_atomic
 from modules import ByteLM, Decoder, Megabyte
+from modules.base import build_model
 
 
 @pytest.fixture(autouse=True)
@@ -78,21 +80,31 @@ def test_budget_below_one_step_is_an_error():
         steps_for_budget(5e11, 1e12)
 
 
+def counted_forward_flops(config: dict, batch: int, seq_len: int) -> int:
+    """FLOPs of one forward as torch's counter sees them (meta device): the independent reference."""
+    with torch.device("meta"):
+        model = build_model(config)
+    x = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
+    return measure_flops(model, lambda: model(x))
+
+
 def test_flop_budget_sets_steps_and_spends_within_one_step(tmp_path, corpus):
     budget = ComputeBudget(flops=1e8, validations=2)
     manifest = RunManifest(tmp_path / "run", {"note": "test"})
     trainer, lm = fit(tmp_path, corpus, [budget, manifest])
-    per_step = 3 * lm.model.forward_flops(32) * 4
+    forward = counted_forward_flops(lm.model.config, batch=4, seq_len=32)
+    per_step = 3 * forward  # training = 3 x forward, by DESIGN's convention
     assert budget.max_steps == int(1e8 // per_step) == trainer.global_step
     assert 1e8 - per_step < lm.flops_seen <= 1e8
     run = read_manifest(tmp_path / "run")
-    assert run["status"] == "finished" and run["flops_seen"] == lm.flops_seen
+    assert run["status"] == "finished" and run["flops_seen"] == trainer.global_step * per_step
     assert run["budget"] == {"flops": 1e8, "bytes": None, "max_steps": budget.max_steps}
     # two evenly spaced validations, the last one at the budget
     assert [h["step"] for h in run["history"]] == [-(-budget.max_steps // 2), budget.max_steps]
     assert run["metrics"]["final"]["val/bpb"] == run["history"][-1]["val/bpb"]
-    assert run["model"]["flops_per_byte"]["training"] == 3 * lm.model.flops_per_byte(32)
-    assert run["model"]["params"]["total"] == lm.model.num_params(non_embedding=False)
+    assert run["model"]["flops_per_byte"]["training"] == per_step / (4 * 32)
+    assert run["model"]["params"]["total"] == sum(p.numel() for p in lm.model.parameters())
+    assert run["bytes_seen"] == trainer.global_step * 4 * 32
     assert run["data"]["name"] == "corpus" and run["data"]["max_eval_bytes"] == 256
     assert run["config"] == {"note": "test"} and run["versions"]["torch"] and run["wall_time_s"] > 0
 
@@ -142,9 +154,15 @@ def test_megabyte_parameter_split():
         max_seq_len=32,
     )
     counts = parameter_counts(model)
-    assert counts["global"] == sum(p.numel() for p in model.global_model.parameters())
-    assert counts["local"] == sum(p.numel() for p in model.local_model.parameters())
-    assert counts["global"] + counts["local"] < counts["non_embedding"] < counts["total"]
+
+    def stack(d: int, layers: int) -> int:  # per block 12 d^2 matrices + 2 LayerNorms, + a final one
+        return layers * (12 * d * d + 4 * d) + 2 * d
+
+    assert counts["global"] == stack(64, 2) == 98_944 and counts["local"] == stack(32, 1) == 12_480
+    # the rest: pad patch 64, pad byte 32, global-to-local 16 x 32, head 32 x 256; embeddings
+    # 256 x 16 + 32 x 16 (global), 256 x 32 + 4 x 32 (local)
+    assert counts["non_embedding"] == 98_944 + 12_480 + 64 + 32 + 16 * 32 + 32 * 256
+    assert counts["total"] == counts["non_embedding"] + 256 * 16 + 32 * 16 + 256 * 32 + 4 * 32
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

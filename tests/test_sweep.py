@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import yaml
 from experiments.cli import main
 from experiments.manifest import SWEEP_INFO, write_json_atomic
 from experiments.sizes import SIZES
-from experiments.sweep import Sweep, budget_tag, expand, plan, run_sweep, slurm_script
+from experiments.sweep import Sweep, budget_tag, expand, plan, run_sweep
 
 SPEC = {
     "name": "demo",
@@ -111,10 +113,26 @@ def test_print_commands_and_slurm(tmp_path, capsys):
     assert [shlex.split(line)[1:] for line in lines] == [r.args for r in runs]
     assert all(line.startswith("bytelab fit ") for line in lines)
     assert main(["sweep", str(path), "--print-slurm"]) == 0
-    script = capsys.readouterr().out
-    assert script == slurm_script(Sweep.from_yaml(path), runs).rstrip() + "\n"
-    assert f"#SBATCH --array=0-{len(runs) - 1}" in script and "torchrun" in script
-    assert shlex.quote(runs[3].command) in script
+    script = tmp_path / "sweep.sbatch"
+    script.write_text(capsys.readouterr().out)
+    assert "#SBATCH --array=0-11\n" in script.read_text()  # 2 budgets x 2 seeds x 3 (arch, size)
+    for task in (0, 7, 11):
+        assert run_array_task(script, task, tmp_path) == runs[task].args
+
+
+def run_array_task(script: Path, task: int, tmp_path: Path) -> list[str]:
+    """Run the SLURM script as array task ``task`` with stand-ins for ``srun`` (runs its command) and
+    ``bytelab`` (records its arguments): the arguments the task would really launch bytelab with."""
+    bin_dir, record = tmp_path / "bin", tmp_path / f"argv{task}.json"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    recorder = "import json, os, sys; open(os.environ['RECORD'], 'w').write(json.dumps(sys.argv[1:]))"
+    (bin_dir / "bytelab").write_text(f"#!{sys.executable}\n{recorder}\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": str(task), "RECORD": str(record)}
+    subprocess.run(["bash", str(script)], env=env, check=True, timeout=60)
+    return json.loads(record.read_text())
 
 
 def test_missing_sweep_file_is_a_one_line_error(tmp_path, capsys):
