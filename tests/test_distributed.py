@@ -205,8 +205,12 @@ def test_split_training_equals_one_process(name: str, trained: Callable[[str], P
     reference, split = last(trained("one")), last(trained(name))
     assert split["global_step"] == reference["global_step"] == STEPS
     assert split["state_dict"].keys() == reference["state_dict"].keys()
-    for key, weight in reference["state_dict"].items():
-        torch.testing.assert_close(split["state_dict"][key], weight, rtol=0, atol=WEIGHT_ATOL, msg=key)
+    difference = {
+        key: (split["state_dict"][key] - weight).abs().max().item()
+        for key, weight in reference["state_dict"].items()
+    }
+    worst = max(difference, key=difference.__getitem__)
+    assert difference[worst] <= WEIGHT_ATOL, f"{worst} differs by {difference[worst]:.2e}"
 
 
 @pytest.mark.parametrize("name", ["accumulate", "ddp", "fsdp"])
