@@ -112,6 +112,40 @@ MUTATIONS = {
         caught_by=("tests/test_evaluation.py::test_every_byte_of_the_split_is_scored_once",),
         select="decoder",
     ),
+    # 5. Distributed training that is not what one process would do.
+    "ranks_draw_the_same_windows": Mutation(
+        why="the training sampler gives rank r the windows of rank 0 instead of its own",
+        path="datamodules/bytes.py",
+        old="return ((first + j) * self.world_size + self.rank for j in range(skip, self.length))",
+        new="return ((first + j) * self.world_size for j in range(skip, self.length))",
+        caught_by=("tests/test_distributed.py::test_every_split_trains_each_step_on_the_same_windows",),
+    ),
+    "fsdp_shards_without_reducing_gradients": Mutation(
+        why="FSDP shards over the size-1 mesh dimension: the two ranks never reduce their gradients",
+        path="modules/lm.py",
+        old="        mesh = self.device_mesh\n",
+        new='        mesh = self.device_mesh["data_parallel"]\n',
+        caught_by=("tests/test_distributed.py::test_split_training_equals_one_process",),
+        select="fsdp",
+    ),
+    "budget_ignores_the_world_size": Mutation(
+        why="the FLOP budget's steps are computed as if one process trained",
+        path="experiments/budget.py",
+        old="window = 3 * pl_module.model.forward_flops(datamodule.seq_len)\n    return window * "
+        "datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches",
+        new="window = 3 * pl_module.model.forward_flops(datamodule.seq_len)\n    return window * "
+        "datamodule.batch_size * trainer.accumulate_grad_batches",
+        caught_by=("tests/test_distributed.py::test_budget_counts_every_process_and_micro_batch",),
+        select="ddp",
+    ),
+    "bytes_seen_counts_one_rank": Mutation(
+        why="the bytes a run has trained on count one rank's share only",
+        path="modules/lm.py",
+        old="self.bytes_seen += int(num_bytes) * world",
+        new="self.bytes_seen += int(num_bytes)",
+        caught_by=("tests/test_distributed.py::test_budget_counts_every_process_and_micro_batch",),
+        select="ddp",
+    ),
     # 6. Fits and thresholds a broken implementation also meets.
     "fit_rmse_not_averaged": Mutation(
         why="the fit's rmse is the root of the summed squared error, not of its mean",
