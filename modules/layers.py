@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.bias import causal_lower_right
 
+from .base import VOCAB_SIZE
+
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
     """Scaled dot-product attention where query i sits at key position ``Lk - Lq + i``.
@@ -33,6 +35,37 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) ->
     else:  # CausalBias cannot be built under tensor modes (meta device, FlopCounterMode)
         mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def shift_right(h: Tensor, start: Tensor) -> Tensor:
+    """Shift embeddings one position to the right along dim -2, a learned ``start`` in front.
+
+    Position t then holds the embedding of byte t-1, so it predicts byte t from bytes < t; the
+    first byte of a window is predicted from ``start`` alone. MEGABYTE shifts this way twice: patches
+    behind a pad patch (its Eq. 3), and bytes within a patch behind a pad byte (its Eq. 5).
+    """
+    start = start.expand(*h.shape[:-2], 1, h.size(-1))
+    return torch.cat([start, h[..., :-1, :]], dim=-2)
+
+
+class ByteEmbedding(nn.Module):
+    """Input of a flat byte model: byte embeddings shifted right behind a learned start vector, plus
+    learned absolute positions (the decoder's and PerceiverAR's embedding)."""
+
+    def __init__(self, d_model: int, max_seq_len: int) -> None:
+        super().__init__()
+        self.start = nn.Parameter(torch.empty(d_model))
+        self.byte_embed = nn.Embedding(VOCAB_SIZE, d_model)
+        self.pos_embed = nn.Embedding(max_seq_len, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x[B, L]`` -> ``[B, L, D]``: position t holds byte t-1 (the start vector at t = 0)."""
+        positions = torch.arange(x.size(1), device=x.device)
+        return shift_right(self.byte_embed(x), self.start) + self.pos_embed(positions)
+
+    def step(self, byte: Tensor, position: int) -> Tensor:
+        """Cached decoding: ``byte[B]``, the byte before ``position``, enters at ``position``: [B, 1, D]."""
+        return self.byte_embed(byte[:, None]) + self.pos_embed.weight[position]
 
 
 @dataclass

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import VOCAB_SIZE, ByteModel, check_positive
-from .decoder import shift_right
 from .flops import perceiver_ar_flops
-from .layers import Block, KVCache, Transformer, init_weights
+from .layers import Block, ByteEmbedding, KVCache, Transformer, init_weights
 
 
 @dataclass
@@ -73,9 +72,7 @@ class PerceiverAR(ByteModel):
         )
         self.d_model, self.n_layers = d_model, n_layers
         self.max_seq_len, self.num_latents = max_seq_len, num_latents
-        self.byte_embed = nn.Embedding(VOCAB_SIZE, d_model)
-        self.pos_embed = nn.Embedding(max_seq_len, d_model)
-        self.start = nn.Parameter(torch.empty(d_model))
+        self.embed = ByteEmbedding(d_model, max_seq_len)
         self.cross_attention = Block(d_model, n_heads, dropout)
         self.latent_model = Transformer(d_model, n_layers, n_heads, dropout)
         self.head = nn.Linear(d_model, VOCAB_SIZE, bias=False)
@@ -86,11 +83,6 @@ class PerceiverAR(ByteModel):
         h = self.embed(x)
         latents = self.cross_attention(h[:, -min(x.size(1), num_latents or self.num_latents) :], context=h)
         return self.head(self.latent_model(latents))
-
-    def embed(self, x: Tensor) -> Tensor:
-        """Input embeddings of a window: start + bytes shifted right by one, plus positions."""
-        positions = torch.arange(x.size(1), device=x.device)
-        return shift_right(self.byte_embed(x), self.start) + self.pos_embed(positions)
 
     def latents_at(self, t: int) -> int:
         """How many latents (the block ending at t) cached decoding uses to predict byte t."""
@@ -112,7 +104,7 @@ class PerceiverAR(ByteModel):
         """The new input joins the cross-attention cache and becomes a latent; the block grows by one
         cached latent, or restarts from its last ``latents_at(t)`` latents (class docstring)."""
         t = cache.cross.length
-        h = self.byte_embed(byte[:, None]) + self.pos_embed.weight[t]
+        h = self.embed.step(byte, t)
         cache.latents = torch.cat([cache.latents, self.cross_attention(h, cache=cache.cross)], dim=1)
         if self.latents_at(t) == cache.latents.size(1):
             y = self.latent_model(cache.latents[:, -1:], cache.latent_cache)

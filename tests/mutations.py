@@ -39,16 +39,16 @@ MUTATIONS = {
         select="perceiver_ar",
     ),
     # 2. The previous byte may be ignored.
-    "decoder_skips_the_previous_byte": Mutation(
-        why="the decoder predicts x_t from x_{<t-1}: its input is shifted right by two",
-        path="modules/decoder.py",
+    "flat_models_skip_the_previous_byte": Mutation(
+        why="the decoder and PerceiverAR predict x_t from x_{<t-1}: their input is shifted right by two",
+        path="modules/layers.py",
         old="shift_right(self.byte_embed(x), self.start) + self.pos_embed",
         new="shift_right(shift_right(self.byte_embed(x), self.start), self.start) + self.pos_embed",
         caught_by=(
             "tests/test_models.py::test_every_prediction_uses_the_byte_just_before_it",
             "tests/test_models.py::test_training_learns_the_context_of_known_data",
         ),
-        select="decoder",
+        select="decoder or perceiver_ar",
     ),
     "megabyte_local_skips_the_previous_byte": Mutation(
         why="MEGABYTE's local model sees the bytes of its patch shifted right by two",
