@@ -59,6 +59,17 @@ class ByteModel(nn.Module, ABC):
         """Analytic forward FLOPs of one window of ``seq_len`` bytes (DESIGN's FLOP convention);
         ``skip_masked``: what causal kernels execute instead (``modules/flops.py``)."""
 
+    has_strided_inference = False  # MEGABYTE's two-pass inference (its evaluation_logits)
+
+    def evaluation_logits(self, x: Tensor, strided: bool = False) -> Tensor:
+        """Logits that evaluation scores for the windows ``x``: the forward. A model with its own
+        inference scheme (MEGABYTE's strided inference) overrides this and ``evaluation_flops``."""
+        return self(x)
+
+    def evaluation_flops(self, seq_len: int, strided: bool = False) -> int:
+        """Forward FLOPs of evaluating one window of ``seq_len`` bytes (every pass)."""
+        return self.forward_flops(seq_len)
+
     def scored_len(self, seq_len: int) -> int:
         """How many positions of a ``seq_len`` window the model predicts (its last ones)."""
         return seq_len

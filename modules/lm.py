@@ -83,8 +83,8 @@ class ByteLM(L.LightningModule):
         activation_checkpointing: Recompute each transformer block's activations in the backward
             pass instead of storing them (less memory, about a third more compute).
         compile: ``torch.compile`` each transformer block.
-        strided_inference: Evaluate with MEGABYTE's strided inference (:meth:`strided_nats`: two
-            passes per window, offset by P/2), for models with a ``patch_size``. Sliding-window
+        strided_inference: Evaluate with MEGABYTE's strided inference (two passes per window,
+            offset by P/2: :meth:`Megabyte.evaluation_logits`), for models that have it. Sliding-window
             evaluation is the data's ``score_len``; the two combine. ``val/flops_per_byte`` and
             ``test/flops_per_byte`` report what either costs.
     """
@@ -113,7 +113,7 @@ class ByteLM(L.LightningModule):
         self.save_hyperparameters(ignore=["model", "strided_inference"])
         self.strided_inference = strided_inference
         self.model = model
-        if strided_inference and not hasattr(model, "patch_size"):
+        if strided_inference and not model.has_strided_inference:
             raise ValueError(
                 f"strided_inference offsets passes by half a patch; {type(model).__name__} has no patches"
             )
@@ -158,9 +158,9 @@ class ByteLM(L.LightningModule):
         return self.model(x)
 
     def score(self, batch: dict[str, Tensor], strided: bool = False) -> tuple[Tensor, Tensor]:
-        """Total nats and number of bytes scored in a batch (``strided``: by :meth:`strided_nats`)."""
+        """Total nats and number of bytes scored in a batch (``strided``: the model's strided inference)."""
         x = batch["x"]
-        nats = self.strided_nats(x) if strided else self.position_nats(x)
+        nats = self.position_nats(x, strided)
         scored = nats.size(1)
         num_scored = batch.get("num_scored")
         if num_scored is None:
@@ -173,38 +173,17 @@ class ByteLM(L.LightningModule):
         mask = torch.arange(scored, device=x.device) >= scored - num_scored[:, None]
         return (nats * mask).sum(), mask.sum()
 
-    def position_nats(self, x: Tensor) -> Tensor:
-        """Cross-entropy in nats of every position the model predicts: ``[B, S]``, the last S of x."""
-        logits = self.model(x)
+    def position_nats(self, x: Tensor, strided: bool = False) -> Tensor:
+        """Cross-entropy in nats of every position the model predicts: ``[B, S]``, the last S of x
+        (``strided``: from the model's strided inference, :meth:`Megabyte.evaluation_logits`)."""
+        logits = self.model.evaluation_logits(x, strided) if strided else self.model(x)
         targets = x[:, -logits.size(1) :]
         nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
         return nats.view_as(targets)
 
-    def strided_nats(self, x: Tensor) -> Tensor:
-        """MEGABYTE's strided inference: ``[B, L]`` nats of every byte of the windows ``x[B, L]``.
-
-        With h = P // 2: pass 1 runs the model on x as it is, pass 2 on ``x[:, h:]``, whose patches
-        therefore start h bytes later. Byte i of the window (0-based) is taken from pass 1 when
-        ``i mod P < h`` and from pass 2 otherwise: each pass contributes the first half of each of
-        its patches, every byte comes from exactly one pass (bytes i < h from pass 1), and pass 2
-        has h bytes less left context. It costs ``forward_flops(L) + forward_flops(L - h)``.
-        """
-        first = self.position_nats(x)
-        half = self.model.patch_size // 2
-        if x.size(1) <= half or half == 0:
-            return first
-        second = F.pad(self.position_nats(x[:, half:]), (half, 0))
-        from_second = torch.arange(x.size(1), device=x.device) % self.model.patch_size >= half
-        return torch.where(from_second, second, first)
-
     def evaluation_flops(self, x: Tensor) -> float:
         """Forward FLOPs of evaluating the windows ``x[B, L]`` (both passes when strided)."""
-        length = x.size(1)
-        lengths = [length]
-        half = getattr(self.model, "patch_size", 0) // 2
-        if self.strided_inference and 0 < half < length:
-            lengths.append(length - half)
-        return float(x.size(0) * sum(self.model.forward_flops(n) for n in lengths))
+        return float(x.size(0) * self.model.evaluation_flops(x.size(1), self.strided_inference))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         nats, num_bytes = self.score(batch)

@@ -1,9 +1,12 @@
 """MEGABYTE (Yu et al. 2023): a global transformer over patches and a local transformer inside each.
 
 Notation as in the paper: T bytes, patch size P, K = T / P patches, D_G per-byte global width
-(global model width P * D_G), D_L local width. Equation numbers refer to the paper's section 2.
-The variants the paper ablates (its Table 10) are constructor options; the defaults are the main
-model.
+(global model width P * D_G), D_L local width. Equation numbers refer to the paper's section 2:
+``forward`` reads Eq. 1-6 top to bottom. The variants the paper ablates (its Table 10) are
+constructor options, each a named piece: the patch encoder (:class:`PatchEmbedder`, ``concat`` or
+``cnn``), cross-patch attention (:class:`CrossPatchContext`), and the two models without one stage
+(``no_global``: :meth:`Megabyte.global_output` gives nothing; ``no_local``: :meth:`Megabyte.local_output`
+passes the global chunks straight to the head). The defaults are the main model.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import VOCAB_SIZE, ByteModel, check_positive
-from .decoder import shift_right
 from .flops import megabyte_flops
-from .layers import KVCache, Transformer, init_weights
+from .layers import KVCache, Transformer, init_weights, shift_right
 
 PATCH_ENCODER_KERNELS = (3, 5, 7)  # the paper's causal convolutional patch encoder
 
@@ -39,6 +41,56 @@ class CausalConvEncoder(nn.Module):
         for conv in self.convs:
             h = h + conv(F.pad(h, (conv.kernel_size[0] - 1, 0)))
         return h.transpose(1, 2)
+
+
+class PatchEmbedder(nn.Module):
+    """Eq. 1-2: byte embeddings plus positions, h_t = E^global-embed(x_t) + E^pos(t), concatenated per
+    patch into K vectors of width P * D_G. With ``encoder="cnn"`` (Table 10's CNN encoder) causal
+    convolutions mix each byte with the 12 before it first."""
+
+    def __init__(self, patch_size: int, d_byte: int, max_seq_len: int, encoder: str = "concat") -> None:
+        super().__init__()
+        self.byte_embed = nn.Embedding(VOCAB_SIZE, d_byte)
+        self.pos_embed = nn.Embedding(max_seq_len, d_byte)
+        self.conv = CausalConvEncoder(d_byte) if encoder == "cnn" else None
+        self.lookback = self.conv.lookback if self.conv is not None else 0  # earlier bytes a byte reads
+        self.width = patch_size * d_byte
+
+    def forward(self, x: Tensor, start: int = 0, lookback: int = 0) -> Tensor:
+        """Whole patches ``x[B, K*P]`` at positions ``start, start+1, ...`` -> ``[B, K, P*D_G]``. ``x`` may
+        begin with ``lookback`` earlier bytes that only feed the convolutions (decoding)."""
+        positions = torch.arange(start - lookback, start + x.size(1) - lookback, device=x.device)
+        h = self.byte_embed(x) + self.pos_embed(positions)
+        if self.conv is not None:
+            h = self.conv(h)[:, lookback:]
+        return h.reshape(x.size(0), -1, self.width)
+
+
+class CrossPatchContext(nn.Module):
+    """Table 10's cross-patch attention: the local model of patch k also attends to the last r local
+    inputs of patch k - 1, placed in front of its own P (r learned pads before a window's first
+    patch). r = 0, the main model, adds nothing."""
+
+    def __init__(self, r: int, d_local: int) -> None:
+        super().__init__()
+        self.r = r
+        if r:
+            self.pad = nn.Parameter(torch.empty(r, d_local))
+
+    def prepend(self, local_in: Tensor) -> Tensor:
+        """``[B, K, P, D_L]`` -> ``[B, K, r + P, D_L]``: each patch behind the previous patch's last r."""
+        if not self.r:
+            return local_in
+        batch, _, _, width = local_in.shape
+        previous = torch.cat([self.pad.expand(batch, 1, self.r, width), local_in[:, :-1, -self.r :]], 1)
+        return torch.cat([previous, local_in], dim=2)
+
+    def context(self, previous_local_in: Tensor | None, batch: int) -> Tensor:
+        """Decoding: the r positions in front of a new patch, from the previous patch's local inputs
+        ``[B, P, D_L]`` (None before the first patch: the pads)."""
+        if previous_local_in is None:
+            return self.pad.expand(batch, -1, -1)
+        return previous_local_in[:, -self.r :]
 
 
 @dataclass
@@ -76,6 +128,8 @@ class Megabyte(ByteModel):
         no_global: Ablation without the global model: the local model alone, every patch
             predicted from its own earlier bytes only.
     """
+
+    has_strided_inference = True
 
     def __init__(
         self,
@@ -121,25 +175,19 @@ class Megabyte(ByteModel):
         self.no_local, self.no_global = no_local, no_global
         d_byte = global_d_model // patch_size  # D_G
         if not no_global:
-            # Eq. 1-2: byte embeddings plus positions, concatenated per patch; a pad patch shifts by one.
-            self.global_byte_embed = nn.Embedding(VOCAB_SIZE, d_byte)
-            self.global_pos_embed = nn.Embedding(max_seq_len, d_byte)
-            self.conv_encoder = CausalConvEncoder(d_byte) if patch_encoder == "cnn" else None
-            self.global_pad = nn.Parameter(torch.empty(global_d_model))
+            self.patch_embedder = PatchEmbedder(patch_size, d_byte, max_seq_len, patch_encoder)  # Eq. 1-2
+            self.global_pad = nn.Parameter(torch.empty(global_d_model))  # Eq. 3: the pad patch
             self.global_model = Transformer(global_d_model, global_layers, n_heads, dropout)
         if no_local:
             self.head = nn.Linear(d_byte, VOCAB_SIZE, bias=False)  # chunk p -> byte p of the patch
         else:
-            # Eq. 4-5: each of the P chunks of a global output, projected to D_L, plus the local
-            # embedding of the previous byte (a pad byte at the start of each patch).
             if not no_global:
-                self.global_to_local = nn.Linear(d_byte, local_d_model, bias=False)
-            self.local_byte_embed = nn.Embedding(VOCAB_SIZE, local_d_model)
+                self.global_to_local = nn.Linear(d_byte, local_d_model, bias=False)  # Eq. 4
+            self.local_byte_embed = nn.Embedding(VOCAB_SIZE, local_d_model)  # Eq. 5
             self.local_pos_embed = nn.Embedding(patch_size, local_d_model)
-            self.local_pad = nn.Parameter(torch.empty(local_d_model))
-            if cross_patch_attention:
-                self.cross_patch_pad = nn.Parameter(torch.empty(cross_patch_attention, local_d_model))
-            self.local_model = Transformer(local_d_model, local_layers, local_n_heads, dropout)
+            self.local_pad = nn.Parameter(torch.empty(local_d_model))  # Eq. 5: the pad byte
+            self.cross_patch = CrossPatchContext(cross_patch_attention, local_d_model)
+            self.local_model = Transformer(local_d_model, local_layers, local_n_heads, dropout)  # Eq. 6
             self.head = nn.Linear(local_d_model, VOCAB_SIZE, bias=False)
         init_weights(self, init_std, global_layers)
         if not no_local:
@@ -149,23 +197,17 @@ class Megabyte(ByteModel):
         batch, length = x.shape
         # Right-pad to whole patches; causality means the padding never reaches a real byte.
         x = F.pad(x, (0, -length % self.patch_size))
-        patches = x.view(batch, -1, self.patch_size)  # [B, K, P]
-        chunks = None
-        if not self.no_global:  # Eq. 3: global position k sees patches < k
-            g = self.global_model(shift_right(self.embed_patches(x), self.global_pad))
-            chunks = self.global_chunks(g)
-        y = chunks if self.no_local else self.local_output(self.local_input(chunks, patches))
+        chunks = self.global_output(x)  # Eq. 1-4: [B, K, P, D_L]
+        y = self.local_output(chunks, x.view(batch, -1, self.patch_size))  # Eq. 5-6: [B, K, P, D_L]
         return self.head(y).flatten(1, 2)[:, :length]
 
-    def embed_patches(self, x: Tensor, start: int = 0, lookback: int = 0) -> Tensor:
-        """Eq. 1-2: byte embeddings plus positions ``start, start+1, ...``, concatenated per patch:
-        whole patches ``x[B, K*P]`` -> ``[B, K, P*D_G]``. With the CNN encoder, ``x`` may begin with
-        ``lookback`` earlier bytes that only feed the convolutions (positions from start - lookback)."""
-        positions = torch.arange(start - lookback, start + x.size(1) - lookback, device=x.device)
-        h = self.global_byte_embed(x) + self.global_pos_embed(positions)
-        if self.conv_encoder is not None:
-            h = self.conv_encoder(h)[:, lookback:]
-        return h.reshape(x.size(0), -1, self.global_d_model)
+    def global_output(self, x: Tensor) -> Tensor | None:
+        """Eq. 1-4 on whole patches ``x[B, K*P]``: patch embeddings behind the pad patch (so global
+        position k sees patches < k), the global model, its outputs split into P chunks (Eq. 4).
+        Without the global model (``no_global``) there is nothing to add to the local inputs: None."""
+        if self.no_global:
+            return None
+        return self.global_chunks(self.global_model(shift_right(self.patch_embedder(x), self.global_pad)))
 
     def global_chunks(self, g: Tensor) -> Tensor:
         """Eq. 4: each global output ``[..., P*D_G]`` split into P chunks, projected to ``[..., P, D_L]``
@@ -180,15 +222,15 @@ class Megabyte(ByteModel):
         local = shift_right(self.local_byte_embed(patches), self.local_pad) + self.local_pos_embed.weight[:n]
         return local if chunks is None else chunks[..., :n, :] + local
 
-    def local_output(self, local_in: Tensor) -> Tensor:
-        """Eq. 6: the local model on every patch ``[B, K, P, D_L]`` independently, batched; with
-        cross-patch attention each patch first sees the last r inputs of the previous patch."""
+    def local_output(self, chunks: Tensor | None, patches: Tensor) -> Tensor:
+        """Eq. 6: the local model on every patch ``[B, K, P]`` independently, batched (each behind the
+        previous patch's last r inputs with cross-patch attention). Without the local model
+        (``no_local``) the chunks of Eq. 4 go to the head as they are."""
+        if self.no_local:
+            return chunks
+        local_in = self.local_input(chunks, patches)
         batch, num_patches, size, width = local_in.shape
-        r = self.cross_patch_attention
-        if r:
-            previous = torch.cat([self.cross_patch_pad.expand(batch, 1, r, width), local_in[:, :-1, -r:]], 1)
-            local_in = torch.cat([previous, local_in], dim=2)  # [B, K, r + P, D_L]
-        y = self.local_model(local_in.flatten(0, 1))[:, r:]
+        y = self.local_model(self.cross_patch.prepend(local_in).flatten(0, 1))[:, -size:]
         return y.view(batch, num_patches, size, width)
 
     def prefill(self, x: Tensor) -> tuple[Tensor, MegabyteCache]:
@@ -199,7 +241,7 @@ class Megabyte(ByteModel):
         previous = None
         if not self.no_global:
             cache.global_cache = self.global_model.new_caches()
-            h = self.embed_patches(F.pad(x[:, :whole], (0, self.patch_size)))  # placeholder: shifted out
+            h = self.patch_embedder(F.pad(x[:, :whole], (0, self.patch_size)))  # placeholder: shifted out
             g = self.global_model(shift_right(h, self.global_pad), cache.global_cache)
             cache.chunks = self.global_chunks(g[:, -1])
             previous = self.global_chunks(g[:, -2]) if whole else None
@@ -214,22 +256,21 @@ class Megabyte(ByteModel):
             previous = cache.chunks
             if not self.no_global:
                 # Patch k enters the global model at position k + 1 (after the pad and patches < k).
-                lookback = min(length - size, self.conv_encoder.lookback) if self.conv_encoder else 0
-                h = self.embed_patches(cache.bytes[:, -size - lookback :], length - size, lookback)
+                lookback = min(length - size, self.patch_embedder.lookback)
+                h = self.patch_embedder(cache.bytes[:, -size - lookback :], length - size, lookback)
                 cache.chunks = self.global_chunks(self.global_model(h, cache.global_cache)[:, -1])
             self.start_patch(cache, previous, cache.bytes[:, -size:])
         return self.decode_local(cache, new=1)
 
     def start_patch(self, cache: MegabyteCache, chunks: Tensor | None, patch: Tensor | None) -> None:
         """Fresh local caches for a new patch; with cross-patch attention they start with the last r
-        local inputs of the previous ``patch`` (its global ``chunks``), or the pad before the first."""
+        local inputs of the previous ``patch`` (its global ``chunks``), or the pads before the first."""
         if self.no_local:
             return
         cache.local_cache = self.local_model.new_caches()
-        r = self.cross_patch_attention
-        if r:
-            context = self.cross_patch_pad[None] if patch is None else self.local_input(chunks, patch)[:, -r:]
-            self.local_model(context.expand(cache.bytes.size(0), -1, -1), cache.local_cache)
+        if self.cross_patch.r:
+            previous = None if patch is None else self.local_input(chunks, patch)
+            self.local_model(self.cross_patch.context(previous, cache.bytes.size(0)), cache.local_cache)
 
     def decode_local(self, cache: MegabyteCache, new: int) -> Tensor:
         """Feed the last ``new`` local inputs of the current patch through the cached local model;
@@ -239,6 +280,27 @@ class Megabyte(ByteModel):
             return self.head(cache.chunks[:, patch.size(1)])
         local_in = self.local_input(cache.chunks, F.pad(patch, (0, 1)))[:, -new:]
         return self.head(self.local_model(local_in, cache.local_cache)[:, -1])
+
+    def evaluation_logits(self, x: Tensor, strided: bool = False) -> Tensor:
+        """The paper's strided inference (``strided``): logits ``[B, L, 256]`` of every byte of the windows
+        ``x[B, L]`` from two passes. With h = P // 2, pass 1 runs on x as it is, pass 2 on ``x[:, h:]``,
+        whose patches therefore start h bytes later. Byte i (0-based) is taken from pass 1 when
+        ``i mod P < h`` and from pass 2 otherwise: each pass contributes the first half of each of its
+        patches, every byte comes from exactly one pass (bytes i < h from pass 1), and pass 2 has h
+        bytes less left context."""
+        first = self(x)
+        half = self.patch_size // 2
+        if not strided or x.size(1) <= half or half == 0:
+            return first
+        second = F.pad(self(x[:, half:]), (0, 0, half, 0))
+        from_second = torch.arange(x.size(1), device=x.device) % self.patch_size >= half
+        return torch.where(from_second[:, None], second, first)
+
+    def evaluation_flops(self, seq_len: int, strided: bool = False) -> int:
+        """Forward FLOPs of evaluating one window: ``forward_flops(L) + forward_flops(L - P//2)`` strided."""
+        half = self.patch_size // 2
+        second = self.forward_flops(seq_len - half) if strided and 0 < half < seq_len else 0
+        return self.forward_flops(seq_len) + second
 
     def forward_flops(self, seq_len: int, skip_masked: bool = False) -> int:
         return megabyte_flops(

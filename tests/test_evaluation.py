@@ -139,7 +139,7 @@ def test_strided_inference_takes_the_first_half_of_each_patch_from_each_pass():
     x = torch.randint(0, 256, (2, 22))
     first, second = lm.position_nats(x), lm.position_nats(x[:, 2:])
     expected = torch.stack([first[:, i] if i % 4 < 2 else second[:, i - 2] for i in range(22)], dim=1)
-    torch.testing.assert_close(lm.strided_nats(x), expected)
+    torch.testing.assert_close(lm.position_nats(x, strided=True), expected)
     assert not torch.allclose(first, expected)  # the second pass really changes some bytes
 
 
@@ -163,10 +163,9 @@ def test_evaluation_reports_its_inference_cost(corpus, tmp_path):
         (metrics,) = trainer.validate(ByteLM(model, strided_inference=strided), datamodule=dm)
         with torch.device("meta"):  # the counter sees SDPA on the meta device (not on the CPU kernels)
             lm = ByteLM(MODELS["megabyte"](), strided_inference=strided)
-        passes = lm.strided_nats if strided else lm.position_nats
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             for batch in dm.val_dataloader():
-                passes(batch["x"].to("meta"))
+                lm.position_nats(batch["x"].to("meta"), strided)
         cost[strided] = counter.get_total_flops() / len(dm.splits["val"].data)
         assert metrics["val/flops_per_byte"] == pytest.approx(cost[strided], rel=1e-9)
     assert 1.8 < cost[True] / cost[False] <= 2  # the shorter pass pads back to whole patches
