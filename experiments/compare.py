@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", default=str(DEFAULT_SWEEP), help="the sweep to run (default: %(default)s)")
     p.add_argument("--data", help="a DataModule config (YAML) replacing the sweep's data config")
     p.add_argument("--budgets", type=float, nargs="+", help="training-FLOP budgets replacing the sweep's")
-    p.add_argument("--sizes", nargs="+", help="named sizes (experiments/sizes.py) for every architecture")
+    p.add_argument("--sizes", nargs="+", help="named sizes (modules/sizes.py) for every architecture")
     p.add_argument(
         "--device", choices=["cpu", "gpu"], default="cpu", help="gpu adds the one-GPU trainer config"
     )

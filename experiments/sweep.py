@@ -1,7 +1,7 @@
 """``bytelab sweep SWEEP.yaml``: a compute-matched grid of ``bytelab fit`` runs.
 
 A sweep file names the configs every run composes (data, trainer), the architectures with a list
-of named sizes each (``experiments/sizes.py``), the training-FLOP budgets (and optionally a byte
+of named sizes each (``modules/sizes.py``), the training-FLOP budgets (and optionally a byte
 budget), the seeds and the options every run shares. It expands into one run per architecture x
 size x budget x seed, each with a stable id and directory ``<run_root>/<id>``.
 
@@ -30,8 +30,9 @@ from typing import Any
 import torch
 import yaml
 
+from modules.sizes import ARCHITECTURES, model_init_args
+
 from .manifest import MANIFEST, SWEEP_INFO, read_manifest, write_json_atomic
-from .sizes import ARCHITECTURES, model_init_args
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = "log.txt"  # a run's own output, beside its run.json
@@ -42,7 +43,7 @@ class Architecture:
     """One architecture of a sweep.
 
     Args:
-        sizes: Named sizes (``experiments/sizes.py``), one run each per budget and seed.
+        sizes: Named sizes (``modules/sizes.py``), one run each per budget and seed.
         options: ``bytelab fit`` options for this architecture only (``{"model.lr": 2e-3}``).
         model: The architecture (decoder, megabyte, perceiver_ar) when the entry's key is a variant
             label instead (``no_local: {model: megabyte, options: {...no_local: true}}``); None: the key.

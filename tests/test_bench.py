@@ -24,13 +24,7 @@ from experiments.callbacks import PerfMonitor
 from modules import ByteLM, Decoder
 from modules.base import build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec(**overrides) -> dict:

@@ -12,15 +12,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from datamodules import TextBytes
-from modules import ByteLM, Decoder, Megabyte, PerceiverAR
+from modules import ByteLM
+from modules.sizes import ARCHITECTURES
 
-MODELS = {
-    "decoder": lambda: Decoder(d_model=32, n_layers=1, n_heads=4, max_seq_len=48),
-    "megabyte": lambda: Megabyte(
-        patch_size=4, global_d_model=32, global_layers=1, local_d_model=16, local_layers=1, max_seq_len=48
-    ),
-    "perceiver_ar": lambda: PerceiverAR(d_model=32, n_layers=1, n_heads=4, max_seq_len=48, num_latents=16),
-}
+from .conftest import tiny_model
+
+MODELS = list(ARCHITECTURES)
+
+
+def tiny(name: str) -> torch.nn.Module:
+    """48-byte windows; PerceiverAR with 16 latents, so that it cannot score a whole window."""
+    return tiny_model(name, max_seq_len=48, **({"num_latents": 16} if name == "perceiver_ar" else {}))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ NATS = -torch.log_softmax(KnownLosses().logits.double(), dim=0)
 
 
 def with_known_losses(name: str) -> torch.nn.Module:
-    model = MODELS[name]()
+    model = tiny(name)
     model.head = KnownLosses()
     return model
 
@@ -111,7 +113,7 @@ def test_known_losses_through_the_trainer(name, corpus, tmp_path):
 def test_sliding_evaluation_matches_a_reference_loop(corpus, tmp_path):
     """val/bpb from the trainer equals nats summed by hand over each document's windows."""
     torch.manual_seed(0)
-    model = MODELS["decoder"]().eval()
+    model = tiny("decoder").eval()
     dm = datamodule(corpus, tmp_path, score_len=16)
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
@@ -135,7 +137,7 @@ def test_sliding_evaluation_matches_a_reference_loop(corpus, tmp_path):
 def test_strided_inference_takes_the_first_half_of_each_patch_from_each_pass():
     """Byte i comes from the pass over x when i mod P < P/2, else from the pass over x[:, P/2:]."""
     torch.manual_seed(0)
-    lm = ByteLM(MODELS["megabyte"]().eval(), strided_inference=True)  # P = 4
+    lm = ByteLM(tiny("megabyte").eval(), strided_inference=True)  # P = 4
     x = torch.randint(0, 256, (2, 22))
     first, second = lm.position_nats(x), lm.position_nats(x[:, 2:])
     expected = torch.stack([first[:, i] if i % 4 < 2 else second[:, i - 2] for i in range(22)], dim=1)
@@ -145,7 +147,7 @@ def test_strided_inference_takes_the_first_half_of_each_patch_from_each_pass():
 
 def test_strided_inference_needs_patches():
     with pytest.raises(ValueError, match="Decoder has no patches"):
-        ByteLM(MODELS["decoder"](), strided_inference=True)
+        ByteLM(tiny("decoder"), strided_inference=True)
 
 
 def test_evaluation_reports_its_inference_cost(corpus, tmp_path):
@@ -153,7 +155,7 @@ def test_evaluation_reports_its_inference_cost(corpus, tmp_path):
     strided inference's second pass (all but P/2 bytes of each window, padded to whole patches) about
     doubles it."""
     torch.manual_seed(0)
-    model = MODELS["megabyte"]()
+    model = tiny("megabyte")
     dm = datamodule(corpus, tmp_path, score_len=16)
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
@@ -162,7 +164,7 @@ def test_evaluation_reports_its_inference_cost(corpus, tmp_path):
     for strided in (False, True):
         (metrics,) = trainer.validate(ByteLM(model, strided_inference=strided), datamodule=dm)
         with torch.device("meta"):  # the counter sees SDPA on the meta device (not on the CPU kernels)
-            lm = ByteLM(MODELS["megabyte"](), strided_inference=strided)
+            lm = ByteLM(tiny("megabyte"), strided_inference=strided)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             for batch in dm.val_dataloader():
                 lm.position_nats(batch["x"].to("meta"), strided)

@@ -16,16 +16,10 @@ import datamodules
 from experiments.cli import main
 from modules import ByteLM, Decoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SCRIPT = Path(sys.executable).with_name("bytelab")
 ENTRY = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "experiments.cli"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_run(run_dir: Path, data: dict | None = None) -> Path:

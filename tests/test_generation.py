@@ -5,49 +5,34 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules import Decoder, Megabyte, PerceiverAR
+from modules import PerceiverAR
 from modules.generate import generate, sample_next
 
-TINY = {
-    "decoder": lambda: Decoder(d_model=32, n_layers=2, n_heads=4, max_seq_len=64),
-    "megabyte": lambda: Megabyte(
-        patch_size=4,
-        global_d_model=64,
-        global_layers=2,
-        local_d_model=32,
-        local_layers=2,
-        n_heads=4,
-        max_seq_len=64,
-    ),
-    # N = 8 latents: a 40-byte sequence restarts the latent block several times.
-    "perceiver_ar": lambda: PerceiverAR(d_model=32, n_layers=2, n_heads=4, max_seq_len=64, num_latents=8),
-}
-# MEGABYTE's ablations decode with the same caches: cross-patch attention starts each patch's local
-# cache with the previous patch's last r inputs, the CNN encoder re-reads 12 bytes before a patch.
-MEGABYTE_VARIANTS = {
+from .conftest import CONTRACT_MODELS, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# N = 8 latents: a 40-byte sequence restarts PerceiverAR's latent block several times. MEGABYTE's
+# ablations decode with the same caches: cross-patch attention starts each patch's local cache with
+# the previous patch's last r inputs, the CNN encoder re-reads 12 bytes before a patch.
+OPTIONS = {
+    "perceiver_ar": {"num_latents": 8},
     "megabyte_cross_patch": {"cross_patch_attention": 3},
-    "megabyte_cnn": {"patch_encoder": "cnn"},
-    "megabyte_no_local": {"no_local": True},
-    "megabyte_no_global": {"no_global": True, "cross_patch_attention": 2},
+    "megabyte_no_global": {"cross_patch_attention": 2},
 }
-for _name, _options in MEGABYTE_VARIANTS.items():
-    TINY[_name] = lambda options=_options: Megabyte(**{**TINY["megabyte"]().config["init_args"], **options})
+
+
+def tiny(name: str) -> torch.nn.Module:
+    return tiny_model(name, max_seq_len=64, **OPTIONS.get(name, {}))
+
+
 LENGTH = 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Byte-by-byte decoding of tiny models is all small ops: one thread avoids contention stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(params=list(TINY))
+@pytest.fixture(params=list(CONTRACT_MODELS))
 def model(request: pytest.FixtureRequest) -> torch.nn.Module:
     torch.manual_seed(0)
-    return TINY[request.param]().eval()
+    return tiny(request.param).eval()
 
 
 def cached_logits(model, x: torch.Tensor, prompt_len: int) -> torch.Tensor:
@@ -72,7 +57,7 @@ def test_cached_decoding_equals_the_full_forward(model, prompt_len):
     cached = cached_logits(model, x, prompt_len)
     reference = torch.stack([model.next_logits(x[:, :t]) for t in range(prompt_len, LENGTH)], dim=1)
     assert_close(cached, reference)
-    if not isinstance(model, PerceiverAR):  # one forward over everything predicts every byte
+    if model.scored_len(LENGTH) == LENGTH:  # one forward over everything predicts every byte
         assert_close(cached, model(x)[:, prompt_len:])
 
 
@@ -81,7 +66,7 @@ def test_perceiver_ar_cached_decoding_matches_the_documented_forwards():
     """Byte t is predicted by forward(x[:t+1]) with latents_at(t) latents: the plain forward while
     t < N, then blocks that restart from N // 2 latents whenever they would exceed N."""
     torch.manual_seed(0)
-    model = TINY["perceiver_ar"]().eval()
+    model = tiny("perceiver_ar").eval()
     assert [model.latents_at(t) for t in range(16)] == [1, 2, 3, 4, 5, 6, 7, 8, 4, 5, 6, 7, 8, 4, 5, 6]
     x = torch.randint(0, 256, (2, LENGTH))
     cached = cached_logits(model, x, prompt_len=0)

@@ -9,42 +9,17 @@ import torch
 from lightning.fabric.utilities.throughput import measure_flops
 
 from modules import ByteLM, Decoder, Megabyte, PerceiverAR
+from modules.sizes import ARCHITECTURES
 
+from .conftest import CONTRACT_MODELS, tiny_model
 from .test_evaluation import NATS, KnownLosses
 
-TINY = {
-    "decoder": lambda: Decoder(d_model=32, n_layers=2, n_heads=4, max_seq_len=96),
-    "megabyte": lambda: Megabyte(
-        patch_size=4,
-        global_d_model=64,
-        global_layers=2,
-        local_d_model=32,
-        local_layers=2,
-        n_heads=4,
-        max_seq_len=96,
-    ),
-    "perceiver_ar": lambda: PerceiverAR(d_model=32, n_layers=2, n_heads=4, max_seq_len=96, num_latents=24),
-}
-# The ablations of the paper's Table 10, on the tiny MEGABYTE: they satisfy the same contract.
-MEGABYTE_VARIANTS = {
-    "megabyte_cross_patch": {"cross_patch_attention": 2},
-    "megabyte_cnn": {"patch_encoder": "cnn"},
-    "megabyte_no_local": {"no_local": True},
-    "megabyte_no_global": {"no_global": True},
-}
-VARIANTS = {
-    **TINY,
-    **{
-        name: (lambda options=options: Megabyte(**{**TINY["megabyte"]().config["init_args"], **options}))
-        for name, options in MEGABYTE_VARIANTS.items()
-    },
-}
 
-
-@pytest.fixture(params=list(VARIANTS))
+@pytest.fixture(params=list(CONTRACT_MODELS))
 def model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    """Every registered architecture and test variant (modules/sizes.py) at its ``test`` size."""
     torch.manual_seed(0)
-    return VARIANTS[request.param]().eval()
+    return tiny_model(request.param).eval()
 
 
 @pytest.mark.parametrize("length", [1, 7, 24, 33, 96])
@@ -123,7 +98,7 @@ def test_rows_of_a_batch_never_see_each_other(model):
 def test_megabyte_first_byte_of_each_patch_sees_previous_patches():
     """Byte kP is predicted through the global model: it must depend on every earlier patch."""
     torch.manual_seed(0)
-    model = TINY["megabyte"]().eval()
+    model = tiny_model("megabyte").eval()
     x = torch.randint(0, 256, (1, 32))
     with torch.no_grad():
         base = model(x)
@@ -133,7 +108,7 @@ def test_megabyte_first_byte_of_each_patch_sees_previous_patches():
             assert (model(y)[0, 8] - base[0, 8]).abs().max() > 1e-5
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", list(CONTRACT_MODELS))
 @pytest.mark.parametrize("length", [8, 24, 61, 96])
 def test_flops_match_the_counter(name, length):
     """The analytic count equals torch's FlopCounterMode on the real module (meta device) exactly: every
@@ -141,14 +116,14 @@ def test_flops_match_the_counter(name, length):
     the unpadded length, is off by a whole matmul. FLOPs per byte divide the counted FLOPs by the
     positions the forward really returned."""
     with torch.device("meta"):
-        model = VARIANTS[name]()
+        model = tiny_model(name)
     x = torch.randint(0, 256, (3, length), device="meta")
     counted = measure_flops(model, lambda: model(x))
     assert counted == 3 * model.forward_flops(length)
     assert model.flops_per_byte(length) == counted / (3 * model(x).size(1))
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", list(CONTRACT_MODELS))
 @pytest.mark.parametrize("length", [8, 61, 96])
 def test_executed_flops_leave_out_what_causal_kernels_skip(name, length, monkeypatch):
     """``skip_masked`` removes exactly the query-key pairs above the diagonal of every SDPA call made
@@ -165,7 +140,7 @@ def test_executed_flops_leave_out_what_causal_kernels_skip(name, length, monkeyp
         return sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    model = VARIANTS[name]().eval()
+    model = tiny_model(name).eval()
     with torch.no_grad():
         model(torch.randint(0, 256, (1, length)))  # one window (MEGABYTE batches its patches)
     executed = model.forward_flops(length, skip_masked=True)
@@ -182,8 +157,8 @@ def test_megabyte_ablations_change_what_a_byte_sees():
     y[0, 6] += 1  # patch 1 (P = 4), position 2
     moved = {}
     with torch.no_grad():
-        for name in MEGABYTE_VARIANTS:
-            model = VARIANTS[name]().eval()
+        for name in ("megabyte_no_global", "megabyte_no_local", "megabyte_cross_patch"):
+            model = tiny_model(name).eval()
             moved[name] = (model(y) - model(x)).abs()
     assert moved["megabyte_no_global"][0, 8:].max() == 0  # later patches never see patch 1
     assert moved["megabyte_no_global"][0, 7].max() > 1e-4  # the rest of patch 1 does
@@ -264,12 +239,12 @@ def sample_markov_source(generator: torch.Generator, shape: tuple[int, int]) -> 
 MARKOV_ENTROPY = (4 + 95 * 2) / 96  # bits per byte of a 96-byte window
 
 
-@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_training_learns_the_context_of_known_data(name):
     """200 steps on the random walk bring every model from ~8 bits to 2.10-2.16 (measured), below the
     2.66 any model blind to the previous byte is bound to, and never below the entropy on fresh data."""
     torch.manual_seed(0)
-    model = TINY[name]()
+    model = tiny_model(name)
     lm = ByteLM(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98))
     generator = torch.Generator().manual_seed(1)
@@ -299,6 +274,6 @@ def test_bad_sizes_are_one_line_errors():
     with pytest.raises(ValueError, match="n_layers=0 must be a positive integer"):
         PerceiverAR(n_layers=0)
     with pytest.raises(ValueError, match="score_len=64 exceeds the 24 positions PerceiverAR predicts"):
-        TINY["perceiver_ar"]().check_window(seq_len=96, score_len=64)
+        tiny_model("perceiver_ar").check_window(seq_len=96, score_len=64)
     with pytest.raises(ValueError, match="seq_len=128 exceeds the model's max_seq_len=96"):
-        TINY["decoder"]().check_window(seq_len=128, score_len=128)
+        tiny_model("decoder").check_window(seq_len=128, score_len=128)

@@ -18,14 +18,7 @@ from experiments.manifest import RunManifest, parameter_counts, read_manifest, w
 from modules import ByteLM, Decoder, Megabyte
 from modules.base import build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and immune to OpenMP spinning on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import yaml
 
 from experiments.cli import main
 from experiments.manifest import SWEEP_INFO, write_json_atomic
-from experiments.sizes import SIZES
 from experiments.sweep import Sweep, budget_tag, expand, plan, run_sweep
+from modules.sizes import SIZES
 
 SPEC = {
     "name": "demo",

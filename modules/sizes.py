@@ -1,4 +1,7 @@
-"""Named model sizes per architecture, the one place sweeps and ``bytelab compare`` look them up.
+"""The one table of architectures and their named sizes: sweeps, ``bytelab compare``, the benchmark
+and the tests all look models up here. Adding an architecture is its model file in ``modules/`` and
+one entry in ``ARCHITECTURES``, ``SIZES`` (with a ``test`` size) and, if it has options worth
+testing, ``TEST_VARIANTS``: the contract tests then run on it (tests/test_models.py).
 
 ``S1``..``S6`` are the MEGABYTE paper's Table 14 sizes (layers, width, head dim 64/64/96/64/80/128);
 ``table2`` is each architecture's configuration in the paper's Table 2. The paper gives MEGABYTE's
@@ -9,7 +12,8 @@ bytelab's choice, not the paper's. ``cpu-*`` sizes are for laptops and tests: at
 training byte.
 
 Options that depend on the study rather than the size (``max_seq_len``, ``num_latents``,
-``patch_size`` of a CPU run) come from the sweep file.
+``patch_size`` of a CPU run) come from the sweep file. ``test`` sizes are the tiny models the test
+suite checks every architecture on (with ``max_seq_len`` from the test).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def _cpu_megabyte(global_layers: int, global_width: int, local_width: int) -> di
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "decoder": {
+        "test": _flat(2, 32, 4),
         "cpu-xs": _flat(2, 64, 4),
         "cpu-s": _flat(3, 96, 4),
         "cpu-m": _flat(4, 128, 4),
@@ -71,6 +76,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "table2": _flat(22, 1024, 16),  # Transformer 320M, context 1024
     },
     "perceiver_ar": {
+        "test": {**_flat(2, 32, 4), "num_latents": 24},
         "cpu-xs": _flat(2, 64, 4),
         "cpu-s": _flat(3, 96, 4),
         "cpu-m": _flat(4, 128, 4),
@@ -78,6 +84,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "table2": {**_flat(17, 1024, 16), "num_latents": 1024},  # 248M, context 8192
     },
     "megabyte": {
+        "test": _cpu_megabyte(2, 64, 32),
         "cpu-xs": _cpu_megabyte(2, 128, 64),
         "cpu-s": _cpu_megabyte(2, 256, 64),
         "cpu-m": _cpu_megabyte(3, 256, 96),
@@ -93,6 +100,24 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
+
+
+# The options each architecture's contract tests also run on (names: architecture_variant): MEGABYTE's
+# ablations of the paper's Table 10.
+TEST_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "megabyte": {
+        "cross_patch": {"cross_patch_attention": 2},
+        "cnn": {"patch_encoder": "cnn"},
+        "no_local": {"no_local": True},
+        "no_global": {"no_global": True},
+    },
+}
+
+
+def model_config(architecture: str, size: str, **options: Any) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` of a named size with ``options`` on top (``build_model`` builds it)."""
+    init_args = model_init_args(architecture, size) | options
+    return {"class_path": ARCHITECTURES[architecture], "init_args": init_args}
 
 
 def model_init_args(architecture: str, size: str) -> dict[str, Any]:

@@ -1,0 +1,38 @@
+"""What the tests share: models of the one size table (modules/sizes.py), built the same way everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from modules.base import ByteModel, build_model
+from modules.sizes import ARCHITECTURES, TEST_VARIANTS, model_config
+
+# Every registered architecture at its ``test`` size, and each of its test variants
+# (``megabyte_no_local`` ...): the models the contract tests run on.
+CONTRACT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{name: (name, {}) for name in ARCHITECTURES},
+    **{
+        f"{name}_{variant}": (name, options)
+        for name, variants in TEST_VARIANTS.items()
+        for variant, options in variants.items()
+    },
+}
+
+
+def tiny_model(name: str, max_seq_len: int = 96, **options: Any) -> ByteModel:
+    """A contract model (an architecture or ``architecture_variant``) at its ``test`` size."""
+    architecture, variant = CONTRACT_MODELS[name]
+    options = {"max_seq_len": max_seq_len, **variant, **options}
+    return build_model(model_config(architecture, "test", **options))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models are all small ops: one thread is faster and immune to OpenMP spinning on a busy CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
