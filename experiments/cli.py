@@ -14,18 +14,24 @@ from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import analysis
+from analysis.atomic import DISK_FULL
 from datamodules import ByteDataModule
 from modules import ByteLM
 
 from . import bench, compare, generate, study, sweep
 from .budget import ComputeBudget
-from .callbacks import PerfMonitor, PrintMetrics
+from .callbacks import EXIT_PREEMPTED, PerfMonitor, Preemption, PrintMetrics
+from .checkpoints import VerifiedCheckpointIO, resolve_resume
 from .manifest import RunManifest
+from .runlock import lock_run, release_runs
 
 CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIGS = [str(CONFIGS / "trainer" / "cpu.yaml"), str(CONFIGS / "data" / "text.yaml")]
@@ -61,8 +67,15 @@ class ByteLabCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):  # noqa: ANN201 - same signature as LightningCLI
         config = self.config[self.subcommand]
         run_dir = Path(config.run_dir or Path("runs") / type(self.model.model).__name__.lower())
+        self.run_dir = run_dir
+        if rank_zero_only.rank == 0:  # the other ranks of this run write nothing of their own here
+            lock_run(run_dir)  # before anything below moves or writes a file of the run
         trainer_config = config.trainer
         kwargs.setdefault("default_root_dir", str(run_dir))
+        plugins = self.config_init[self.subcommand].trainer.plugins
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, VerifiedCheckpointIO()]
         if trainer_config.logger in (None, True):
             keep_earlier_metrics(run_dir)
             kwargs["logger"] = [
@@ -77,16 +90,29 @@ class ByteLabCLI(LightningCLI):
                 save_top_k=0,
                 save_last=True,
                 every_n_train_steps=config.save_every_n_steps,
+                # One last.ckpt, replaced in place, even after a save this callback did not make
+                # (Preemption's): never a last-v1.ckpt that --ckpt_path last would not read.
+                enable_version_counter=False,
             ),
             LearningRateMonitor(logging_interval="step"),
             PrintMetrics(),
             PerfMonitor(),
+            Preemption(run_dir / "checkpoints" / "last.ckpt"),
             RunManifest(run_dir, config.as_dict()),
         ]
         if trainer_config.enable_progress_bar is not False:
             callbacks.append(RichProgressBar())
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+    def _check_checkpoint(self) -> None:
+        """Resolve and check ``--ckpt_path`` before Lightning loads it, and load it as tensors and
+        plain values only (``weights_only``), whatever the command line says."""
+        config = self.config_init[self.subcommand]
+        config["ckpt_path"] = resolve_resume(config.get("ckpt_path"), self.run_dir)
+        config["weights_only"] = True
+
+    before_fit = before_validate = before_test = _check_checkpoint
 
 
 def keep_earlier_metrics(run_dir: Path) -> None:
@@ -136,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] in COMMANDS:
             return COMMANDS[args[0]](args[1:]) or 0
         lightning_main(args)
+    except SIGTERMException:  # Preemption saved the run and printed where; the job script may requeue
+        return EXIT_PREEMPTED
     except ArgumentError as error:
         if debug:
             raise
@@ -147,6 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bytelab: error: {one_line(error)} (run with --debug for the traceback)", file=sys.stderr)
         return 2
+    except OSError as error:
+        if debug or error.errno not in DISK_FULL:
+            raise
+        print(f"bytelab: error: {error.strerror}", file=sys.stderr)
+        return 2
+    finally:
+        release_runs()
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -39,3 +40,35 @@ class KillOnce(KillAtStep):
         if armed and trainer.global_step == self.step:
             self.flag.unlink()
             super().on_train_batch_end(trainer, *args)
+
+
+class SignalAtStep(L.Callback):
+    """Send the signal ``name`` (SIGTERM, SIGUSR1, SIGINT) at the end of training step ``step``: to
+    this process, or with ``parent=True`` to the process that started it (a Ctrl-C to a sweep). With
+    ``flag``, only while that file exists (it is removed first), so a rerun is not signalled."""
+
+    def __init__(self, step: int, name: str, parent: bool = False, flag: str | None = None) -> None:
+        self.step = step
+        self.signum = getattr(signal, name)
+        self.parent = parent
+        self.flag = None if flag is None else Path(flag)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step != self.step or (self.flag is not None and not self.flag.exists()):
+            return
+        if self.flag is not None:
+            self.flag.unlink()
+        os.kill(os.getppid() if self.parent else os.getpid(), self.signum)
+
+
+class PauseAtStep(L.Callback):
+    """At the end of training step ``step``, print ``PAUSED`` and wait for a line on stdin: the test
+    holds the run there (no sleeping on either side) while it launches a second one."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            print("PAUSED", flush=True)
+            sys.stdin.readline()

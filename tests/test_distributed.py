@@ -79,7 +79,7 @@ def test_fsdp_fit_resume_and_evaluate(corpus, tmp_path):
         "__1_0.distcp",
         "meta.pt",
     }
-    assert torch.load(shards / "meta.pt", weights_only=False)["global_step"] == 4
+    assert torch.load(shards / "meta.pt", weights_only=True)["global_step"] == 4
 
     second = bytelab("fit", *common, "--trainer.max_steps=6", "--ckpt_path=last", cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from experiments.manifest import write_json_atomic
 from modules import ByteLM, Decoder
 from modules.lm import load_checkpoint
 
-from .test_cli import CONFIGS, REPO, bytelab
+from .test_cli import CONFIGS, ENTRY, REPO, bytelab
 
 pytestmark = pytest.mark.faults
 
@@ -50,11 +51,28 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of RUN trained to the end, never interrupted (its checkpoints: best and last)."""
     run = tmp_path_factory.mktemp("uninterrupted")
     result = bytelab("fit", *RUN, f"--data.init_args.paths={corpus}", f"--run_dir={run}", cache=run / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
-    return load_checkpoint(run / "checkpoints" / "last.ckpt")
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(trained_run: Path) -> dict:
+    return load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+
+
+def assert_same_training_state(final: dict, uninterrupted: dict) -> None:
+    """Weights, optimiser moments and counters equal, bit for bit."""
+    assert final["global_step"] == uninterrupted["global_step"] == 12
+    assert final["bytelab"]["bytes_seen"] == uninterrupted["bytelab"]["bytes_seen"]
+    for name, weight in uninterrupted["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], weight), name
+    moments = [checkpoint["optimizer_states"][0]["state"].values() for checkpoint in (final, uninterrupted)]
+    for a, b in zip(*moments, strict=True):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
 
 
 @pytest.mark.parametrize("save_every,kill_at", [(3, 7), (4, 6)], ids=["mid-epoch", "epoch-boundary"])
@@ -74,14 +92,7 @@ def test_sigkill_then_resume_is_exact(save_every, kill_at, corpus, uninterrupted
     assert last["global_step"] == kill_at // save_every * save_every
     resumed = bytelab("fit", *common, "--ckpt_path=last", cache=tmp_path / "cache")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    final = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
-    assert final["global_step"] == uninterrupted["global_step"] == 12
-    assert final["bytelab"]["bytes_seen"] == uninterrupted["bytelab"]["bytes_seen"]
-    for name, weight in uninterrupted["state_dict"].items():
-        assert torch.equal(final["state_dict"][name], weight), name
-    moments = [checkpoint["optimizer_states"][0]["state"].values() for checkpoint in (final, uninterrupted)]
-    for a, b in zip(*moments, strict=True):
-        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    assert_same_training_state(load_checkpoint(tmp_path / "checkpoints" / "last.ckpt"), uninterrupted)
 
 
 def test_nan_loss_stops_the_run_naming_the_step(corpus, tmp_path):
@@ -308,3 +319,167 @@ def test_killed_sweep_reruns_to_every_run_exactly_once(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     runs, _ = collect([tmp_path / "runs"])
     assert len(runs) == 6 and runs["run"].is_unique and set(statuses) <= set(runs["run"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults of a shared cluster: preemption, full disks, two launches of one run, damaged or hostile
+# checkpoints, corpora larger than memory, ranks that disagree.
+
+
+def stderr_errors(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The lines bytelab itself printed to stderr (``bytelab: ...``/``bytelab sweep: ...``)."""
+    return [line for line in result.stderr.splitlines() if line.startswith("bytelab")]
+
+
+FAKE_SCONTROL = """#!/bin/sh
+# Stands for SLURM's scontrol: records the call, then does what a requeue does to the running job.
+echo "$@" >> "{log}"
+kill -TERM $PPID
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SLURM requeue signal"], ids=["sigterm", "slurm-sigusr1-requeue"])
+def test_preempted_run_saves_its_step_and_resumes_exactly(how, corpus, uninterrupted, tmp_path):
+    """A termination signal at step 5 (no checkpoint is due before step 6): the run saves step 5,
+    exits 75, run.json says interrupted; --ckpt_path last ends bit for bit where an uninterrupted run
+    ends. On SLURM (faked: its variables and an scontrol that records the requeue and sends SIGTERM
+    as a requeue does), Lightning's auto-requeue handles SIGUSR1 and calls `scontrol requeue`."""
+    run = tmp_path / "run"
+    common = [*RUN, f"--data.init_args.paths={corpus}", f"--run_dir={run}"]
+    env = None
+    name = "SIGTERM"
+    if how == "SLURM requeue signal":
+        name = "SIGUSR1"
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        scontrol = bin_dir / "scontrol"
+        scontrol.write_text(FAKE_SCONTROL.format(log=tmp_path / "scontrol.log"))
+        scontrol.chmod(0o755)
+        env = {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            **{"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "bytelab-test", "SLURM_JOB_ID": "4242"},
+            **{"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"},
+        }
+    signal_at = f'{{"class_path": "tests.faults.SignalAtStep", "init_args": {{"step": 5, "name": "{name}"}}}}'
+    stopped = bytelab("fit", *common, f"--trainer.callbacks+={signal_at}", cache=tmp_path / "cache", env=env)
+    last = run / "checkpoints" / "last.ckpt"
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    assert stderr_errors(stopped) == [
+        f"bytelab: stopped by a termination signal at step 5: saved {last}; resume with --ckpt_path last "
+        "(exit status 75)"
+    ]
+    assert load_checkpoint(last)["global_step"] == 5
+    manifest = json.loads((run / "run.json").read_text())
+    assert (
+        manifest["status"] == "interrupted"
+        and manifest["error"] == "stopped by a termination signal at step 5"
+    )
+    if env is not None:
+        assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+        assert not list(run.glob("hpc_ckpt_*.ckpt"))  # Lightning's mid-step snapshot, superseded
+    resumed = bytelab("fit", *common, "--ckpt_path=last", cache=tmp_path / "cache", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training_state(load_checkpoint(last), uninterrupted)
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_ctrl_c_on_a_sweep_marks_its_run_interrupted_and_the_next_call_resumes_it(tmp_path):
+    """Ctrl-C (SIGINT) to a sweep while a child trains: the sweep stops the child at a step boundary
+    (it saves that step), its run.json says interrupted (not failed), the sweep exits 130 with one
+    line; the next call resumes that run from the saved step to the end."""
+    spec = yaml.safe_load((REPO / "experiments" / "sweeps" / "compare_smoke.yaml").read_text())
+    flag = tmp_path / "armed"
+    flag.write_text("")
+    ctrl_c = {
+        "class_path": "tests.faults.SignalAtStep",
+        "init_args": {"step": 2, "name": "SIGINT", "parent": True, "flag": str(flag)},
+    }
+    spec.update(run_root=str(tmp_path / "runs"), budgets=[4.0e8])
+    spec["architectures"] = {"decoder": spec["architectures"]["decoder"]}
+    spec["options"]["trainer.callbacks+"] = ctrl_c
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    interrupted = bytelab("sweep", str(path), cache=tmp_path / "cache")
+    assert interrupted.returncode == 130 and not flag.exists(), interrupted.stderr[-3000:]
+    assert stderr_errors(interrupted) == [
+        "bytelab sweep: interrupted; the runs in progress are marked interrupted in their run.json, "
+        "run the same command again to resume them"
+    ]
+    (run,) = (tmp_path / "runs").iterdir()
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted", record
+    assert (
+        record["error"] == f"stopped by a termination signal at step {record['step']}" and record["step"] >= 2
+    )
+    saved = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert saved == record["step"]
+    rerun = bytelab("sweep", str(path), cache=tmp_path / "cache")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"  resume  {run.name}" in rerun.stdout
+    finished = json.loads((run / "run.json").read_text())
+    assert finished["status"] == "finished" and finished["step"] == finished["max_steps"] > saved
+    assert (
+        f"Restoring states from the checkpoint path at {run / 'checkpoints' / 'last.ckpt'}"
+        in (run / "log.txt").read_text()
+    )
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    """What a run has written (its TensorBoard folder aside, which a background thread flushes)."""
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and "tensorboard" not in p.parts
+    }
+
+
+def test_second_launch_of_a_running_run_stops_at_once_naming_the_holder(corpus, tmp_path):
+    """Two launches of one run directory: the second stops with one line naming the first (host,
+    pid) and writes nothing; the first ends normally, with no -v1 checkpoint or second metrics file."""
+    run = tmp_path / "run"
+    common = [*RUN, "--trainer.max_steps=6", f"--data.init_args.paths={corpus}", f"--run_dir={run}"]
+    pause = '{"class_path": "tests.faults.PauseAtStep", "init_args": {"step": 2}}'
+    env = {**os.environ, "BYTELAB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(
+        [*ENTRY, "fit", *common, f"--trainer.callbacks+={pause}"], cwd=REPO, env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert "PAUSED\n" in iter(first.stdout.readline, "")  # blocks until the first run holds step 2
+        before = snapshot(run)
+        second = bytelab("fit", *common, cache=tmp_path / "cache")
+        assert second.returncode == 2
+        (line,) = stderr_errors(second)
+        holder = f"pid {first.pid} on host {socket.gethostname()} (since "
+        assert line.startswith(f"bytelab: error: run directory {run} is in use by {holder}"), line
+        assert snapshot(run) == before
+        first.stdin.write("\n")
+        first.stdin.close()
+        first.stdout.read()
+        assert first.wait(timeout=300) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert (
+        not list(run.glob("metrics.*.csv"))
+        and load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 6
+    )
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(corpus, tmp_path):
+    """A lock file left by a process that is gone (killed, or its node rebooted) does not block."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "earlier"}))
+    result = bytelab(
+        "fit", *RUN, "--trainer.max_steps=2", f"--data.init_args.paths={corpus}", f"--run_dir={run}",
+        cache=tmp_path / "cache",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"taking over the lock of {run} from pid {pid} on host {socket.gethostname()}" in result.stderr
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
