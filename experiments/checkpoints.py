@@ -58,16 +58,12 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
 
 
 def resolve_resume(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """The checkpoint a LightningCLI subcommand will load, checked before Lightning touches it.
+    """The checkpoint ``--ckpt_path last`` names, checked before Lightning touches it.
 
     ``last`` becomes ``<run_dir>/checkpoints/last.ckpt`` (None when the run has no checkpoint yet,
     so a first launch with ``--ckpt_path last`` starts the run); a damaged or refused checkpoint is
     a one-line :class:`CheckpointError` naming the newest intact one, never a silent new start."""
-    if ckpt_path is None:
-        return None
-    if ckpt_path != "last":
-        if ckpt_path != "best" and Path(ckpt_path).exists():
-            verify_checkpoint(ckpt_path)
+    if ckpt_path != "last":  # an explicit path was checked when the command line was read
         return ckpt_path
     directory = run_dir / "checkpoints"
     last = directory / "last.ckpt"

@@ -25,6 +25,7 @@ import analysis
 from analysis.atomic import DISK_FULL
 from datamodules import ByteDataModule
 from modules import ByteLM
+from modules.checkpoint import verify_checkpoint
 
 from . import bench, compare, generate, study, sweep
 from .budget import ComputeBudget
@@ -104,6 +105,15 @@ class ByteLabCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads an explicit --ckpt_path (for its hyperparameters) before any hook runs:
+        # check it first, so that a damaged or hostile file is one line, not a traceback.
+        subcommand = self.config.get("subcommand")
+        path = subcommand and self.config[subcommand].get("ckpt_path")
+        if path and path not in ("last", "best", "hpc") and Path(path).exists():
+            verify_checkpoint(path)
+        super()._parse_ckpt_path()
 
     def _check_checkpoint(self) -> None:
         """Resolve and check ``--ckpt_path`` before Lightning loads it, and load it as tensors and

@@ -11,6 +11,7 @@ them) before anything uses it.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,8 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
 
 def _refused(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
     """The one-line error for a checkpoint whose pickle asks for more than tensors and plain values."""
-    lines = [line for line in str(error).splitlines() if "GLOBAL" in line or "global" in line]
-    what = lines[0].strip().rstrip(".") if lines else str(error).splitlines()[0]
+    found = re.search(r"GLOBAL (\S+)|unsupported global (\S+)", str(error))
+    what = f"its pickle calls for {found.group(1) or found.group(2)}" if found else one_line(error)
     return CheckpointError(
         f"checkpoint {path} holds more than tensors and plain values ({what}); refusing to load it, "
         "since reading it could run code: use only checkpoints written by bytelab or people you trust"

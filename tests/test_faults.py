@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +26,7 @@ from datamodules import TextBytes
 from datamodules.bytes import cache_problem
 from experiments.manifest import write_json_atomic
 from modules import ByteLM, Decoder
+from modules.checkpoint import CheckpointError, checkpoint_problem
 from modules.lm import load_checkpoint
 
 from .test_cli import CONFIGS, ENTRY, REPO, bytelab
@@ -483,3 +486,108 @@ def test_stale_lock_of_a_dead_process_is_taken_over(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"taking over the lock of {run} from pid {pid} on host {socket.gethostname()}" in result.stderr
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
+def test_damaged_last_checkpoint_stops_naming_the_newest_intact_one(damage, trained_run, corpus, tmp_path):
+    """A last.ckpt cut in half or with one flipped bit (caught by its zip CRCs, which torch.load does
+    not check): the resume stops with one line naming it and the intact checkpoint to resume from,
+    neither a pickle traceback nor a new start; resuming from the named one works."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    last, best = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "best.ckpt"
+    data = bytearray(last.read_bytes())
+    if damage == "truncated":
+        del data[len(data) // 2 :]
+    else:
+        data[len(data) // 2] ^= 0x10  # inside a tensor's bytes: torch.load itself reads it without complaint
+    last.write_bytes(data)
+    common = [*RUN, f"--data.init_args.paths={corpus}", f"--run_dir={run}"]
+    result = bytelab("fit", *common, "--ckpt_path=last", cache=tmp_path / "cache")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = stderr_errors(result)
+    step = torch.load(best, weights_only=True, mmap=True)["global_step"]
+    assert line.startswith(f"bytelab: error: checkpoint {last} is damaged: "), line
+    assert f"; resume from {best} (step {step}), the newest intact checkpoint: --ckpt_path={best}" in line
+    assert last.read_bytes() == data and not (run / "run.json").exists()  # nothing started or deleted
+    validated = bytelab("validate", *common, f"--ckpt_path={best}", cache=tmp_path / "cache")
+    assert validated.returncode == 0, validated.stderr[-3000:]
+
+
+def test_damaged_sharded_checkpoint_names_the_shard_and_the_newest_intact_one(trained_run, tmp_path):
+    """A sharded (torch.distributed.checkpoint) last.ckpt directory with a shard cut short."""
+    import torch.distributed.checkpoint as dcp
+
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    shutil.copy(trained_run / "checkpoints" / "best.ckpt", directory / "best.ckpt")
+    sharded = directory / "last.ckpt"
+    dcp.save({"state_dict": {"w": torch.randn(64, 64)}}, checkpoint_id=sharded)
+    torch.save({"global_step": 20}, sharded / "meta.pt")
+    assert checkpoint_problem(sharded) is None
+    (shard,) = sharded.glob("*.distcp")
+    os.truncate(shard, shard.stat().st_size // 2)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(sharded)
+    message = str(error.value)
+    assert message.startswith(f"checkpoint {sharded} is damaged: its shard {shard.name} has ")
+    assert f"resume from {directory / 'best.ckpt'} (step 12), the newest intact checkpoint" in message
+
+
+class CodeOnLoad:
+    """Pickles as a call of ``exec`` (or ``os.system``): loading it without weights_only writes ``marker``."""
+
+    def __init__(self, marker: Path, how: str = "exec") -> None:
+        self.marker = marker
+        self.how = how
+
+    def __reduce__(self) -> tuple:
+        if self.how == "system":
+            return os.system, (f"echo 'the payload ran' > '{self.marker}'",)
+        return exec, (f"open({str(self.marker)!r}, 'w').write('the payload ran')",)
+
+
+@pytest.mark.parametrize("command", ["generate", "validate", "resume"])
+def test_checkpoint_that_would_run_code_is_refused(command, trained_run, corpus, tmp_path):
+    """A shared checkpoint whose pickle calls exec on load: generate, validate and a resume refuse it
+    with one line and the payload never runs (it does run under torch.load(weights_only=False))."""
+    marker = tmp_path / "marker"
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["bytelab"]["note"] = CodeOnLoad(marker)
+    run = tmp_path / "run"
+    path = run / "checkpoints" / "last.ckpt" if command == "resume" else tmp_path / "shared.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    common = [*RUN, f"--data.init_args.paths={corpus}", f"--run_dir={run}"]
+    args = {
+        "generate": ["generate", f"--ckpt={path}", "--bytes=4"],
+        "validate": ["validate", *common, f"--ckpt_path={path}"],
+        "resume": ["fit", *common, "--ckpt_path=last"],
+    }[command]
+    result = bytelab(*args, cache=tmp_path / "cache")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = stderr_errors(result)
+    assert line.startswith(
+        f"bytelab: error: checkpoint {path} holds more than tensors and plain values "
+        "(its pickle calls for exec); refusing to load it"
+    ), line
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # what bytelab used to do
+    assert marker.read_text() == "the payload ran"
+
+
+def test_sharded_checkpoint_that_would_run_code_is_refused(tmp_path):
+    """The one pickle a sharded directory holds outside torch.load (.metadata, read by DCP with plain
+    pickle) is read by an unpickler that accepts only DCP's classes: refused, payload never run."""
+    import torch.distributed.checkpoint as dcp
+
+    sharded = tmp_path / "last.ckpt"
+    dcp.save({"state_dict": {"w": torch.randn(4, 4)}}, checkpoint_id=sharded)
+    marker = tmp_path / "marker"
+    (sharded / ".metadata").write_bytes(pickle.dumps(CodeOnLoad(marker, how="system")))
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds more than tensors and plain values \(its pickle calls for posix.system\)",
+    ):
+        ByteLM.from_checkpoint(sharded)  # generate, bytelab study's evaluations
+    assert not marker.exists()
