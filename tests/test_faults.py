@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +24,7 @@ import torch
 import yaml
 
 from analysis.collect import collect
+from analysis.plots import _save as save_plot
 from analysis.tables import write_table
 from datamodules import TextBytes
 from datamodules.bytes import cache_problem
@@ -591,3 +595,122 @@ def test_sharded_checkpoint_that_would_run_code_is_refused(tmp_path):
     ):
         ByteLM.from_checkpoint(sharded)  # generate, bytelab study's evaluations
     assert not marker.exists()
+
+
+class SmallDisk:
+    """A small tmpfs mounted for one test: writes beyond its size fail part-way with ENOSPC, as on a
+    full disk (the kernel's, not a simulated error)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def resize(self, size: str) -> None:
+        """Free space, as an operator would: the filesystem grows to ``size`` (e.g. ``64m``)."""
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def fill(self, leave: int) -> Path:
+        """Fill the disk with a file until about ``leave`` bytes are free; return that file."""
+        filler = self.path / "filler"
+        with open(filler, "wb") as f:
+            f.write(bytes(shutil.disk_usage(self.path).free - leave))
+        return filler
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> SmallDisk:
+    path = tmp_path / "disk"
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    yield SmallDisk(path)
+    subprocess.run(["umount", "--lazy", str(path)], check=True)  # lazy: a test may still map a file
+
+
+def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(
+    corpus, uninterrupted, small_disk, tmp_path
+):
+    """The run directory on a 10 MB disk: last.ckpt of step 3 (6.4 MB) fits, the write of step 6 fails
+    part-way. One line names the file and the space needed, the step-3 checkpoint is intact, no
+    temporary file is left; after the disk grows, --ckpt_path last ends exactly as an uninterrupted run."""
+    run = small_disk.path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    common = [*RUN, f"--data.init_args.paths={corpus}", f"--run_dir={run}", "--save_every_n_steps=3"]
+    full = bytelab("fit", *common, cache=tmp_path / "cache")
+    assert full.returncode == 2, full.stderr[-3000:]
+    (line,) = stderr_errors(full)
+    assert re.fullmatch(
+        rf"bytelab: error: no space left on device writing {re.escape(str(last))}: it needs 6\.\d MB, "
+        r"\d\.\d MB free; the previous version is kept, free some space and run the same command again",
+        line,
+    ), line
+    assert os.listdir(run / "checkpoints") == ["last.ckpt"] and load_checkpoint(last)["global_step"] == 3
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["status"] == "failed" and "no space left on device" in manifest["error"]
+    small_disk.resize("64m")
+    resumed = bytelab("fit", *common, "--ckpt_path=last", cache=tmp_path / "cache")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training_state(load_checkpoint(last), uninterrupted)
+
+
+def write_result(what: str, folder: Path, n: int) -> Path:
+    """Write version ``n`` (bigger with n) of a run.json, a result table or a plot; return its path."""
+    if what == "run.json":
+        write_json_atomic(folder / "run.json", {"status": "running", "history": list(range(n))})
+        return folder / "run.json"
+    if what == "result table":
+        write_table(
+            pd.DataFrame({"run": [f"run-{i}" for i in range(n)], "val bpb": range(n)}), folder, "table"
+        )
+        return folder / "table.md"
+    figure, axes = plt.subplots()
+    axes.scatter(*np.random.default_rng(n).random((2, n)))
+    return save_plot(figure, folder / "plot")[0]
+
+
+@pytest.mark.parametrize("what", ["run.json", "result table", "plot"])
+def test_full_disk_while_writing_a_result_keeps_the_previous_version(what, small_disk):
+    """A write that needs far more than the 16 kB left fails part-way: one error naming the file and
+    the space needed; every file of the previous version is as it was, no temporary file is left."""
+    folder = small_disk.path / "out"
+    folder.mkdir()
+    write_result(what, folder, 10)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    small_disk.fill(leave=16 * 1024)
+    with pytest.raises(OSError) as error:
+        write_result(what, folder, 100_000)
+    target = {"run.json": "run.json", "result table": "table.md", "plot": "plot.png"}[what]
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.strerror.startswith(f"no space left on device writing {folder / target}: it needs ")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_full_disk_while_building_a_cache_keeps_the_previous_one(small_disk, tmp_path):
+    """A source grows past the free space: the new cache's build fails part-way with one error naming
+    it and the space needed, the previous cache stays complete, no temporary directory is left; once
+    space is freed the build succeeds and replaces it."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for name in "abc":
+        (sources / f"{name}.txt").write_bytes(name.encode() * 1000)
+    cache = small_disk.path / "cache"
+    old = TextBytes(str(sources), seq_len=64, cache_dir=str(cache))
+    old.prepare_data()
+    old = old.cache_path
+    (sources / "a.txt").write_bytes(b"a" * 2_000_000)
+    filler = small_disk.fill(leave=256 * 1024)
+    new = TextBytes(str(sources), seq_len=64, cache_dir=str(cache))
+    with pytest.raises(OSError) as error:
+        new.prepare_data()
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.strerror.startswith(
+        f"no space left on device building the TextBytes cache {new.cache_path}: it needs about 4.0 MB, 0."
+    ), error.value.strerror
+    assert [p.name for p in cache.iterdir()] == [old.name] and cache_problem(old) is None
+    filler.unlink()
+    new.prepare_data()
+    assert [p.name for p in cache.iterdir()] == [new.cache_path.name] and cache_problem(
+        new.cache_path
+    ) is None
