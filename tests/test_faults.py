@@ -714,3 +714,87 @@ def test_full_disk_while_building_a_cache_keeps_the_previous_one(small_disk, tmp
     assert [p.name for p in cache.iterdir()] == [new.cache_path.name] and cache_problem(
         new.cache_path
     ) is None
+
+
+MEASURE_BUILD = """
+import sys
+from datamodules import TextBytes
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+# VmHWM is this process' peak resident memory (ru_maxrss would include pytest's, kept across exec);
+# writing 5 to clear_refs resets it to the current size, so it measures the build alone.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS:")
+TextBytes(sys.argv[1], seq_len=64, cache_dir=sys.argv[2]).prepare_data()
+print(status("VmHWM:") - before)
+"""
+
+
+@pytest.mark.parametrize("layout", ["one big file", "many files"], ids=["one-big-file", "many-files"])
+def test_corpus_larger_than_the_memory_bound_streams(layout, tmp_path):
+    """A 64 MB corpus, 4 times the 16 MB bound: the cache build's peak resident memory (VmHWM of its
+    process, mapped file pages included) grows by less than the bound, and the cache holds every
+    byte (a build that read whole files, or mapped them, grows by the corpus' size or more)."""
+    sources = tmp_path / "corpus"
+    sources.mkdir()
+    data = np.random.default_rng(0).integers(0, 256, 64 * 2**20, dtype=np.uint8).tobytes()
+    parts = 1 if layout == "one big file" else 64
+    size = len(data) // parts
+    for i in range(parts):
+        (sources / f"{i:03d}.txt").write_bytes(data[i * size : (i + 1) * size])
+    build = subprocess.run(
+        [sys.executable, "-c", MEASURE_BUILD, str(sources), str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    growth = int(build.stdout.split()[-1])
+    assert growth < 16 * 2**20, f"the build grew by {growth / 2**20:.1f} MB"
+    (cache,) = (tmp_path / "cache").iterdir()
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert sum(split["bytes"] for split in manifest["splits"].values()) == len(data)
+    assert cache_problem(cache) is None
+
+
+def test_cache_build_progress_counts_bytes_towards_a_known_total(corpus, tmp_path, monkeypatch):
+    """The build's progress bar has a total (the corpus' bytes), so it shows bytes done and time left."""
+    from rich.progress import DownloadColumn, TimeRemainingColumn
+
+    bars = []
+    original = TextBytes._progress
+    monkeypatch.setattr(TextBytes, "_progress", lambda self: bars.append(original(self)) or bars[-1])
+    cached(tmp_path, corpus)
+    (bar,) = bars
+    (task,) = bar.tasks
+    assert task.total == task.completed == sum(p.stat().st_size for p in corpus.iterdir())
+    assert {DownloadColumn, TimeRemainingColumn} <= {type(column) for column in bar.columns}
+
+
+KILLED_WHILE_READING = """
+import os, signal, sys
+import datamodules.text
+
+def first_piece_then_killed(path, chunk=None):
+    yield path.read_bytes()[:100]
+    os.kill(os.getpid(), signal.SIGKILL)
+
+datamodules.text.read_chunks = first_piece_then_killed
+datamodules.text.TextBytes(sys.argv[1], seq_len=64, cache_dir=sys.argv[2]).prepare_data()
+"""
+
+
+def test_a_build_killed_while_streaming_restarts_cleanly(corpus, tmp_path):
+    """SIGKILL in the middle of reading the corpus: the next build removes the half-written
+    directory and builds the whole cache."""
+    cache = tmp_path / "cache"
+    child = subprocess.run([sys.executable, "-c", KILLED_WHILE_READING, str(corpus), str(cache)], cwd=REPO)
+    assert child.returncode == -signal.SIGKILL
+    (left,) = cache.iterdir()
+    assert left.name.endswith(".tmp") and (left / "corpus.bin").is_file()  # half-read, never published
+    dm = cached(tmp_path, corpus)
+    assert [p.name for p in cache.iterdir()] == [dm.cache_path.name] and cache_problem(dm.cache_path) is None
+    total = sum(split["bytes"] for split in dm.manifest["splits"].values())
+    assert total == sum(p.stat().st_size for p in corpus.iterdir())
