@@ -27,7 +27,7 @@ from datamodules import ByteDataModule
 from modules import ByteLM
 from modules.checkpoint import verify_checkpoint
 
-from . import bench, compare, generate, study, sweep
+from . import bench, compare, generate, ranks, study, sweep
 from .budget import ComputeBudget
 from .callbacks import EXIT_PREEMPTED, PerfMonitor, Preemption, PrintMetrics
 from .checkpoints import VerifiedCheckpointIO, resolve_resume
@@ -69,6 +69,7 @@ class ByteLabCLI(LightningCLI):
         config = self.config[self.subcommand]
         run_dir = Path(config.run_dir or Path("runs") / type(self.model.model).__name__.lower())
         self.run_dir = run_dir
+        ranks.error_dir = run_dir / ranks.ERRORS
         if rank_zero_only.rank == 0:  # the other ranks of this run write nothing of their own here
             lock_run(run_dir)  # before anything below moves or writes a file of the run
         trainer_config = config.trainer
@@ -163,6 +164,13 @@ def one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+def report(line: str, status: int) -> int:
+    """Print a one-line error, leave it for the other ranks of a distributed run, return ``status``."""
+    print(line, file=sys.stderr)
+    ranks.record(line, status)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bytelab`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -178,18 +186,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         command = " ".join(args[:1])
-        print(f"bytelab: error: {one_line(error)} (see bytelab {command} --help)", file=sys.stderr)
-        return 2
+        return report(f"bytelab: error: {one_line(error)} (see bytelab {command} --help)", 2)
     except (ValueError, FloatingPointError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         if debug:
             raise
-        print(f"bytelab: error: {one_line(error)} (run with --debug for the traceback)", file=sys.stderr)
-        return 2
+        return report(f"bytelab: error: {one_line(error)} (run with --debug for the traceback)", 2)
     except OSError as error:
         if debug or error.errno not in DISK_FULL:
             raise
-        print(f"bytelab: error: {error.strerror}", file=sys.stderr)
-        return 2
+        return report(f"bytelab: error: {error.strerror}", 2)
+    except RuntimeError as error:
+        # Another rank failed and its process ended: say what it said, not that a socket closed.
+        if debug or not ranks.in_distributed_run() or not ranks.peer_gone(error):
+            raise
+        peer = ranks.peer_error()
+        if peer is None:
+            return report(
+                "bytelab: error: another process of this distributed run ended without a message "
+                f"(killed, or out of memory?): {one_line(error)}",
+                1,
+            )
+        print(peer[0], file=sys.stderr)
+        return peer[1]
     finally:
         release_runs()
     return 0

@@ -6,8 +6,12 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
+
+from datamodules import TextBytes
 
 
 class KillAtStep(L.Callback):
@@ -72,3 +76,30 @@ class PauseAtStep(L.Callback):
         if trainer.global_step == self.step:
             print("PAUSED", flush=True)
             sys.stdin.readline()
+
+
+class DataFailsOnRank(TextBytes):
+    """TextBytes whose training data cannot be read on one rank (``fail_rank``) only: a file that one
+    node cannot see, a shard that is damaged on one disk."""
+
+    def __init__(self, *args: Any, fail_rank: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail_rank = fail_rank
+
+    def train_dataloader(self) -> Any:
+        if self.trainer.global_rank == self.fail_rank:
+            raise FileNotFoundError(f"the training data of rank {self.fail_rank} is unreadable on this node")
+        return super().train_dataloader()
+
+
+class NanOnRank(L.Callback):
+    """Poison one weight with NaN on rank ``rank`` only, before training step ``step``."""
+
+    def __init__(self, step: int, rank: int = 1) -> None:
+        self.step = step
+        self.rank = rank
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")

@@ -798,3 +798,34 @@ def test_a_build_killed_while_streaming_restarts_cleanly(corpus, tmp_path):
     assert [p.name for p in cache.iterdir()] == [dm.cache_path.name] and cache_problem(dm.cache_path) is None
     total = sum(split["bytes"] for split in dm.manifest["splits"].values())
     assert total == sum(p.stat().st_size for p in corpus.iterdir())
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("fault", ["data", "nan"], ids=["data-unreadable-on-rank-1", "nan-on-rank-1-only"])
+def test_one_failing_rank_stops_every_rank_with_the_same_error(fault, corpus, tmp_path):
+    """Two processes (DDP over gloo on the CPU); one rank cannot read its data, or gets a NaN loss
+    alone: both ranks stop (the subprocess timeout bounds it) and print the same one line, instead of
+    the other waiting in a collective or dying with "Connection closed by peer"."""
+    args = [
+        f"--config={CONFIGS.parent / 'trainer' / 'ddp.yaml'}", f"--config={CONFIGS / 'decoder_tiny.yaml'}",
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true",
+        "--trainer.enable_progress_bar=false", "--data.init_args.seq_len=64", "--data.init_args.batch_size=4",
+        f"--data.init_args.paths={corpus}", "--trainer.max_steps=4", "--trainer.val_check_interval=4",
+        f"--run_dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    if fault == "data":
+        args.append("--data.class_path=tests.faults.DataFailsOnRank")
+        expected = (
+            "bytelab: error: the training data of rank 1 is unreadable on this node "
+            "(run with --debug for the traceback)"
+        )
+    else:
+        args.append('--trainer.callbacks+={"class_path": "tests.faults.NanOnRank", "init_args": {"step": 2}}')
+        expected = (
+            "bytelab: error: training diverged at step 2: the loss is not finite; the last good checkpoint "
+            "is kept (lower model.lr or raise model.warmup_steps, then resume) "
+            "(run with --debug for the traceback)"
+        )
+    result = bytelab("fit", *args, cache=tmp_path / "cache")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert stderr_errors(result) == [expected, expected]  # one line from each rank
