@@ -406,6 +406,9 @@ def slurm_script(sweep: Sweep, runs: Sequence[Run]) -> str:
 #SBATCH --gpus-per-node=1
 #SBATCH --time=24:00:00
 #SBATCH --requeue
+# Two minutes before the time limit SLURM sends USR1: Lightning's auto-requeue runs `scontrol requeue`,
+# the run saves its current step on the SIGTERM that follows and exits 75; the task comes back later.
+#SBATCH --signal=USR1@120
 #SBATCH --output={sweep.run_root}/slurm-%A_%a.out
 set -euo pipefail
 runs=(
