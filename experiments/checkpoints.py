@@ -27,6 +27,10 @@ from modules.checkpoint import (
 )
 
 
+def _same_device(storage: Any, location: str) -> Any:
+    return storage
+
+
 def _verify_written(tmp: Path) -> None:
     problem = checkpoint_problem(tmp)
     if problem is not None:  # the disk returned other bytes than were written: keep the old one
@@ -53,8 +57,9 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         # weights_only is True whatever the caller asks: a checkpoint must never run code when read.
-        # (resolve_resume has checked its integrity before the run started.)
-        return read_checkpoint(path, map_location or "cpu")
+        # (Its integrity was checked when the command line was read.) Tensors stay on the device they
+        # were saved from unless told otherwise, as in Lightning's own loader.
+        return read_checkpoint(path, map_location if map_location is not None else _same_device)
 
 
 def resolve_resume(ckpt_path: str | None, run_dir: Path) -> str | None:

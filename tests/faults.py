@@ -48,7 +48,8 @@ class KillOnce(KillAtStep):
 
 class SignalAtStep(L.Callback):
     """Send the signal ``name`` (SIGTERM, SIGUSR1, SIGINT) at the end of training step ``step``: to
-    this process, or with ``parent=True`` to the process that started it (a Ctrl-C to a sweep). With
+    this process, or with ``parent=True`` to the process that started it (a Ctrl-C to a sweep), then
+    wait in that step for the parent's SIGTERM. With
     ``flag``, only while that file exists (it is removed first), so a rerun is not signalled."""
 
     def __init__(self, step: int, name: str, parent: bool = False, flag: str | None = None) -> None:
@@ -62,7 +63,16 @@ class SignalAtStep(L.Callback):
             return
         if self.flag is not None:
             self.flag.unlink()
-        os.kill(os.getppid() if self.parent else os.getpid(), self.signum)
+        if not self.parent:
+            os.kill(os.getpid(), self.signum)
+            return
+        # Stay in this step until the parent answers with SIGTERM, so the step the run stops at does
+        # not depend on how fast the parent reacts: block SIGTERM, signal, wait for it, deliver it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        os.kill(os.getppid(), self.signum)
+        signal.sigwait({signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        os.kill(os.getpid(), signal.SIGTERM)  # now to Lightning's handler
 
 
 class PauseAtStep(L.Callback):
