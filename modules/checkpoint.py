@@ -20,6 +20,14 @@ import torch
 from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
 TORCH_VALUES = (torch.dtype, torch.layout, torch.memory_format)
+# What the index of a torch.distributed.checkpoint directory holds besides plain values.
+DCP_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
+SAFE_GLOBALS = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),  # a layout from its name
+    ("collections", "OrderedDict"),
+    *(("pathlib", name) for name in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")),
+}
 DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a sharded directory
 LIGHTNING_META = "meta.pt"  # Lightning's non-tensor state beside the shards
 
@@ -35,21 +43,19 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
     classes that format writes (so a crafted file cannot call ``os.system`` on load)."""
 
     def find_class(self, module: str, name: str) -> Any:
-        allowed = (
-            module.startswith("torch.distributed.checkpoint.")
-            or (
-                module == "pathlib"
-                and name in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")
-            )
-            or (module == "collections" and name == "OrderedDict")
-            or (module == "torch.serialization" and name == "_get_layout")
-            or (
-                module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), TORCH_VALUES))
-            )
-        )
-        if not allowed:
-            raise pickle.UnpicklingError(f"unsupported global {module}.{name}")
-        return super().find_class(module, name)
+        # A dotted name would let pickle walk from an allowed module to anything it imported
+        # (``filesystem.os.system``): plain names only, and only classes of the metadata itself.
+        if "." not in name and (module, name) in SAFE_GLOBALS:
+            return super().find_class(module, name)
+        if "." not in name and module in DCP_METADATA_MODULES:
+            found = super().find_class(module, name)
+            if isinstance(found, type) and found.__module__ == module:  # its dataclasses and enums
+                return found
+        if module == "torch" and "." not in name:
+            found = getattr(torch, name, None)
+            if found is torch.Size or isinstance(found, TORCH_VALUES):
+                return found
+        raise pickle.UnpicklingError(f"unsupported global {module}.{name}")
 
 
 def _refused(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
@@ -77,7 +83,7 @@ def checkpoint_problem(path: str | Path) -> str | None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        return f"not a complete checkpoint ({error}): truncated or overwritten"
+        return f"it is not a bytelab checkpoint, or one cut short ({error})"
     if bad is not None:
         return f"its member {bad} fails its CRC check: corrupted"
     try:

@@ -579,21 +579,38 @@ def test_checkpoint_that_would_run_code_is_refused(command, trained_run, corpus,
     assert marker.read_text() == "the payload ran"
 
 
-def test_sharded_checkpoint_that_would_run_code_is_refused(tmp_path):
+def dotted_global_call(module: str, name: str, argument: str) -> bytes:
+    """A pickle (protocol 4) calling ``module``'s attribute path ``name`` (dots allowed) with ``argument``."""
+
+    def text(value: str) -> bytes:
+        return b"\x8c" + bytes([len(value)]) + value.encode()
+
+    return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(argument) + b"\x85R."
+
+
+@pytest.mark.parametrize("payload", ["os.system", "dotted name"], ids=["os-system", "os-through-dcp-module"])
+def test_sharded_checkpoint_that_would_run_code_is_refused(payload, tmp_path):
     """The one pickle a sharded directory holds outside torch.load (.metadata, read by DCP with plain
-    pickle) is read by an unpickler that accepts only DCP's classes: refused, payload never run."""
+    pickle) is read by an unpickler that accepts only DCP's own classes: refused, payload never run;
+    also when it reaches os.system through a module DCP imported (pickle resolves dotted names)."""
     import torch.distributed.checkpoint as dcp
 
     sharded = tmp_path / "last.ckpt"
     dcp.save({"state_dict": {"w": torch.randn(4, 4)}}, checkpoint_id=sharded)
     marker = tmp_path / "marker"
-    (sharded / ".metadata").write_bytes(pickle.dumps(CodeOnLoad(marker, how="system")))
-    with pytest.raises(
-        CheckpointError,
-        match=r"holds more than tensors and plain values \(its pickle calls for posix.system\)",
-    ):
+    if payload == "os.system":
+        data, called = pickle.dumps(CodeOnLoad(marker, how="system")), "posix.system"
+    else:
+        command = f"echo 'the payload ran' > '{marker}'"
+        data = dotted_global_call("torch.distributed.checkpoint.filesystem", "os.system", command)
+        called = "torch.distributed.checkpoint.filesystem.os.system"
+    (sharded / ".metadata").write_bytes(data)
+    with pytest.raises(CheckpointError) as error:
         ByteLM.from_checkpoint(sharded)  # generate, bytelab study's evaluations
+    assert f"holds more than tensors and plain values (its pickle calls for {called})" in str(error.value)
     assert not marker.exists()
+    pickle.loads(data)  # what torch.distributed.checkpoint does with it
+    assert marker.read_text() == "the payload ran\n"
 
 
 class SmallDisk:
