@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -10,7 +11,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,24 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 # Below this many source bytes a build takes about a second, so a progress bar would only flicker.
 PROGRESS_MIN_BYTES = 64 * 2**20
+# A cache build reads and copies files in pieces of this size: its memory stays bounded by a few of
+# them whatever the size of the corpus (a corpus may be larger than the machine's memory).
+CHUNK_BYTES = 4 * 2**20
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +123,24 @@ def named_files(files: Sequence[Path]) -> Iterator[tuple[str, Path]]:
     root = Path(os.path.commonpath([f.parent for f in files]))
     for file in files:
         yield file.relative_to(root).as_posix(), file
+
+
+def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The bytes of a file, ``chunk`` bytes at a time."""
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            yield data
+
+
+def copy_range(source: Any, target: Any, start: int, end: int, chunk: int = CHUNK_BYTES) -> None:
+    """Copy bytes [start, end) of the open file ``source`` to the open file ``target``, in pieces."""
+    source.seek(start)
+    while start < end:
+        data = source.read(min(chunk, end - start))
+        if not data:
+            raise OSError(f"{source.name} ended at byte {start}, before {end}")
+        target.write(data)
+        start += len(data)
 
 
 def file_record(path: Path) -> dict[str, Any]:
@@ -428,6 +458,17 @@ class ByteDataModule(L.LightningDataModule):
         """Subclass options that change the cached bytes (JSON-serialisable); they key the cache."""
         return {}
 
+    def document_chunks(self) -> Iterator[tuple[str, Iterable[bytes]]]:
+        """Every document as (name, its bytes in pieces): what the cache build reads. Here each
+        document of ``documents()`` in one piece; modalities with large documents (text) stream them."""
+        for name, data in self.documents():
+            yield name, (data,)
+
+    def corpus_bytes(self) -> int | None:
+        """How many bytes ``document_chunks()`` yields in all, if known without reading (the
+        progress bar's total, for its time left); None when decoding changes the size."""
+        return None
+
     def documents_in_split(self, split: str, document: np.ndarray) -> list[np.ndarray]:
         """The documents that one corpus document (or, for 1 or 2 documents, one contiguous piece of
         one) becomes in `split`, once the split is known; itself here."""
@@ -524,11 +565,28 @@ class ByteDataModule(L.LightningDataModule):
                 if not (final / "manifest.json").exists():
                     raise
                 shutil.rmtree(tmp)
+        except OSError as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if error.errno in DISK_FULL:
+                raise self._disk_full(final, error) from None
+            raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         for old in stale:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _disk_full(self, final: Path, error: OSError) -> OSError:
+        """One line for a build that ran out of space: the cache, the space it needs (the corpus
+        twice: its copy, then its splits, before the copy is deleted) and what is free."""
+        needed = 2 * sum(path.stat().st_size for path in self.sources())
+        free = shutil.disk_usage(final.parent).free
+        message = (
+            f"no space left on device building the {type(self).__name__} cache {final}: it needs about "
+            f"{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB free; any previous cache is kept, free some space "
+            "(or set cache_dir / BYTELAB_CACHE to a larger disk) and run again"
+        )
+        return OSError(error.errno, message, str(final))
 
     def _progress(self) -> Progress:
         total = sum(path.stat().st_size for path in self.sources())
@@ -537,6 +595,7 @@ class ByteDataModule(L.LightningDataModule):
             BarColumn(),
             DownloadColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             transient=True,
             disable=total < PROGRESS_MIN_BYTES,
         )
@@ -547,13 +606,16 @@ class ByteDataModule(L.LightningDataModule):
         ends = [0]
         self.skipped = []
         with open(path, "wb") as f, self._progress() as progress:
-            task = progress.add_task(f"reading {type(self).__name__}", total=None)
-            for name, data in self.documents():
-                if data:
+            task = progress.add_task(f"reading {type(self).__name__}", total=self.corpus_bytes())
+            for name, chunks in self.document_chunks():
+                size = 0
+                for data in chunks:
                     f.write(data)
+                    size += len(data)
+                    progress.update(task, advance=len(data))
+                if size:
                     names.append(name)
-                    ends.append(ends[-1] + len(data))
-                progress.update(task, advance=len(data))
+                    ends.append(ends[-1] + size)
         return names, np.array(ends, dtype=np.int64)
 
     def _split_ranges(self, names: list[str], offsets: np.ndarray) -> dict[str, list[tuple[int, int]]]:
@@ -593,18 +655,26 @@ class ByteDataModule(L.LightningDataModule):
                     f"split {split!r} of {self._describe()} would be empty ({len(names)} documents); "
                     "add documents or change val_fraction/test_fraction"
                 )
+        # Documents kept as they are (text) are copied in pieces with plain reads; a memory map would
+        # leave every page it touched resident, so the build's memory would grow with the corpus.
+        streamed = type(self).documents_in_split is ByteDataModule.documents_in_split
         corpus = np.memmap(corpus_path, dtype=np.uint8, mode="r")
         counts = {}
-        for split in SPLITS:
-            lengths = []
-            with open(directory / f"{split}.bin", "wb") as f:
-                for lo, hi in ranges[split]:
-                    for document in self.documents_in_split(split, corpus[lo:hi]):
-                        f.write(document)
-                        lengths.append(len(document))
-            doc_offsets = np.cumsum([0, *lengths], dtype=np.int64)
-            np.save(directory / f"{split}.docs.npy", doc_offsets)
-            counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(lengths)}
+        with open(corpus_path, "rb") as source:
+            for split in SPLITS:
+                lengths = []
+                with open(directory / f"{split}.bin", "wb") as f:
+                    for lo, hi in ranges[split]:
+                        if streamed:
+                            copy_range(source, f, int(lo), int(hi))
+                            lengths.append(int(hi - lo))
+                            continue
+                        for document in self.documents_in_split(split, corpus[lo:hi]):
+                            f.write(document)
+                            lengths.append(len(document))
+                doc_offsets = np.cumsum([0, *lengths], dtype=np.int64)
+                np.save(directory / f"{split}.docs.npy", doc_offsets)
+                counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(lengths)}
         del corpus
         corpus_path.unlink()
         sources = []

@@ -5,11 +5,11 @@ from __future__ import annotations
 import glob
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bytes import ByteDataModule, named_files
+from .bytes import ByteDataModule, named_files, read_chunks
 
 SHAKESPEARE = Path(__file__).parent / "data" / "shakespeare.tar.xz"
 
@@ -80,6 +80,19 @@ class TextBytes(ByteDataModule):
             return
         for name, file in named_files(self.files):
             yield name, file.read_bytes()
+
+    def document_chunks(self) -> Iterator[tuple[str, Iterable[bytes]]]:
+        """Like ``documents()``, each file read in pieces: a file larger than memory streams through."""
+        if self.files is None:
+            for name, data in read_tar(SHAKESPEARE):
+                yield name, (data,)
+            return
+        for name, file in named_files(self.files):
+            yield name, read_chunks(file)
+
+    def corpus_bytes(self) -> int | None:
+        """The files' total size (the documents are their raw bytes); None for the archive."""
+        return None if self.files is None else sum(file.stat().st_size for file in self.files)
 
     def sources(self) -> list[Path]:
         """The files read, or the embedded archive."""

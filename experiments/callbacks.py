@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .perf import peak_memory_bytes, spec_peak_flops, synchronize
 
@@ -69,3 +72,44 @@ class PerfMonitor(L.Callback):
             metrics["perf/peak_mem_bytes"] = float(peak_mem)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         self._restart(pl_module)
+
+
+# The exit status of a run stopped by a termination signal after saving its state: EX_TEMPFAIL of
+# sysexits.h ("temporary failure, retry"), so a job script can tell a preemption to requeue from a
+# failure (1 or 2) and from a finished run (0).
+EXIT_PREEMPTED = 75
+
+
+class Preemption(L.Callback):
+    """Save a resumable checkpoint when the run is told to stop (SIGTERM: a preemption, a time limit).
+
+    Lightning's signal connector catches SIGTERM and ends the training step in progress, then raises
+    ``SIGTERMException`` at the step boundary; this callback writes ``path`` there (every rank takes
+    part, as sharded checkpoints need), so ``--ckpt_path last`` continues with the same state as an
+    uninterrupted run. On SLURM, Lightning's ``SLURMEnvironment(auto_requeue=True)`` also handles the
+    requeue signal (``#SBATCH --signal=USR1@90``): it saves ``hpc_ckpt_N.ckpt`` and runs ``scontrol
+    requeue``, whose SIGTERM brings the run here; that snapshot is taken wherever the signal landed,
+    in the middle of a step, so it is deleted once this step-boundary checkpoint is written.
+
+    Args:
+        path: Where to save (the run's ``checkpoints/last.ckpt``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
+        if trainer.is_global_zero:
+            for snapshot in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+                snapshot.unlink(missing_ok=True)
+            print(
+                f"bytelab: stopped by a termination signal at step {trainer.global_step}: saved {self.path}; "
+                f"resume with --ckpt_path last (exit status {EXIT_PREEMPTED})",
+                file=sys.stderr,
+                flush=True,
+            )

@@ -2,7 +2,8 @@
 
 The manifest is written when a run starts, rewritten after every validation and at the end, always
 atomically (a temporary file renamed over the old one), so a reader never sees half a file. Its
-``status`` is ``running`` until the run ends, then ``finished`` or ``failed``; sweeps read it to skip
+``status`` is ``running`` until the run ends, then ``finished``, ``failed``, or ``interrupted`` (a
+termination signal or Ctrl-C stopped it; resuming continues it); sweeps read it to skip
 finished work and ``bytelab analyze`` reads it to build tables.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from analysis.atomic import write_text_atomic
@@ -239,8 +241,16 @@ class RunManifest(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self.data["status"] = "failed"
-        self.data["error"] = f"{type(exception).__name__}: {exception}"
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            # Stopped from outside (preemption, Ctrl-C), not broken: a sweep resumes it.
+            how = (
+                "a termination signal" if isinstance(exception, SIGTERMException) else "an interrupt (Ctrl-C)"
+            )
+            self.data["status"] = "interrupted"
+            self.data["error"] = f"stopped by {how} at step {trainer.global_step}"
+        else:
+            self.data["status"] = "failed"
+            self.data["error"] = f"{type(exception).__name__}: {exception}"
         self._write(trainer, pl_module)
 
     def _describe_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

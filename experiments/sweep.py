@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -32,10 +33,15 @@ import yaml
 
 from modules.sizes import ARCHITECTURES, model_init_args
 
+from .callbacks import EXIT_PREEMPTED
 from .manifest import MANIFEST, SWEEP_INFO, read_manifest, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = "log.txt"  # a run's own output, beside its run.json
+# After a Ctrl-C, how long a child may take to save its step and mark its run.json before it is
+# killed (SIGKILL); a run killed that way still resumes from its last checkpoint.
+CHILD_GRACE_S = 120
+RUNNING: set[subprocess.Popen] = set()  # the child runs of this process, to stop on an interrupt
 
 
 @dataclass
@@ -236,14 +242,49 @@ def bytelab_entry() -> list[str]:
 
 
 def run_subprocess(run: Run, threads: int | None = None) -> int:
-    """Run one ``bytelab fit`` as a child process, its output in ``<run_dir>/log.txt``."""
+    """Run one ``bytelab fit`` as a child process, its output in ``<run_dir>/log.txt``.
+
+    The child runs in its own process group, so a Ctrl-C in the terminal reaches this process only
+    (a SIGINT lands wherever the child happens to be, mid-step); this process then sends the child
+    SIGTERM, on which it saves its current step and exits (``Preemption``), so the next call of the
+    sweep resumes exactly there. Its run is marked ``interrupted``."""
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     with open(run.run_dir / LOG, "a") as log:
-        return subprocess.run(
-            [*bytelab_entry(), *run.args], stdout=log, stderr=subprocess.STDOUT, env=env
-        ).returncode
+        child = subprocess.Popen(
+            [*bytelab_entry(), *run.args], stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0
+        )
+        RUNNING.add(child)
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            stop_child(child)
+            mark_interrupted(run)
+            raise
+        finally:
+            RUNNING.discard(child)
+
+
+def stop_child(child: subprocess.Popen) -> None:
+    """Ask a child run to stop at its next step boundary (SIGTERM), and kill it if it does not."""
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=CHILD_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def mark_interrupted(run: Run) -> None:
+    """Record in ``run.json`` that a run was interrupted, if its process could not (it was killed)."""
+    try:
+        manifest = read_manifest(run.run_dir)
+    except (FileNotFoundError, ValueError):
+        return  # not started far enough to have a manifest: the next call starts it
+    if manifest["status"] == "running":
+        manifest.update(status="interrupted", error="stopped by an interrupt of its sweep")
+        write_json_atomic(run.run_dir / MANIFEST, manifest)
 
 
 def run_inline(run: Run) -> int:
@@ -260,7 +301,16 @@ def run_inline(run: Run) -> int:
         contextlib.redirect_stderr(log),
     ):
         try:
-            return main(run.args)
+            code = main(run.args)
+            if code == EXIT_PREEMPTED:  # the sweep itself got SIGTERM: stop it, not just this run
+                raise KeyboardInterrupt
+            return code
+        except SystemExit as exit_:
+            # Lightning ends a Ctrl-C with sys.exit(1) once the run is marked interrupted: stop the
+            # sweep as the interrupt would have.
+            if read_manifest(run.run_dir)["status"] == "interrupted":
+                raise KeyboardInterrupt from None
+            return exit_.code if isinstance(exit_.code, int) else 1
         except Exception as error:  # noqa: BLE001 - one failed run must not stop the sweep
             print(f"{type(error).__name__}: {error}", file=log)
             return 1
@@ -321,7 +371,13 @@ def run_sweep(
     echo(f"sweep {sweep.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
     if jobs > 1 and not inline:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(one, todo))
+            try:
+                list(pool.map(one, todo))
+            except KeyboardInterrupt:
+                for child in list(RUNNING):  # they save their step and end; their threads then return
+                    child.send_signal(signal.SIGTERM)
+                pool.shutdown(cancel_futures=True)  # and no further run starts
+                raise
         return failed
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)  # in-process runs share this process's setting
@@ -351,6 +407,9 @@ def slurm_script(sweep: Sweep, runs: Sequence[Run]) -> str:
 #SBATCH --gpus-per-node=1
 #SBATCH --time=24:00:00
 #SBATCH --requeue
+# Two minutes before the time limit SLURM sends USR1: Lightning's auto-requeue runs `scontrol requeue`,
+# the run saves its current step on the SIGTERM that follows and exits 75; the task comes back later.
+#SBATCH --signal=USR1@120
 #SBATCH --output={sweep.run_root}/slurm-%A_%a.out
 set -euo pipefail
 runs=(
@@ -384,7 +443,17 @@ def main(argv: list[str]) -> int:
         text = "\n".join(run.command for run in runs) if args.print_commands else slurm_script(sweep, runs)
         print(text.rstrip())
         return 0
-    failed = run_sweep(sweep, jobs=args.jobs, inline=args.inline, threads=args.threads)
+    # A SIGTERM to the sweep (a job scheduler stopping it) stops it as Ctrl-C does: children first.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        failed = run_sweep(sweep, jobs=args.jobs, inline=args.inline, threads=args.threads)
+    except KeyboardInterrupt:
+        print(
+            "bytelab sweep: interrupted; the runs in progress are marked interrupted in their run.json, "
+            "run the same command again to resume them",
+            file=sys.stderr,
+        )
+        return 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
     if failed:
         print(
             f"bytelab sweep: {len(failed)} runs failed: {', '.join(str(r.run_dir) for r in failed)}",

@@ -12,13 +12,13 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.fabric.utilities.load import _load_distributed_checkpoint
 from torch import Tensor, nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torchmetrics import Metric
 
 from .base import ByteModel, build_model
+from .checkpoint import load_checkpoint
 from .layers import Block
 
 LN2 = math.log(2)
@@ -277,18 +277,6 @@ class ByteLM(L.LightningModule):
         lm.load_state_dict(checkpoint["state_dict"])
         lm.restore_counters(checkpoint)
         return lm
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A Lightning checkpoint as one dict, from a file or from a sharded (FSDP) checkpoint directory."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if (
-        path.is_dir()
-    ):  # the same consolidation as `python -m lightning.fabric.utilities.consolidate_checkpoint`
-        return _load_distributed_checkpoint(path)
-    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def describe_change(saved: dict[str, Any], configured: dict[str, Any]) -> str:

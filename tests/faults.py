@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
+
+from datamodules import TextBytes
 
 
 class KillAtStep(L.Callback):
@@ -39,3 +44,72 @@ class KillOnce(KillAtStep):
         if armed and trainer.global_step == self.step:
             self.flag.unlink()
             super().on_train_batch_end(trainer, *args)
+
+
+class SignalAtStep(L.Callback):
+    """Send the signal ``name`` (SIGTERM, SIGUSR1, SIGINT) at the end of training step ``step``: to
+    this process, or with ``parent=True`` to the process that started it (a Ctrl-C to a sweep), then
+    wait in that step for the parent's SIGTERM. With
+    ``flag``, only while that file exists (it is removed first), so a rerun is not signalled."""
+
+    def __init__(self, step: int, name: str, parent: bool = False, flag: str | None = None) -> None:
+        self.step = step
+        self.signum = getattr(signal, name)
+        self.parent = parent
+        self.flag = None if flag is None else Path(flag)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step != self.step or (self.flag is not None and not self.flag.exists()):
+            return
+        if self.flag is not None:
+            self.flag.unlink()
+        if not self.parent:
+            os.kill(os.getpid(), self.signum)
+            return
+        # Stay in this step until the parent answers with SIGTERM, so the step the run stops at does
+        # not depend on how fast the parent reacts: block SIGTERM, signal, wait for it, deliver it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        os.kill(os.getppid(), self.signum)
+        signal.sigwait({signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        os.kill(os.getpid(), signal.SIGTERM)  # now to Lightning's handler
+
+
+class PauseAtStep(L.Callback):
+    """At the end of training step ``step``, print ``PAUSED`` and wait for a line on stdin: the test
+    holds the run there (no sleeping on either side) while it launches a second one."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            print("PAUSED", flush=True)
+            sys.stdin.readline()
+
+
+class DataFailsOnRank(TextBytes):
+    """TextBytes whose training data cannot be read on one rank (``fail_rank``) only: a file that one
+    node cannot see, a shard that is damaged on one disk."""
+
+    def __init__(self, *args: Any, fail_rank: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail_rank = fail_rank
+
+    def train_dataloader(self) -> Any:
+        if self.trainer.global_rank == self.fail_rank:
+            raise FileNotFoundError(f"the training data of rank {self.fail_rank} is unreadable on this node")
+        return super().train_dataloader()
+
+
+class NanOnRank(L.Callback):
+    """Poison one weight with NaN on rank ``rank`` only, before training step ``step``."""
+
+    def __init__(self, step: int, rank: int = 1) -> None:
+        self.step = step
+        self.rank = rank
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")

@@ -30,9 +30,9 @@ TINY = [  # a few steps on 96-byte windows, whatever the config's own sizes
 ]
 
 
-def bytelab(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+def bytelab(*args: str, cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # PYTHONPATH lets a run load test-only callbacks (tests/faults.py) by class path.
-    env = {**os.environ, "BYTELAB_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "BYTELAB_CACHE": str(cache), "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([*ENTRY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -105,11 +105,11 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
     ]
     first = bytelab("fit", *common, "--trainer.max_steps=3", cache=cache)
     assert first.returncode == 0, first.stderr[-3000:]
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 3
     second = bytelab("fit", *common, "--trainer.max_steps=6", "--ckpt_path=last", cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]
-    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 6
     assert resumed["bytelab"]["bytes_seen"] == 2 * checkpoint["bytelab"]["bytes_seen"] == 6 * 4 * 96
     restored = ByteLM.from_checkpoint(str(run / "checkpoints" / "last.ckpt"))

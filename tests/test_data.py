@@ -188,8 +188,8 @@ def test_embedded_shakespeare(tmp_path: Path) -> None:
 def test_cache_is_built_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_corpus(tmp_path / "corpus", LENGTHS)
     reads = []
-    documents = TextBytes.documents
-    monkeypatch.setattr(TextBytes, "documents", lambda self: reads.append(1) or documents(self))
+    chunks = TextBytes.document_chunks
+    monkeypatch.setattr(TextBytes, "document_chunks", lambda self: reads.append(1) or chunks(self))
     dm = TextBytes(str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache"), seq_len=16)
     dm.prepare_data()
     manifest = dm.cache_path / "manifest.json"
@@ -232,10 +232,10 @@ def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     write_corpus(tmp_path / "corpus", LENGTHS)
 
     def failing(self: TextBytes):
-        yield "a", b"some bytes"
+        yield "a", (b"some bytes",)
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(TextBytes, "documents", failing)
+    monkeypatch.setattr(TextBytes, "document_chunks", failing)
     dm = TextBytes(str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="disk on fire"):
         dm.prepare_data()

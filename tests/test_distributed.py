@@ -16,7 +16,7 @@ import yaml
 from datamodules import TextBytes
 from modules import ByteLM
 from modules.base import ByteModel, build_model
-from modules.lm import load_checkpoint
+from modules.checkpoint import load_checkpoint
 
 from .test_cli import CONFIGS, bytelab
 
@@ -269,7 +269,7 @@ def test_fsdp_sharded_checkpoint_evaluates_like_one_process(
         "__1_0.distcp",
         "meta.pt",
     }
-    assert torch.load(shards / "meta.pt", weights_only=False)["global_step"] == STEPS
+    assert torch.load(shards / "meta.pt", weights_only=True)["global_step"] == STEPS
     reference = validate_in_process(shards, corpus, cache)
     assert val_bpb(run)[-1] == pytest.approx(reference, abs=1e-6)  # the run's validation at its end
     evaluation = bytelab(
