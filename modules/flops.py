@@ -71,9 +71,11 @@ def megabyte_flops(
 
     A window whose length is not a multiple of P is padded on the right to one (causal, so the
     scored bytes are unaffected): the padded length is what the hardware computes. The ablations:
-    ``conv_kernels`` adds causal D_G -> D_G convolutions over every byte; cross-patch attention runs
-    the local stack over r + P positions per patch; ``no_local`` drops the projection and local stack
-    (the head reads D_G chunks); ``no_global`` drops the global stack and the projection.
+    ``conv_kernels`` adds causal D_G -> D_G convolutions over every byte; cross-patch attention gives
+    every local layer r more keys per patch (computed under an explicit mask, so executed in full)
+    and runs the r pads through all but the last local layer once per window; ``no_local`` drops the
+    projection and local stack (the head reads D_G chunks); ``no_global`` drops the global stack and
+    the projection.
     """
     num_patches = -(-seq_len // patch_size)
     padded = num_patches * patch_size
@@ -86,8 +88,12 @@ def megabyte_flops(
         return total + head_flops(padded, d_byte)
     if not no_global:
         total += linear_flops(padded, d_byte, local_d_model)
-    local_len = patch_size + cross_patch_attention
-    total += num_patches * stack_flops(local_len, local_d_model, local_layers, skip_masked)
+    r = cross_patch_attention
+    if r:  # each layer: P queries over r + P keys (a mask, not is_causal), and the pads' own layers
+        total += num_patches * local_layers * block_flops(patch_size, r + patch_size, local_d_model)
+        total += (local_layers - 1) * block_flops(r, r, local_d_model, skip_masked)
+    else:
+        total += num_patches * stack_flops(patch_size, local_d_model, local_layers, skip_masked)
     return total + head_flops(padded, local_d_model)
 
 

@@ -67,9 +67,10 @@ class PatchEmbedder(nn.Module):
 
 
 class CrossPatchContext(nn.Module):
-    """Table 10's cross-patch attention: the local model of patch k also attends to the last r local
-    inputs of patch k - 1, placed in front of its own P (r learned pads before a window's first
-    patch). r = 0, the main model, adds nothing."""
+    """Table 10's cross-patch attention: in every local layer, the positions of patch k also attend to
+    the keys and values of the last r positions of patch k - 1 *in that layer*, so information flows
+    from patch to patch through the layers. Before a window's first patch stand r learned pad
+    positions, run through the local layers on their own. r = 0, the main model, adds nothing."""
 
     def __init__(self, r: int, d_local: int) -> None:
         super().__init__()
@@ -77,20 +78,31 @@ class CrossPatchContext(nn.Module):
         if r:
             self.pad = nn.Parameter(torch.empty(r, d_local))
 
-    def prepend(self, local_in: Tensor) -> Tensor:
-        """``[B, K, P, D_L]`` -> ``[B, K, r + P, D_L]``: each patch behind the previous patch's last r."""
+    def forward(self, local_model: Transformer, local_in: Tensor) -> Tensor:
+        """The local model (Eq. 6) on every patch of ``local_in[B, K, P, D_L]``, batched over patches."""
         if not self.r:
-            return local_in
-        batch, _, _, width = local_in.shape
-        previous = torch.cat([self.pad.expand(batch, 1, self.r, width), local_in[:, :-1, -self.r :]], 1)
-        return torch.cat([previous, local_in], dim=2)
+            return local_model(local_in.flatten(0, 1)).view_as(local_in)
+        h, pad = local_in, self.pad.expand(local_in.size(0), -1, -1)  # pad: [B, r, D_L]
+        for i, block in enumerate(local_model.blocks):
+            previous = torch.cat([pad[:, None], h[:, :-1, -self.r :]], dim=1)  # [B, K, r, D_L]
+            context = torch.cat([previous, h], dim=2).flatten(0, 1)  # keys: r earlier + own P
+            h, pad = block(h.flatten(0, 1), context=context).view_as(h), pad
+            if i + 1 < len(local_model.blocks):  # the pads' states feed the first patch's next layer
+                pad = block(pad)
+        return local_model.norm(h)
 
-    def context(self, previous_local_in: Tensor | None, batch: int) -> Tensor:
-        """Decoding: the r positions in front of a new patch, from the previous patch's local inputs
-        ``[B, P, D_L]`` (None before the first patch: the pads)."""
-        if previous_local_in is None:
-            return self.pad.expand(batch, -1, -1)
-        return previous_local_in[:, -self.r :]
+    def start(self, local_model: Transformer, previous: list[KVCache] | None, batch: int) -> list[KVCache]:
+        """Decoding: fresh local caches for a new patch, holding in each layer the keys and values of
+        the ``previous`` patch's last r positions in that layer (the pads' before the first patch)."""
+        caches = local_model.new_caches()
+        if not self.r:
+            return caches
+        if previous is None:
+            local_model(self.pad.expand(batch, -1, -1), caches)
+            return caches
+        for cache, old in zip(caches, previous, strict=True):
+            cache.extend(*(t[..., old.length - self.r : old.length, :] for t in (old.k, old.v)))
+        return caches
 
 
 @dataclass
@@ -99,7 +111,7 @@ class MegabyteCache:
     once per patch, the local model once per byte."""
 
     global_cache: list[KVCache] | None  # one entry per global position: the pad patch, then patches
-    local_cache: list[KVCache]  # the current patch's bytes (after the cross-patch context, if any)
+    local_cache: list[KVCache]  # the current patch's bytes (behind the previous patch's last r, if any)
     bytes: Tensor  # [B, t] every byte so far; the current patch is the last t mod P of them
     chunks: Tensor | None  # [B, P, D_L] the current patch's global output, split and projected (Eq. 4)
 
@@ -118,9 +130,9 @@ class Megabyte(ByteModel):
         local_n_heads: Attention heads in the local model; None = ``n_heads``.
         dropout: Dropout on attention weights and residual branches.
         init_std: Standard deviation of the truncated-normal initialisation.
-        cross_patch_attention: r, how many of the previous patch's last positions the local model
-            also attends to (0 = off, at most P); the first patch of a window sees r learned pad
-            positions instead.
+        cross_patch_attention: r, how many of the previous patch's last positions each local layer
+            also attends to, in that layer (0 = off, at most P); before the first patch of a window
+            stand r learned pad positions instead.
         patch_encoder: ``concat`` (the paper's main model: byte embeddings concatenated per patch)
             or ``cnn`` (causal convolutions with kernels 3, 5, 7 over the byte embeddings first).
         no_local: Ablation without the local model: the global output of patch k predicts all P
@@ -228,24 +240,28 @@ class Megabyte(ByteModel):
         (``no_local``) the chunks of Eq. 4 go to the head as they are."""
         if self.no_local:
             return chunks
-        local_in = self.local_input(chunks, patches)
-        batch, num_patches, size, width = local_in.shape
-        y = self.local_model(self.cross_patch.prepend(local_in).flatten(0, 1))[:, -size:]
-        return y.view(batch, num_patches, size, width)
+        return self.cross_patch(self.local_model, self.local_input(chunks, patches))
 
     def prefill(self, x: Tensor) -> tuple[Tensor, MegabyteCache]:
         """Global model over the pad patch and the prompt's whole patches, local model over the
-        bytes of the last, partial patch; both leave their KV caches behind."""
-        whole = x.size(1) - x.size(1) % self.patch_size
+        bytes of the last, partial patch; both leave their KV caches behind. With cross-patch
+        attention the local model also runs over the prompt's whole patches, one after the other, so
+        that each layer's cache starts the current patch with the last r positions of the one before."""
+        batch, whole = x.size(0), x.size(1) - x.size(1) % self.patch_size
         cache = MegabyteCache(None, [], x, None)
-        previous = None
+        chunks = None  # the global chunks of the prompt's whole patches
         if not self.no_global:
             cache.global_cache = self.global_model.new_caches()
             h = self.patch_embedder(F.pad(x[:, :whole], (0, self.patch_size)))  # placeholder: shifted out
             g = self.global_model(shift_right(h, self.global_pad), cache.global_cache)
-            cache.chunks = self.global_chunks(g[:, -1])
-            previous = self.global_chunks(g[:, -2]) if whole else None
-        self.start_patch(cache, previous, x[:, whole - self.patch_size : whole] if whole else None)
+            cache.chunks, chunks = self.global_chunks(g[:, -1]), self.global_chunks(g[:, :-1])
+        if not self.no_local:
+            cache.local_cache = self.cross_patch.start(self.local_model, None, batch)
+            for k in range(whole // self.patch_size if self.cross_patch.r else 0):
+                patch = x[:, k * self.patch_size : (k + 1) * self.patch_size]
+                local_in = self.local_input(None if chunks is None else chunks[:, k], patch)
+                self.local_model(local_in, cache.local_cache)
+                cache.local_cache = self.cross_patch.start(self.local_model, cache.local_cache, batch)
         return self.decode_local(cache, new=x.size(1) - whole + 1), cache
 
     def step(self, byte: Tensor, cache: MegabyteCache) -> Tensor:
@@ -253,24 +269,15 @@ class Megabyte(ByteModel):
         cache.bytes = torch.cat([cache.bytes, byte[:, None]], dim=1)
         length, size = cache.bytes.size(1), self.patch_size
         if length % size == 0:
-            previous = cache.chunks
             if not self.no_global:
                 # Patch k enters the global model at position k + 1 (after the pad and patches < k).
                 lookback = min(length - size, self.patch_embedder.lookback)
                 h = self.patch_embedder(cache.bytes[:, -size - lookback :], length - size, lookback)
                 cache.chunks = self.global_chunks(self.global_model(h, cache.global_cache)[:, -1])
-            self.start_patch(cache, previous, cache.bytes[:, -size:])
+            if not self.no_local:
+                batch = cache.bytes.size(0)
+                cache.local_cache = self.cross_patch.start(self.local_model, cache.local_cache, batch)
         return self.decode_local(cache, new=1)
-
-    def start_patch(self, cache: MegabyteCache, chunks: Tensor | None, patch: Tensor | None) -> None:
-        """Fresh local caches for a new patch; with cross-patch attention they start with the last r
-        local inputs of the previous ``patch`` (its global ``chunks``), or the pads before the first."""
-        if self.no_local:
-            return
-        cache.local_cache = self.local_model.new_caches()
-        if self.cross_patch.r:
-            previous = None if patch is None else self.local_input(chunks, patch)
-            self.local_model(self.cross_patch.context(previous, cache.bytes.size(0)), cache.local_cache)
 
     def decode_local(self, cache: MegabyteCache, new: int) -> Tensor:
         """Feed the last ``new`` local inputs of the current patch through the cached local model;

@@ -167,6 +167,22 @@ def test_megabyte_ablations_change_what_a_byte_sees():
     assert moved["megabyte_cross_patch"][0, 8].max() > 1e-4
 
 
+@pytest.mark.parametrize("local_layers", [1, 2, 3])
+def test_cross_patch_attention_reaches_one_patch_further_per_layer(local_layers):
+    """The paper's cross-patch attention: every local layer attends to the previous patch's last r
+    positions *in that layer*, so without a global model a byte reaches exactly ``local_layers``
+    patches ahead (re-encoding r inputs of the previous patch once would reach one patch only)."""
+    torch.manual_seed(0)
+    model = tiny_model("megabyte_no_global", cross_patch_attention=2, local_layers=local_layers).eval()
+    x = torch.randint(0, 256, (1, 40))
+    y = x.clone()
+    y[0, 6] = (y[0, 6] + 1) % 256  # patch 1 (P = 4): the local input of its last position
+    with torch.no_grad():
+        moved = (model(y) - model(x)).abs().amax(dim=-1)[0].view(-1, 4).amax(dim=1)  # per patch
+    reached = [k for k in range(2, 10) if moved[k] > 1e-6]
+    assert reached == list(range(2, 2 + local_layers))
+
+
 def test_flops_scale_like_the_paper():
     """MEGABYTE's forward cost is ~2T(m_g/P + m_l) plus attention; at long T it beats the decoder."""
     mb = Megabyte(
