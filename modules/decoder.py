@@ -21,6 +21,8 @@ class Decoder(ByteModel):
         max_seq_len: Longest window in bytes (size of the position table).
         dropout: Dropout on attention weights and residual branches.
         init_std: Standard deviation of the truncated-normal initialisation.
+        tie_embeddings: Share the output head's weights with the byte embedding (as the MEGABYTE
+            paper ties its output layer to the local byte embedding); off by default.
     """
 
     def __init__(
@@ -31,6 +33,7 @@ class Decoder(ByteModel):
         max_seq_len: int = 1024,
         dropout: float = 0.0,
         init_std: float = 0.02,
+        tie_embeddings: bool = False,
     ) -> None:
         super().__init__()
         check_positive(d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_seq_len=max_seq_len)
@@ -39,6 +42,8 @@ class Decoder(ByteModel):
         self.transformer = Transformer(d_model, n_layers, n_heads, dropout)
         self.head = nn.Linear(d_model, VOCAB_SIZE, bias=False)
         init_weights(self, init_std, n_layers)
+        if tie_embeddings:
+            self.head.weight = self.embed.byte_embed.weight
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.transformer(self.embed(x)))

@@ -139,6 +139,8 @@ class Megabyte(ByteModel):
             bytes of patch k directly, chunk p through a linear head.
         no_global: Ablation without the global model: the local model alone, every patch
             predicted from its own earlier bytes only.
+        tie_embeddings: Share the output head's weights with the local byte embedding (the global byte
+            embedding when ``no_local``), as the paper does; off by default.
     """
 
     has_strided_inference = True
@@ -159,6 +161,7 @@ class Megabyte(ByteModel):
         patch_encoder: Literal["concat", "cnn"] = "concat",
         no_local: bool = False,
         no_global: bool = False,
+        tie_embeddings: bool = False,
     ) -> None:
         super().__init__()
         local_n_heads = local_n_heads or n_heads
@@ -204,6 +207,9 @@ class Megabyte(ByteModel):
         init_weights(self, init_std, global_layers)
         if not no_local:
             init_weights(self.local_model, init_std, local_layers)
+        if tie_embeddings:  # the embedding of the bytes the head predicts, at the head's width
+            embedding = self.patch_embedder.byte_embed if no_local else self.local_byte_embed
+            self.head.weight = embedding.weight
 
     def forward(self, x: Tensor) -> Tensor:
         batch, length = x.shape

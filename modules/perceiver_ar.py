@@ -50,6 +50,8 @@ class PerceiverAR(ByteModel):
         num_latents: N, the number of final positions that become latents and are scored.
         dropout: Dropout on attention weights and residual branches.
         init_std: Standard deviation of the truncated-normal initialisation.
+        tie_embeddings: Share the output head's weights with the byte embedding (as the MEGABYTE
+            paper ties its output layer to the local byte embedding); off by default.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class PerceiverAR(ByteModel):
         num_latents: int = 256,
         dropout: float = 0.0,
         init_std: float = 0.02,
+        tie_embeddings: bool = False,
     ) -> None:
         super().__init__()
         check_positive(
@@ -77,6 +80,8 @@ class PerceiverAR(ByteModel):
         self.latent_model = Transformer(d_model, n_layers, n_heads, dropout)
         self.head = nn.Linear(d_model, VOCAB_SIZE, bias=False)
         init_weights(self, init_std, n_layers + 1)
+        if tie_embeddings:
+            self.head.weight = self.embed.byte_embed.weight
 
     def forward(self, x: Tensor, num_latents: int | None = None) -> Tensor:
         """Logits for the last ``min(L, num_latents)`` positions (default: the model's N)."""

@@ -103,13 +103,14 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 # The options each architecture's contract tests also run on (names: architecture_variant): MEGABYTE's
-# ablations of the paper's Table 10.
+# ablations of the paper's Table 10, and its output layer tied to the local byte embedding.
 TEST_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "megabyte": {
         "cross_patch": {"cross_patch_attention": 2},
         "cnn": {"patch_encoder": "cnn"},
         "no_local": {"no_local": True},
         "no_global": {"no_global": True},
+        "tied": {"tie_embeddings": True},
     },
 }
 

@@ -183,6 +183,26 @@ def test_cross_patch_attention_reaches_one_patch_further_per_layer(local_layers)
     assert reached == list(range(2, 2 + local_layers))
 
 
+@pytest.mark.parametrize("name", [*ARCHITECTURES, "megabyte_no_local"])
+def test_tied_embeddings_are_one_tensor_that_trains_as_one(name):
+    """``tie_embeddings``: the head is the byte embedding (the global one without a local model), the
+    parameter counted once, and an optimiser step moves both as one."""
+    torch.manual_seed(0)
+    model = tiny_model(name, tie_embeddings=True)
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings == 256]
+    assert any(m.weight is model.head.weight for m in embeddings)
+    untied = tiny_model(name)
+    assert (
+        model.num_params(non_embedding=False)
+        == untied.num_params(non_embedding=False) - model.head.weight.numel()
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    nats, count = ByteLM(model).score({"x": torch.randint(0, 256, (2, 32))})
+    (nats / count).backward()
+    optimizer.step()
+    assert any(m.weight is model.head.weight for m in embeddings)
+
+
 def test_flops_scale_like_the_paper():
     """MEGABYTE's forward cost is ~2T(m_g/P + m_l) plus attention; at long T it beats the decoder."""
     mb = Megabyte(
