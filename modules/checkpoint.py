@@ -11,13 +11,16 @@ them) before anything uses it.
 from __future__ import annotations
 
 import pickle
+import random
 import re
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from lightning.fabric.utilities.load import _load_distributed_checkpoint
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 TORCH_VALUES = (torch.dtype, torch.layout, torch.memory_format)
 # What the index of a torch.distributed.checkpoint directory holds besides plain values.
@@ -181,11 +184,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     verify_checkpoint(path)
-    if (
-        path.is_dir()
-    ):  # the same consolidation as `python -m lightning.fabric.utilities.consolidate_checkpoint`
-        return _load_distributed_checkpoint(path)
+    if path.is_dir():
+        return consolidate(path)
     return read_checkpoint(path, map_location)
+
+
+def consolidate(directory: Path) -> dict[str, Any]:
+    """A sharded (FSDP) checkpoint directory as one checkpoint dict, in memory: torch's own conversion
+    (``dcp_to_torch_save``, through a temporary file beside nothing else) read back weights-only, plus
+    Lightning's non-tensor state from ``meta.pt``. The whole checkpoint must fit in CPU memory."""
+    with tempfile.TemporaryDirectory() as scratch:
+        consolidated = Path(scratch) / "consolidated.pt"
+        dcp_to_torch_save(directory, consolidated)
+        checkpoint = read_checkpoint(consolidated)
+    meta = directory / LIGHTNING_META
+    if meta.is_file():
+        checkpoint.update(read_checkpoint(meta))
+    return checkpoint
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -201,3 +216,37 @@ def one_line(error: BaseException) -> str:
     """The first line of an error's message (torch's run to a paragraph)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def describe_change(saved: dict[str, Any], configured: dict[str, Any]) -> str:
+    """What differs between a checkpoint's model config and the configured one, in a few words; empty
+    when they agree. Options the checkpoint predates (added to the model later) are not compared."""
+    if saved["class_path"] != configured["class_path"]:
+        return f"{saved['class_path']} in the checkpoint, {configured['class_path']} in the config"
+    differences = [
+        f"{name}={saved['init_args'][name]!r} in the checkpoint, {value!r} in the config"
+        for name, value in configured["init_args"].items()
+        if name in saved["init_args"] and saved["init_args"][name] != value
+    ]
+    return "; ".join(differences)
+
+
+def rng_states() -> dict[str, Any]:
+    """The random states of this process: Python, NumPy, torch (CPU and, if present, CUDA)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)
+    # Tensors and plain Python values only, so `torch.load(weights_only=True)` reads the checkpoint.
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])

@@ -4,64 +4,18 @@ from __future__ import annotations
 
 import inspect
 import math
-import random
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torchmetrics import Metric
+from torch import Tensor
 
 from .base import ByteModel, build_model
-from .checkpoint import load_checkpoint
-from .layers import Block
-
-LN2 = math.log(2)
-
-
-class BitsPerByte(Metric):
-    """Cross-entropy in bits per byte: total nats / ln 2 / bytes scored.
-
-    Both states are sums (float64), so the value is exact across ranks and batches of any size:
-    never an average of per-batch or per-device means.
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("nats", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("bytes", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-
-    def update(self, nats: Tensor, num_bytes: Tensor) -> None:
-        self.nats += nats.detach().double()
-        self.bytes += num_bytes.detach().long()
-
-    def compute(self) -> Tensor:
-        return self.nats / self.bytes / LN2
-
-
-class FlopsPerByte(Metric):
-    """Inference cost of an evaluation: forward FLOPs of every pass over every window / bytes scored."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("flops", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("bytes", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-
-    def update(self, flops: float, num_bytes: Tensor) -> None:
-        self.flops += flops
-        self.bytes += num_bytes.detach().long()
-
-    def compute(self) -> Tensor:
-        return self.flops / self.bytes
+from .checkpoint import describe_change, load_checkpoint, rng_states, set_rng_states
+from .metrics import BitsPerByte, FlopsPerByte
+from .parallel import parallelize
 
 
 class ByteLM(L.LightningModule):
@@ -124,30 +78,18 @@ class ByteLM(L.LightningModule):
         self.flops_seen = 0  # training FLOPs spent (3x forward), all ranks
 
     def configure_model(self) -> None:
-        """Apply the scaling techniques in torchtitan's order: activation checkpointing, then
-        ``torch.compile``, then FSDP2 ``fully_shard`` per transformer block (global and local blocks
-        for MEGABYTE), then on the whole model.
-
-        Sharding happens under Lightning's ``ModelParallelStrategy``, which provides
-        ``self.device_mesh``. bytelab uses no tensor parallelism: the mesh's two dimensions
-        (Lightning names them data_parallel x tensor_parallel; by default nodes x GPUs per node) are
-        replicate x shard, i.e. HSDP: weights sharded within a node, replicated across nodes. A
-        1 x world mesh is plain FSDP. With bf16 precision the shards hold bf16 parameters and
-        gradients are reduced in float32.
-        """
+        """Activation checkpointing, ``torch.compile`` and, under Lightning's ``ModelParallelStrategy``,
+        FSDP2 sharding of the model (:func:`modules.parallel.parallelize`, torchtitan's order)."""
         if self._model_configured:  # Lightning calls this again for validate/test after fit
             return
         self._model_configured = True
-        blocks = parallelize_blocks(self.model, self.hparams.activation_checkpointing, self.hparams.compile)
-        if self.device_mesh is None:
-            return
-        mesh = self.device_mesh
-        policy = MixedPrecisionPolicy()
-        if "bf16" in str(self.trainer.precision):
-            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        for block in blocks:
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(self.model, mesh=mesh, mp_policy=policy)
+        parallelize(
+            self.model,
+            self.device_mesh,
+            activation_checkpointing=self.hparams.activation_checkpointing,
+            compile=self.hparams.compile,
+            bf16="bf16" in str(self.trainer.precision),
+        )
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -277,56 +219,6 @@ class ByteLM(L.LightningModule):
         lm.load_state_dict(checkpoint["state_dict"])
         lm.restore_counters(checkpoint)
         return lm
-
-
-def describe_change(saved: dict[str, Any], configured: dict[str, Any]) -> str:
-    """What differs between a checkpoint's model config and the configured one, in a few words; empty
-    when they agree. Options the checkpoint predates (added to the model later) are not compared."""
-    if saved["class_path"] != configured["class_path"]:
-        return f"{saved['class_path']} in the checkpoint, {configured['class_path']} in the config"
-    differences = [
-        f"{name}={saved['init_args'][name]!r} in the checkpoint, {value!r} in the config"
-        for name, value in configured["init_args"].items()
-        if name in saved["init_args"] and saved["init_args"][name] != value
-    ]
-    return "; ".join(differences)
-
-
-def rng_states() -> dict[str, Any]:
-    """The random states of this process: Python, NumPy, torch (CPU and, if present, CUDA)."""
-    name, keys, position, has_gauss, gauss = np.random.get_state()
-    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)
-    # Tensors and plain Python values only, so `torch.load(weights_only=True)` reads the checkpoint.
-    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore what :func:`rng_states` returned."""
-    random.setstate(states["python"])
-    name, keys, position, has_gauss, gauss = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    torch.set_rng_state(states["torch"].cpu())
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
-
-
-def parallelize_blocks(model: nn.Module, activation_checkpointing: bool, compile: bool) -> list[nn.Module]:
-    """Wrap every transformer block of ``model`` in place (checkpointing, then compile) and return them."""
-    blocks = []
-    for name, block in list(model.named_modules()):
-        if not isinstance(block, Block):
-            continue
-        if activation_checkpointing:
-            block = checkpoint_wrapper(block)
-        if compile:
-            block.compile()
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, block)
-        blocks.append(block)
-    return blocks
 
 
 def lr_factor(step: int, warmup: int, total: int, decay: str, min_ratio: float) -> float:

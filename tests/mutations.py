@@ -122,9 +122,9 @@ MUTATIONS = {
     ),
     "fsdp_shards_without_reducing_gradients": Mutation(
         why="FSDP shards over the size-1 mesh dimension: the two ranks never reduce their gradients",
-        path="modules/lm.py",
-        old="        mesh = self.device_mesh\n",
-        new='        mesh = self.device_mesh["data_parallel"]\n',
+        path="modules/parallel.py",
+        old="    if mesh is None:\n        return\n",
+        new='    if mesh is None:\n        return\n    mesh = mesh["data_parallel"]\n',
         caught_by=("tests/test_distributed.py::test_split_training_equals_one_process",),
         select="fsdp",
     ),

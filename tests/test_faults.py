@@ -30,8 +30,7 @@ from datamodules import TextBytes
 from datamodules.bytes import cache_problem
 from experiments.manifest import write_json_atomic
 from modules import ByteLM, Decoder
-from modules.checkpoint import CheckpointError, checkpoint_problem
-from modules.lm import load_checkpoint
+from modules.checkpoint import CheckpointError, checkpoint_problem, load_checkpoint
 
 from .test_cli import CONFIGS, ENTRY, REPO, bytelab
 
