@@ -164,9 +164,16 @@ def one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+def say(line: str) -> None:
+    """Print one line to stderr in a single write: the ranks of a run share that stream, and print()
+    writes the line and its newline separately, so two ranks' lines could interleave."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
 def report(line: str, status: int) -> int:
     """Print a one-line error, leave it for the other ranks of a distributed run, return ``status``."""
-    print(line, file=sys.stderr)
+    say(line)
     ranks.record(line, status)
     return status
 
@@ -206,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(killed, or out of memory?): {one_line(error)}",
                 1,
             )
-        print(peer[0], file=sys.stderr)
+        say(peer[0])
         return peer[1]
     finally:
         release_runs()

@@ -443,8 +443,10 @@ def main(argv: list[str]) -> int:
         text = "\n".join(run.command for run in runs) if args.print_commands else slurm_script(sweep, runs)
         print(text.rstrip())
         return 0
-    # A SIGTERM to the sweep (a job scheduler stopping it) stops it as Ctrl-C does: children first.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if not args.inline:
+        # A SIGTERM to the sweep (a job scheduler stopping it) stops it as Ctrl-C does: children
+        # first. (Inline, the run in progress gets it through Lightning and the sweep then stops.)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         failed = run_sweep(sweep, jobs=args.jobs, inline=args.inline, threads=args.threads)
     except KeyboardInterrupt:
