@@ -74,6 +74,7 @@ class ByteLabCLI(LightningCLI):
             lock_run(run_dir)  # before anything below moves or writes a file of the run
         trainer_config = config.trainer
         kwargs.setdefault("default_root_dir", str(run_dir))
+        kwargs.update(self.config_init[self.subcommand].budget.trainer_arguments(trainer_config.max_epochs))
         plugins = self.config_init[self.subcommand].trainer.plugins
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

@@ -250,7 +250,8 @@ class RunManifest(L.Callback):
         if trainer.state.fn == "fit":
             budgets = [c for c in trainer.callbacks if isinstance(c, ComputeBudget) and c.active]
             self.data["budget"] = budgets[0].describe() if budgets else None
-            self.data["max_steps"] = trainer.max_steps
+            # A budget, not the Trainer's max_steps (then -1), sets the steps of a budgeted run.
+            self.data["max_steps"] = budgets[0].max_steps if budgets else trainer.max_steps
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
         names = ("train/bpb", "val/bpb", "test/bpb", "val/flops_per_byte", "test/flops_per_byte")
