@@ -8,12 +8,14 @@ is free, so ``bytelab`` prints it as one line and the run can go on once space i
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -87,3 +89,8 @@ def write_bytes_atomic(
 def write_text_atomic(path: Path, text: str) -> None:
     """``path.write_text(text)``, atomically."""
     write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON to ``path``, atomically (values JSON lacks become strings)."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.manifest import MANIFEST, read_manifest
+from .rundir import MANIFEST, read_manifest
 
 # The protocol that makes bits per byte comparable: same evaluation windows and scored bytes.
 EVAL_PROTOCOL = ["seq_len", "score_len", "max_eval_bytes"]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -22,12 +23,17 @@ import pandas as pd  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 from .fits import as_law, frontier  # noqa: E402
 
+# The paper's three keep their colours from earlier plots; any other architecture (or study
+# variant) takes one of the remaining tab10 colours, chosen by its name, so a new model needs no
+# entry here and keeps its colour from plot to plot whatever else is drawn beside it.
 COLORS = {"Decoder": "tab:blue", "PerceiverAR": "tab:green", "Megabyte": "tab:red"}
+PALETTE = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
-def _color(arch: str) -> str:
-    return COLORS.get(arch, "tab:gray")
+def architecture_color(arch: str) -> str:
+    """The colour of an architecture: its own, or a stable one from ``PALETTE`` (crc32 of its name)."""
+    return COLORS.get(arch) or PALETTE[zlib.crc32(arch.encode()) % len(PALETTE)]
 
 
 def _save(fig: plt.Figure, path: Path) -> list[Path]:
@@ -46,15 +52,20 @@ def plot_training_compute(runs: pd.DataFrame, fits: pd.DataFrame, path: Path) ->
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     best = frontier(runs)
     for arch, group in runs.groupby("architecture"):
-        ax.scatter(group["flops_seen"], group["val_bpb"], color=_color(arch), alpha=0.35, s=18)
+        ax.scatter(group["flops_seen"], group["val_bpb"], color=architecture_color(arch), alpha=0.35, s=18)
         line = best[best["architecture"] == arch]
-        ax.plot(line["flops_seen"], line["val_bpb"], "o-", color=_color(arch), label=arch)
+        ax.plot(line["flops_seen"], line["val_bpb"], "o-", color=architecture_color(arch), label=arch)
         fit = fits[fits["architecture"] == arch]
         if len(fit) and not np.isnan(fit["alpha"].iloc[0]):
             law = as_law(fit.iloc[0])
             c = np.geomspace(group["flops_seen"].min() / 1.5, group["flops_seen"].max() * 1.5, 100)
             ax.plot(
-                c, law.loss(c), "--", color=_color(arch), linewidth=1, label=rf"fit $\alpha$={law.alpha:.3f}"
+                c,
+                law.loss(c),
+                "--",
+                color=architecture_color(arch),
+                linewidth=1,
+                label=rf"fit $\alpha$={law.alpha:.3f}",
             )
     ax.set(xscale="log", xlabel="training FLOPs", ylabel="validation bits per byte")
     ax.set_title(f"{runs['dataset'].iloc[0]}: compute-matched runs")
@@ -76,7 +87,12 @@ def plot_inference_pareto(runs: pd.DataFrame, path: Path) -> list[Path]:
     for ax, budget in zip(axes[0], budgets, strict=True):
         group = runs if np.isnan(budget) else runs[np.isclose(runs["budget_flops"], budget)]
         for arch, points in group.groupby("architecture"):
-            ax.scatter(points["inference_flops_per_byte"], points["val_bpb"], color=_color(arch), label=arch)
+            ax.scatter(
+                points["inference_flops_per_byte"],
+                points["val_bpb"],
+                color=architecture_color(arch),
+                label=arch,
+            )
         front = pareto(group, "inference_flops_per_byte", "val_bpb")
         ax.step(front["inference_flops_per_byte"], front["val_bpb"], where="post", color="black", alpha=0.5)
         ax.set(xscale="log", xlabel="inference FLOPs per byte", title=f"budget {budget:.3g} FLOPs")
@@ -102,7 +118,7 @@ def plot_learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -
                 points["bpb"],
                 marker=sizes[run.size],
                 markersize=3,
-                color=_color(run.architecture),
+                color=architecture_color(run.architecture),
                 label=label,
             )
         ax.set(xlabel="training FLOPs", title=f"budget {budget:.3g} FLOPs", xlim=(0, None))

@@ -46,10 +46,17 @@ def steps_for_budget(budget: float, per_step: float, what: str = "flops") -> int
 class ComputeBudget(L.Callback):
     """Train for a FLOP budget (compute-controlled) and/or a byte budget (data-controlled).
 
-    At ``fit`` start it sets the trainer's ``max_steps`` from the model's training FLOPs (and bytes)
-    per step; with both budgets the run stops at whichever runs out first. The last step always ends
-    with a validation, so the run's final ``val/bpb`` is measured at the budget. Without a budget it
-    does nothing.
+    At ``fit`` setup it derives the run's steps from the model's training FLOPs (and bytes) per step,
+    which depend on the world size and so are known only once the Trainer exists; with both budgets
+    the run stops at whichever runs out first. Without a budget it does nothing. It acts through
+    public hooks and attributes only:
+
+    - the last step sets ``trainer.should_stop``, so Lightning validates once more before it ends
+      the run: the final ``val/bpb`` is measured at the budget;
+    - ByteLM's learning-rate schedule decays over exactly those steps (``ByteLM.budget_steps``);
+    - the budget replaces the Trainer's step limit, which must therefore not end the run first:
+      ``bytelab fit`` builds its Trainer with :meth:`trainer_arguments` (no step limit); a Trainer
+      built by hand needs ``max_steps=-1`` or at least the budget's steps.
 
     Args:
         flops: Training FLOP budget C (3 x forward, all processes).
@@ -72,6 +79,17 @@ class ComputeBudget(L.Callback):
     def active(self) -> bool:
         return self.flops is not None or self.bytes is not None
 
+    def trainer_arguments(self, max_epochs: int | None) -> dict[str, int]:
+        """Trainer arguments under which the budget alone ends training (given the configured
+        ``max_epochs``): no step limit, and no epoch limit unless one is configured (Lightning's
+        default for a Trainer without ``max_steps`` would be 1000 epochs)."""
+        if not self.active:
+            return {}
+        limits = {"max_steps": -1}
+        if max_epochs is None:
+            limits["max_epochs"] = -1
+        return limits
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not self.active:
             return
@@ -81,13 +99,25 @@ class ComputeBudget(L.Callback):
         if self.bytes is not None:
             limits.append(steps_for_budget(self.bytes, training_bytes_per_step(trainer, pl_module), "bytes"))
         self.max_steps = min(limits)
-        trainer.fit_loop.epoch_loop.max_steps = self.max_steps
+        if trainer.max_steps != -1 and trainer.max_steps < self.max_steps:
+            raise ValueError(
+                f"trainer.max_steps={trainer.max_steps} would end the run before its budget of "
+                f"{self.max_steps} steps: leave max_steps out (-1), the budget sets the steps"
+            )
+        pl_module.budget_steps = self.max_steps  # read when the optimiser and schedule are configured
         if self.validations is not None:
+            # Read by Lightning when it sets up the training data, after this hook.
             trainer.val_check_interval = math.ceil(self.max_steps / self.validations)
 
     def describe(self) -> dict[str, float | int | None]:
         """The budget as the run manifest records it."""
         return {"flops": self.flops, "bytes": self.bytes, "max_steps": self.max_steps}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # Resuming a run that has spent its budget trains no further step: stopping before the loop
+        # starts skips training altogether.
+        if self.max_steps is not None and checkpoint.get("global_step", 0) >= self.max_steps:
+            trainer.should_stop = True
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         # Stopping through should_stop makes Lightning validate once more before it ends the run.

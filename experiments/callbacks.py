@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichModelSummary
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_summary.model_summary import NOT_APPLICABLE
 
 from .perf import peak_memory_bytes, spec_peak_flops, synchronize
 
@@ -31,6 +34,34 @@ class PrintMetrics(L.Callback):
             if hasattr(pl_module, name):
                 parts.append(f"{name.replace('_seen', '')} {getattr(pl_module, name):.3g}")
         print("  ".join(parts), flush=True)
+
+
+class FlopsModelSummary(RichModelSummary):
+    """Lightning's model summary, its "Total FLOPs" the model's analytic forward FLOPs of one window.
+
+    Lightning counts FLOPs by running ``example_input_array`` under ``FlopCounterMode``; ByteLM has
+    none (a window's length belongs to the data), so the default summary printed 0. Here the total is
+    ``model.forward_flops(seq_len)`` of the data's windows (DESIGN's convention; training costs 3x
+    it) and the per-layer column says ``n/a`` instead of zeros.
+    """
+
+    forward_flops = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = pl_module.model
+        self.forward_flops = int(
+            model.forward_flops(getattr(trainer.datamodule, "seq_len", model.max_seq_len))
+        )
+        super().on_fit_start(trainer, pl_module)
+
+    def summarize(  # type: ignore[override]  # Lightning's is static; this one needs the count
+        self, summary_data: list[tuple[str, list[str]]], *args: Any, total_flops: int, **kwargs: Any
+    ) -> None:
+        summary_data = [
+            (name, [NOT_APPLICABLE] * len(values) if name == "FLOPs" else values)
+            for name, values in summary_data
+        ]
+        super().summarize(summary_data, *args, total_flops=self.forward_flops, **kwargs)
 
 
 class PerfMonitor(L.Callback):

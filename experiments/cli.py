@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -29,7 +29,7 @@ from modules.checkpoint import verify_checkpoint
 
 from . import bench, compare, generate, ranks, study, sweep
 from .budget import ComputeBudget
-from .callbacks import EXIT_PREEMPTED, PerfMonitor, Preemption, PrintMetrics
+from .callbacks import EXIT_PREEMPTED, FlopsModelSummary, PerfMonitor, Preemption, PrintMetrics
 from .checkpoints import VerifiedCheckpointIO, resolve_resume
 from .manifest import RunManifest
 from .runlock import lock_run, release_runs
@@ -74,6 +74,7 @@ class ByteLabCLI(LightningCLI):
             lock_run(run_dir)  # before anything below moves or writes a file of the run
         trainer_config = config.trainer
         kwargs.setdefault("default_root_dir", str(run_dir))
+        kwargs.update(self.config_init[self.subcommand].budget.trainer_arguments(trainer_config.max_epochs))
         plugins = self.config_init[self.subcommand].trainer.plugins
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -104,6 +105,11 @@ class ByteLabCLI(LightningCLI):
         ]
         if trainer_config.enable_progress_bar is not False:
             callbacks.append(RichProgressBar())
+        if trainer_config.enable_model_summary is not False and not any(
+            isinstance(c, ModelSummary) for c in callbacks
+        ):
+            callbacks.append(FlopsModelSummary())  # in place of Lightning's default, which counts 0 FLOPs
+            kwargs["enable_model_summary"] = False  # (that default would otherwise be added beside it)
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 

@@ -27,34 +27,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from analysis.atomic import write_text_atomic
+from analysis.atomic import write_json_atomic
+from analysis.rundir import FORMAT_VERSION, MANIFEST
+from analysis.rundir import read_manifest as read_manifest  # re-exported: sweeps and studies use it
 
 from .budget import ComputeBudget, training_flops_per_step
 
-FORMAT_VERSION = 1
-MANIFEST = "run.json"
 SWEEP_INFO = "sweep.json"  # written by `bytelab sweep` before it launches a run; copied into run.json
 PACKAGES = ("torch", "lightning", "torchmetrics", "numpy", "pandas", "jsonargparse", "bytelab")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The ``run.json`` of a run directory, with one-line errors for a missing or broken file."""
-    path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {MANIFEST}, so not a bytelab run directory")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error.msg}): a half-written or foreign file") from None
-    if not isinstance(manifest, dict) or "status" not in manifest:
-        raise ValueError(f"{path} is not a bytelab run manifest (no 'status' field)")
-    return manifest
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -269,7 +250,8 @@ class RunManifest(L.Callback):
         if trainer.state.fn == "fit":
             budgets = [c for c in trainer.callbacks if isinstance(c, ComputeBudget) and c.active]
             self.data["budget"] = budgets[0].describe() if budgets else None
-            self.data["max_steps"] = trainer.max_steps
+            # A budget, not the Trainer's max_steps (then -1), sets the steps of a budgeted run.
+            self.data["max_steps"] = budgets[0].max_steps if budgets else trainer.max_steps
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
         names = ("train/bpb", "val/bpb", "test/bpb", "val/flops_per_byte", "test/flops_per_byte")

@@ -41,6 +41,12 @@ class ByteLM(L.LightningModule):
             offset by P/2: :meth:`Megabyte.evaluation_logits`), for models that have it. Sliding-window
             evaluation is the data's ``score_len``; the two combine. ``val/flops_per_byte`` and
             ``test/flops_per_byte`` report what either costs.
+
+    Attributes:
+        budget_steps: The optimiser steps a compute budget allows this run, set before the optimiser
+            is configured by the budget that ends the run (``experiments.budget.ComputeBudget``, through
+            ``trainer.should_stop``): the learning-rate schedule decays over the fewer of these and the
+            trainer's ``estimated_stepping_batches``. None without a budget.
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class ByteLM(L.LightningModule):
         self._model_configured = False
         self.bytes_seen = 0  # training bytes scored, all ranks
         self.flops_seen = 0  # training FLOPs spent (3x forward), all ranks
+        self.budget_steps: int | None = None
 
     def configure_model(self) -> None:
         """Activation checkpointing, ``torch.compile`` and, under Lightning's ``ModelParallelStrategy``,
@@ -178,7 +185,10 @@ class ByteLM(L.LightningModule):
             lr=hp.lr,
             betas=tuple(hp.betas),
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = self.trainer.estimated_stepping_batches
+        if self.budget_steps is not None:
+            total = min(total, self.budget_steps)
+        total = max(int(total), 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, hp.warmup_steps, total, hp.decay, hp.min_lr_ratio)
         )

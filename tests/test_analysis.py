@@ -11,6 +11,7 @@ import pytest
 
 from analysis.collect import collect
 from analysis.fits import PowerLaw, compute_multipliers, fit_frontiers, fit_power_law
+from analysis.plots import COLORS, architecture_color
 from analysis.report import analyze
 from analysis.tables import grid_table, paper_table, to_latex, to_markdown
 from experiments.cli import main
@@ -107,6 +108,21 @@ def test_fits_from_synthetic_run_directories(runs_root):
     loss = multipliers.loc["Megabyte", "loss"]
     expected = LAWS["Megabyte"].compute(loss) / LAWS["Decoder"].compute(loss)
     assert multipliers.loc["Megabyte", "multiplier"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_new_architecture_needs_nothing_in_analysis(runs_root, tmp_path):
+    """Runs of an architecture analysis has never heard of get a row, a fit and a colour of their own
+    (stable, and none of the named three's)."""
+    law = PowerLaw(l_inf=1.0, c0=5e8, alpha=0.13, rmse=0, points=0)
+    for budget in BUDGETS:
+        write_run(runs_root, "Hourglass", "S1", budget, float(law.loss(budget)))
+    report = analyze([runs_root], tmp_path / "out")
+    assert "Hourglass" in set(report.paper["architecture"]) and "Hourglass" in set(
+        report.fits["architecture"]
+    )
+    assert architecture_color("Hourglass") == architecture_color("Hourglass")
+    assert architecture_color("Hourglass") not in COLORS.values()
+    assert len({architecture_color(name) for name in ("Hourglass", "SpaceByte", "Mamba")}) > 1
 
 
 def test_analyze_writes_tables_and_plots(runs_root, tmp_path):

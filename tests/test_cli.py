@@ -10,9 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from experiments.cli import main
 from modules import ByteLM, Decoder
+from modules.base import build_model
 
 pytestmark = pytest.mark.cli
 
@@ -93,6 +96,9 @@ def test_fit_each_model_through_the_cli(name, corpus, tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "config.yaml").exists() and (run / "tensorboard").is_dir()
     assert "val/bpb" in result.stdout  # one printed line per validation
+    # The model summary's total: the configured model's analytic forward FLOPs of one 96-byte window.
+    model = build_model(yaml.safe_load((run / "config.yaml").read_text())["model"]["model"])
+    assert f"Total FLOPs: {get_human_readable_count(int(model.forward_flops(96)))}" in result.stdout
 
 
 def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):

@@ -31,7 +31,11 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def fit(
-    tmp_path: Path, corpus: Path, callbacks: list[L.Callback], **trainer: object
+    tmp_path: Path,
+    corpus: Path,
+    callbacks: list[L.Callback],
+    ckpt_path: Path | None = None,
+    **trainer: object,
 ) -> tuple[L.Trainer, ByteLM]:
     data = TextBytes(
         str(corpus),
@@ -56,7 +60,7 @@ def fit(
         **trainer,
     }
     t = L.Trainer(accelerator="cpu", callbacks=callbacks, **options)
-    t.fit(lm, datamodule=data)
+    t.fit(lm, datamodule=data, ckpt_path=ckpt_path)
     return t, lm
 
 
@@ -109,6 +113,29 @@ def test_byte_budget_and_both_budgets(tmp_path, corpus):
     both = ComputeBudget(flops=1e12, bytes=4 * 32 * 3)  # the byte budget runs out first
     fit(tmp_path, corpus, [both])
     assert both.max_steps == 3
+
+
+def test_budget_alone_ends_the_run_and_the_learning_rate_decay(tmp_path, corpus):
+    """Under the Trainer `bytelab fit` builds for a budget (no step limit) the budget ends the run,
+    the learning rate reaches its floor exactly at the budget's last step, and resuming the finished
+    run trains no further step; a Trainer step limit below the budget is refused."""
+    budget = ComputeBudget(flops=1e8)
+    trainer, lm = fit(tmp_path, corpus, [budget], **budget.trainer_arguments(max_epochs=None))
+    assert trainer.max_steps == -1 and trainer.global_step == budget.max_steps == lm.budget_steps > 2
+    for lr in trainer.lr_scheduler_configs[0].scheduler.get_last_lr():  # matrices, then the rest
+        assert lr == pytest.approx(lm.hparams.lr * lm.hparams.min_lr_ratio)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    trained = []
+
+    class Count(L.Callback):
+        def on_train_batch_end(self, *args):
+            trained.append(1)
+
+    again = ComputeBudget(flops=1e8)
+    resumed, _ = fit(tmp_path, corpus, [again, Count()], tmp_path / "last.ckpt", max_steps=-1, max_epochs=-1)
+    assert resumed.global_step == budget.max_steps and not trained
+    with pytest.raises(ValueError, match="would end the run before its budget"):
+        fit(tmp_path, corpus, [ComputeBudget(flops=1e8)], max_steps=2)
 
 
 def test_manifest_is_running_during_the_run_and_updated_at_each_validation(tmp_path, corpus):
