@@ -21,6 +21,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NewType
 
+import docstring_parser
 import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace, strip_meta
 
@@ -28,8 +29,8 @@ from datamodules import ByteDataModule
 
 from .trainer_cli import DEFAULT_DATA
 
-# A DataModule config: ``{"class_path": ..., "init_args": {...}}``, as ``bytelab fit --data`` reads it
-# (a YAML file holding that mapping, a class name, or JSON), with ``--data.init_args.KEY=VALUE`` on top.
+# A DataModule config, ``{"class_path": ..., "init_args": {...}}``, as ``bytelab fit --data`` reads it
+# (a YAML file holding that mapping, a class name, JSON, ``--data.init_args.KEY=VALUE``) on its default.
 DataConfig = NewType("DataConfig", dict)
 
 
@@ -77,8 +78,6 @@ def parser_for(command: Callable[..., Any], prog: str) -> ArgumentParser:
 
 def _parameter_help(command: Callable[..., Any], name: str) -> str | None:
     """The docstring's description of one parameter (``Args:`` section)."""
-    import docstring_parser
-
     for param in docstring_parser.parse(inspect.getdoc(command) or "").params:
         if param.arg_name == name:
             return param.description
