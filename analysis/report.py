@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,24 +65,22 @@ def describe(report: Report) -> str:
     )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bytelab analyze", description=__doc__.split("\n")[0].split(": ", 1)[-1])
-    p.add_argument("runs", nargs="+", help="run directories, or folders holding them")
-    p.add_argument("--out", required=True, help="output folder, e.g. results/<study>")
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=None,
-        help="FLOP budget of the paper-style table (default: the largest shared)",
-    )
-    p.add_argument("--reference", default="Decoder", help="architecture the compute multipliers compare with")
-    p.add_argument("--allow-unfinished", action="store_true", help="include running or failed runs")
-    return p
+def analyze_runs(
+    runs: list[str],
+    *,
+    out: str,
+    budget: float | None = None,
+    reference: str = "Decoder",
+    allow_unfinished: bool = False,
+) -> int:
+    """Read run directories and write tables (Markdown, CSV, LaTeX), L(C) fits and plots.
 
-
-def main(argv: list[str]) -> int:
-    """``bytelab analyze``."""
-    args = parser().parse_args(argv)
-    report = analyze(args.runs, args.out, args.budget, args.reference, args.allow_unfinished)
-    print(describe(report))
+    Args:
+        runs: Run directories, or folders holding them.
+        out: Output folder, e.g. results/<study>.
+        budget: FLOP budget of the paper-style table (default: the largest shared).
+        reference: Architecture the compute multipliers compare with.
+        allow_unfinished: Include running or failed runs.
+    """
+    print(describe(analyze(runs, out, budget, reference, allow_unfinished)))
     return 0

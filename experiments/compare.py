@@ -8,74 +8,82 @@ skips finished runs, so a second call only redoes the analysis.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
-from .sweep import REPO, Sweep, expand, resolve_config, run_sweep
+from .subcommand import DataConfig
+from .sweep import REPO, Sweep, expand, run_sweep, use_data
 
 DEFAULT_SWEEP = REPO / "experiments" / "sweeps" / "compare.yaml"
 GPU_TRAINER = "experiments/configs/trainer/gpu.yaml"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bytelab compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sweep", default=str(DEFAULT_SWEEP), help="the sweep to run (default: %(default)s)")
-    p.add_argument("--data", help="a DataModule config (YAML) replacing the sweep's data config")
-    p.add_argument("--budgets", type=float, nargs="+", help="training-FLOP budgets replacing the sweep's")
-    p.add_argument("--sizes", nargs="+", help="named sizes (modules/sizes.py) for every architecture")
-    p.add_argument(
-        "--device", choices=["cpu", "gpu"], default="cpu", help="gpu adds the one-GPU trainer config"
-    )
-    p.add_argument("--runs", help="folder of the run directories (default: the sweep's run_root)")
-    p.add_argument(
-        "--out", default="results/compare", help="folder for tables and plots (default: %(default)s)"
-    )
-    p.add_argument(
-        "--jobs", type=int, default=1, help="runs at a time in child processes (1: in this process)"
-    )
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads per run (default: 1, for small models)"
-    )
-    return p
-
-
-def configure(args: argparse.Namespace) -> Sweep:
+def configure(
+    sweep: str | Path = DEFAULT_SWEEP,
+    data: DataConfig | None = None,
+    budgets: list[float] | None = None,
+    sizes: list[str] | None = None,
+    device: Literal["cpu", "gpu"] = "cpu",
+    runs: str | None = None,
+) -> Sweep:
     """The sweep file with the command line's replacements applied."""
-    sweep = Sweep.from_yaml(args.sweep)
-    if args.data:
-        resolve_config(args.data)
-        sweep.configs = [c for c in sweep.configs if "/data/" not in c.replace("\\", "/")] + [args.data]
-    if args.device == "gpu":
-        sweep.configs = [GPU_TRAINER, *sweep.configs]
-    if args.budgets:
-        sweep.budgets = sorted(args.budgets)
-    if args.sizes:
-        for spec in sweep.architectures.values():
-            spec.sizes = list(args.sizes)
-    if args.runs:
-        sweep.run_root = args.runs
+    grid = Sweep.from_yaml(sweep)
+    if data is not None:
+        use_data(grid, data)
+    if device == "gpu":
+        grid.configs = [GPU_TRAINER, *grid.configs]
+    if budgets:
+        grid.budgets = sorted(budgets)
+    if sizes:
+        for spec in grid.architectures.values():
+            spec.sizes = list(sizes)
+    if runs:
+        grid.run_root = runs
     return Sweep.from_dict(
-        vars(sweep) | {"architectures": {k: vars(v) for k, v in sweep.architectures.items()}}
+        vars(grid) | {"architectures": {k: vars(v) for k, v in grid.architectures.items()}}
     )
 
 
-def main(argv: list[str]) -> int:
-    """``bytelab compare``."""
+def compare(
+    sweep: str = str(DEFAULT_SWEEP),
+    data: DataConfig | None = None,
+    budgets: list[float] | None = None,
+    sizes: list[str] | None = None,
+    device: Literal["cpu", "gpu"] = "cpu",
+    runs: str | None = None,
+    out: str = "results/compare",
+    jobs: int = 1,
+    threads: int = 1,
+) -> int:
+    """Run a compute-matched comparison of Decoder, PerceiverAR and MEGABYTE, then its analysis.
+
+    Args:
+        sweep: The sweep to run.
+        data: A DataModule config replacing the sweep's data config, read as ``bytelab fit --data``
+            reads it: a YAML file with class_path and init_args, a class name, and/or
+            ``--data.init_args.KEY=VALUE``, on fit's default (the embedded text).
+        budgets: Training-FLOP budgets replacing the sweep's.
+        sizes: Named sizes (modules/sizes.py) for every architecture.
+        device: ``gpu`` adds the one-GPU trainer config.
+        runs: Folder of the run directories (default: the sweep's run_root).
+        out: Folder for tables and plots.
+        jobs: Runs at a time in child processes (1: in this process).
+        threads: Torch CPU threads per run (1 suits small models).
+    """
     from analysis.report import analyze, describe  # pandas and matplotlib: only when analysing
 
-    args = parser().parse_args(argv)
-    sweep = configure(args)
+    grid = configure(sweep, data, budgets, sizes, device, runs)
     start = time.monotonic()
-    failed = run_sweep(sweep, jobs=args.jobs, inline=args.jobs == 1, threads=args.threads)
+    failed = run_sweep(grid, jobs=jobs, inline=jobs == 1, threads=threads)
     if failed:
         print(
             f"bytelab compare: {len(failed)} runs failed, see their log.txt: {failed[0].run_dir}",
             file=sys.stderr,
         )
         return 1
-    report = analyze([run.run_dir for run in expand(sweep)], Path(args.out))
+    report = analyze([run.run_dir for run in expand(grid)], Path(out))
     print(describe(report))
-    print(f"bytelab compare: {len(expand(sweep))} runs and the analysis in {time.monotonic() - start:.0f} s")
+    print(f"bytelab compare: {len(expand(grid))} runs and the analysis in {time.monotonic() - start:.0f} s")
     return 0

@@ -8,7 +8,6 @@ image or a WAV file through that inverse.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import pickle
 import sys
@@ -20,22 +19,6 @@ import yaml
 
 from modules import ByteLM
 from modules.generate import check_generation_length, generate
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bytelab generate", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by bytelab fit")
-    prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", default="", help="prompt text (UTF-8); default: no prompt")
-    prompt.add_argument("--prompt-file", help="file whose raw bytes are the prompt")
-    parser.add_argument("--bytes", type=int, default=256, help="number of bytes to generate")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 is greedy decoding")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely bytes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
-    parser.add_argument(
-        "--out", help="output file (text default: stdout; image/audio default: sample.png / sample.wav)"
-    )
-    return parser.parse_args(argv)
 
 
 def load_model(path: Path) -> ByteLM:
@@ -85,26 +68,49 @@ def write_wave(datamodule: Any, sample: bytes, out: Path) -> None:
     soundfile.write(str(out), datamodule.to_wave(sample).numpy(), datamodule.sample_rate)
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    ckpt = Path(args.ckpt)
-    model = load_model(ckpt).model.eval()
-    prompt = Path(args.prompt_file).read_bytes() if args.prompt_file else args.prompt.encode()
-    check_generation_length(model, len(prompt), args.bytes)
-    datamodule = modality_inverse(run_data_config(ckpt))
-    x = torch.tensor(list(prompt), dtype=torch.long)[None]
-    generator = torch.Generator().manual_seed(args.seed)
-    y = generate(model, x, args.bytes, args.temperature, args.top_k, generator)
-    sample = bytes(y[0].tolist())
+def generate_bytes(
+    *,
+    ckpt: str,
+    prompt: str = "",
+    prompt_file: str | None = None,
+    bytes: int = 256,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    out: str | None = None,
+) -> int:
+    """Sample bytes from a trained checkpoint with cached decoding.
+
+    Args:
+        ckpt: Checkpoint written by ``bytelab fit``.
+        prompt: Prompt text (UTF-8); default: no prompt.
+        prompt_file: File whose raw bytes are the prompt (instead of --prompt).
+        bytes: Number of bytes to generate.
+        temperature: Sampling temperature; 0 is greedy decoding.
+        top_k: Sample among the k most likely bytes.
+        seed: Seed of the sampler.
+        out: Output file (text default: stdout; image/audio default: sample.png / sample.wav).
+    """
+    if prompt and prompt_file:
+        raise ValueError("give --prompt or --prompt_file, not both")
+    path = Path(ckpt)
+    model = load_model(path).model.eval()
+    start = Path(prompt_file).read_bytes() if prompt_file else prompt.encode()
+    check_generation_length(model, len(start), bytes)
+    datamodule = modality_inverse(run_data_config(path))
+    x = torch.tensor(list(start), dtype=torch.long)[None]
+    generator = torch.Generator().manual_seed(seed)
+    y = generate(model, x, bytes, temperature, top_k, generator)
+    sample = y[0].to(torch.uint8).numpy().tobytes()  # the `bytes` option hides the builtin here
     if datamodule is None:
-        if args.out:
-            Path(args.out).write_bytes(sample)
+        if out:
+            Path(out).write_bytes(sample)
         else:
             sys.stdout.buffer.write(sample)
             sys.stdout.flush()
         return 0
     image = hasattr(datamodule, "to_image")
-    out = Path(args.out or ("sample.png" if image else "sample.wav"))
-    (write_image if image else write_wave)(datamodule, sample, out)
-    print(f"wrote {out}")
+    target = Path(out or ("sample.png" if image else "sample.wav"))
+    (write_image if image else write_wave)(datamodule, sample, target)
+    print(f"wrote {target}")
     return 0

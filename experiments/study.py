@@ -13,7 +13,6 @@ paper's numbers from ``analysis/paper_numbers.py``, and which orderings match), 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from typing import Any
 import yaml
 
 from .manifest import MANIFEST, read_manifest, write_json_atomic
-from .sweep import REPO, Run, Sweep, expand, flag, run_inline, run_sweep
+from .subcommand import DataConfig
+from .sweep import REPO, Run, Sweep, expand, flag, run_inline, run_sweep, use_data
 
 STUDIES = REPO / "experiments" / "sweeps" / "paper"
 EVALUATIONS = "evaluations"  # <run_dir>/evaluations/<name>: one `bytelab validate` each
@@ -216,37 +216,16 @@ def run_study(
     return write_study(study, rows, run_dirs, out, variant="mini" if mini else "paper")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bytelab study", description=__doc__.split("\n\n")[0])
-    p.add_argument("name", help=f"a study of {STUDIES} (its file name without .yaml), or a path")
-    p.add_argument("--mini", action="store_true", help="the CPU-sized variant (default: the paper's scale)")
-    p.add_argument("--out", help="output folder (default: results/paper/NAME)")
-    p.add_argument("--runs", help="folder for the run directories (default: each part's run_root)")
-    p.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="bytelab fit options for every run (YAML values), e.g. data.init_args.paths=data/pg19",
-    )
-    p.add_argument("--columns", nargs="+", help="run only these columns of the paper's table (default: all)")
-    p.add_argument("--budgets", type=float, nargs="+", help="training-FLOP budgets replacing every part's")
-    p.add_argument(
-        "--jobs", type=int, default=1, help="runs at a time in child processes (1: in this process)"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads per run (default: the cores shared among the jobs; 1 suits the minis)",
-    )
-    p.add_argument("--print-commands", action="store_true", help="print every `bytelab fit` line and exit")
-    return p
-
-
 def configure(
-    study: Study, mini: bool, runs: str | None, options: list[str], budgets: list[float] | None = None
+    study: Study,
+    mini: bool,
+    runs: str | None,
+    options: list[str],
+    budgets: list[float] | None = None,
+    data: DataConfig | None = None,
 ) -> None:
-    """Apply ``--runs``, ``--set`` and ``--budgets`` to every part of the chosen variant, in place."""
+    """Apply ``--runs``, ``--set``, ``--budgets`` and ``--data`` to every part of the chosen variant,
+    in place."""
     extra = {}
     for item in options:
         key, sep, value = item.partition("=")
@@ -254,6 +233,8 @@ def configure(
             raise ValueError(f"--set {item!r}: give KEY=VALUE")
         extra[key] = yaml.safe_load(value)
     for i, p in enumerate(study.parts(mini)):
+        if data is not None:
+            use_data(p.sweep, data)
         p.sweep.options = {**p.sweep.options, **extra}
         if budgets:
             p.sweep.budgets = sorted(budgets)
@@ -261,18 +242,47 @@ def configure(
             p.sweep.run_root = str(Path(runs) / f"{i}-{p.column}")
 
 
-def main(argv: list[str]) -> int:
-    """``bytelab study``."""
-    args = parser().parse_args(argv)
-    study = Study.load(args.name)
-    if args.columns:
-        study.keep_columns(args.mini, args.columns)
-    configure(study, args.mini, args.runs, args.set, args.budgets)
-    if args.print_commands:
-        for p in study.parts(args.mini):
+def study(
+    name: str,
+    mini: bool = False,
+    out: str | None = None,
+    runs: str | None = None,
+    data: DataConfig | None = None,
+    set: list[str] | None = None,
+    columns: list[str] | None = None,
+    budgets: list[float] | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
+    print_commands: bool = False,
+) -> int:
+    """Run one of the MEGABYTE paper's tables, then lay it out beside the paper's numbers.
+
+    Args:
+        name: A study of experiments/sweeps/paper/ (its file name without .yaml), or a path.
+        mini: The CPU-sized variant (default: the paper's scale).
+        out: Output folder (default: results/paper/NAME).
+        runs: Folder for the run directories (default: each part's run_root).
+        data: A DataModule config replacing every part's data config, read as ``bytelab fit
+            --data`` reads it: a YAML file with class_path and init_args, a class name, and/or
+            ``--data.init_args.KEY=VALUE``, on fit's default (the embedded text).
+        set: ``bytelab fit`` options for every run, KEY=VALUE (YAML values), e.g.
+            data.init_args.paths=data/pg19.
+        columns: Run only these columns of the paper's table (default: all).
+        budgets: Training-FLOP budgets replacing every part's.
+        jobs: Runs at a time in child processes (1: in this process).
+        threads: Torch CPU threads per run (default: the cores shared among the jobs; 1 suits the
+            minis).
+        print_commands: Print every ``bytelab fit`` line and exit.
+    """
+    chosen = Study.load(name)
+    if columns:
+        chosen.keep_columns(mini, columns)
+    configure(chosen, mini, runs, set or [], budgets, data)
+    if print_commands:
+        for p in chosen.parts(mini):
             print("\n".join(run.command for run in expand(p.sweep)))
         return 0
-    out = Path(args.out or f"results/paper/{study.name}")
-    table = run_study(study, args.mini, out, args.jobs, threads=args.threads)
+    folder = Path(out or f"results/paper/{chosen.name}")
+    table = run_study(chosen, mini, folder, jobs, threads=threads)
     print(table.read_text())
     return 0

@@ -7,12 +7,11 @@ size x budget x seed, each with a stable id and directory ``<run_root>/<id>``.
 
 Running a sweep again never repeats or loses work: a run whose ``run.json`` says ``finished`` is
 skipped, and every command carries ``--ckpt_path=last``, so an interrupted run resumes from its
-last checkpoint. ``--print-commands`` and ``--print-slurm`` hand the same commands to a cluster.
+last checkpoint. ``--print_commands`` and ``--print_slurm`` hand the same commands to a cluster.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -35,6 +34,8 @@ from modules.sizes import ARCHITECTURES, model_init_args
 
 from .callbacks import EXIT_PREEMPTED
 from .manifest import MANIFEST, SWEEP_INFO, read_manifest, write_json_atomic
+from .subcommand import DataConfig
+from .trainer_cli import run_lightning
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = "log.txt"  # a run's own output, beside its run.json
@@ -289,8 +290,6 @@ def mark_interrupted(run: Run) -> None:
 
 def run_inline(run: Run) -> int:
     """Run one ``bytelab fit`` in this process (no interpreter start-up), its output in ``log.txt``."""
-    from .cli import main  # the CLI imports this module's siblings; import it only when running
-
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -301,7 +300,7 @@ def run_inline(run: Run) -> int:
         contextlib.redirect_stderr(log),
     ):
         try:
-            code = main(run.args)
+            code = run_lightning(run.args)
             if code == EXIT_PREEMPTED:  # the sweep itself got SIGTERM: stop it, not just this run
                 raise KeyboardInterrupt
             return code
@@ -419,36 +418,51 @@ srun bash -c "${{runs[$SLURM_ARRAY_TASK_ID]}}"
 """
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bytelab sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep", help="sweep YAML file (see experiments/sweeps/)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (child processes share the cores)")
-    p.add_argument("--inline", action="store_true", help="run in this process, one at a time (no start-up)")
-    p.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / jobs)")
-    p.add_argument(
-        "--print-commands", action="store_true", help="print one `bytelab fit` line per run and exit"
-    )
-    p.add_argument("--print-slurm", action="store_true", help="print a SLURM array script and exit")
-    return p
+def use_data(sweep: Sweep, data: DataConfig) -> None:
+    """Give every run of the sweep this DataModule config instead of the sweep's data config files
+    (those under a ``data/`` folder), in place; the sweep's ``data.*`` options still apply on top."""
+    sweep.configs = [c for c in sweep.configs if "/data/" not in c.replace("\\", "/")]
+    sweep.options = {"data": data, **sweep.options}
 
 
-def main(argv: list[str]) -> int:
-    """``bytelab sweep``: run, or print, a sweep's runs."""
-    args = parser().parse_args(argv)
-    if args.jobs < 1:
-        raise ValueError(f"--jobs={args.jobs} must be at least 1")
-    sweep = Sweep.from_yaml(args.sweep)
-    if args.print_commands or args.print_slurm:
-        runs = expand(sweep)
-        text = "\n".join(run.command for run in runs) if args.print_commands else slurm_script(sweep, runs)
+def sweep(
+    sweep: str,
+    data: DataConfig | None = None,
+    jobs: int = 1,
+    inline: bool = False,
+    threads: int | None = None,
+    print_commands: bool = False,
+    print_slurm: bool = False,
+) -> int:
+    """Run a compute-matched grid of ``bytelab fit`` runs, or print their commands.
+
+    Args:
+        sweep: The sweep YAML file (see experiments/sweeps/).
+        data: A DataModule config replacing the sweep's data config, read as ``bytelab fit --data``
+            reads it: a YAML file with class_path and init_args, a class name, and/or
+            ``--data.init_args.KEY=VALUE``, on fit's default (the embedded text).
+        jobs: Runs at a time (child processes share the cores).
+        inline: Run in this process, one at a time (no interpreter start-up).
+        threads: Torch CPU threads per run (default: the cores shared among the jobs).
+        print_commands: Print one ``bytelab fit`` line per run and exit.
+        print_slurm: Print a SLURM array script and exit.
+    """
+    if jobs < 1:
+        raise ValueError(f"--jobs={jobs} must be at least 1")
+    grid = Sweep.from_yaml(sweep)
+    if data is not None:
+        use_data(grid, data)
+    if print_commands or print_slurm:
+        runs = expand(grid)
+        text = "\n".join(run.command for run in runs) if print_commands else slurm_script(grid, runs)
         print(text.rstrip())
         return 0
-    if not args.inline:
+    if not inline:
         # A SIGTERM to the sweep (a job scheduler stopping it) stops it as Ctrl-C does: children
         # first. (Inline, the run in progress gets it through Lightning and the sweep then stops.)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        failed = run_sweep(sweep, jobs=args.jobs, inline=args.inline, threads=args.threads)
+        failed = run_sweep(grid, jobs=jobs, inline=inline, threads=threads)
     except KeyboardInterrupt:
         print(
             "bytelab sweep: interrupted; the runs in progress are marked interrupted in their run.json, "

@@ -4,7 +4,8 @@ one entry in ``ARCHITECTURES``, ``SIZES`` (with a ``test`` size) and, if it has 
 testing, ``TEST_VARIANTS``: the contract tests then run on it (tests/test_models.py).
 
 ``S1``..``S6`` are the MEGABYTE paper's Table 14 sizes (layers, width, head dim 64/64/96/64/80/128);
-``table2`` is each architecture's configuration in the paper's Table 2. The paper gives MEGABYTE's
+``table2`` is each architecture's configuration in the paper's Table 2; ``bench`` and ``bench-tiny``
+are the models of ``bytelab bench`` (and of its tests). The paper gives MEGABYTE's
 global/local split only for Table 2 (and Table 13), so MEGABYTE's ``S*`` use the Table 14 size for
 the global model and a local model of half its layers at a quarter of its width: that split is
 bytelab's choice, not the paper's. ``cpu-*`` sizes are for laptops and tests: at 256-byte windows
@@ -74,6 +75,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "cpu-m": _flat(4, 128, 4),
         **{name: _flat(*shape) for name, shape in PAPER.items()},
         "table2": _flat(22, 1024, 16),  # Transformer 320M, context 1024
+        "bench": _flat(5, 512, 8),  # MEGABYTE's bench size's non-embedding parameters (15.8M)
+        "bench-tiny": _flat(1, 64, 2),
     },
     "perceiver_ar": {
         "test": {**_flat(2, 32, 4), "num_latents": 24},
@@ -82,6 +85,9 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "cpu-m": _flat(4, 128, 4),
         **{name: _flat(*shape) for name, shape in PAPER.items()},
         "table2": {**_flat(17, 1024, 16), "num_latents": 1024},  # 248M, context 8192
+        # The bench decoder's five blocks: cross-attention + 4 latent blocks.
+        "bench": {**_flat(4, 512, 8), "num_latents": 1024},
+        "bench-tiny": {**_flat(1, 64, 2), "num_latents": 16},
     },
     "megabyte": {
         "test": _cpu_megabyte(2, 64, 32),
@@ -98,6 +104,17 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "n_heads": 16,
             "local_n_heads": 16,
         },
+        # 4 local blocks of width 256 cost what one block of width 512 does: the bench decoder's size.
+        "bench": {
+            "patch_size": 8,
+            "global_d_model": 512,
+            "global_layers": 4,
+            "local_d_model": 256,
+            "local_layers": 4,
+            "n_heads": 8,
+            "local_n_heads": 4,
+        },
+        "bench-tiny": {**_cpu_megabyte(1, 64, 32), "n_heads": 2},
     },
 }
 

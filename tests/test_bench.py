@@ -10,16 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from experiments.bench import (
-    PRESETS,
-    flops_matched_decoder,
-    generation_speed,
-    markdown,
-    model_configs,
-    run_worker,
-    targets,
-    train_worker,
-)
+from analysis.tables import to_markdown
+from experiments.bench.measure import flops_matched_decoder, generation_speed
+from experiments.bench.presets import PRESETS, model_configs
+from experiments.bench.targets import targets
+from experiments.bench.workers import run_worker, train_worker
 from experiments.callbacks import PerfMonitor
 from modules import ByteLM, Decoder
 from modules.base import build_model
@@ -28,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec(**overrides) -> dict:
-    config = model_configs("tiny", 32)["megabyte"]
+    config = model_configs("bench-tiny", 32)["megabyte"]
     return (
         {"config": config, "seq_len": 32, "batch": 2, "device": "cpu", "dtype": "float32"}
         | {
@@ -69,7 +64,7 @@ def test_the_flops_matched_decoder_costs_what_megabyte_costs_per_byte():
 
 
 def test_generation_speed_reports_cached_and_estimated_uncached_runs():
-    model = build_model(model_configs("tiny", 24)["perceiver_ar"]).eval()
+    model = build_model(model_configs("bench-tiny", 24)["perceiver_ar"]).eval()
     row = generation_speed(model, PRESETS["smoke"], torch.device("cpu"))
     assert row["bytes"] == 24 and row["cached_bytes_per_s"] > 0 and row["uncached_s_estimated"] > 0
     assert row["speedup"] == pytest.approx(row["cached_bytes_per_s"] / row["uncached_bytes_per_s"])
@@ -108,7 +103,7 @@ def test_targets_compare_the_measured_ratios_with_the_issue():
     slope, result = results["MEGABYTE peak training memory growth exponent in T (longest two T)"]
     assert slope == pytest.approx(1.0) and result == "PASS"
     assert table.attrs["megabyte_max_T_in_24GB"] == math.floor(64 + (24 * 2**30 - 1200) / (100 / 32))
-    assert markdown(table.reset_index()).count("\n") == len(table) + 1
+    assert to_markdown(table.reset_index()).count("\n") == len(table) + 2
 
 
 def test_fit_logs_throughput_and_peak_memory():

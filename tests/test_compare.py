@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from experiments.cli import main
-from experiments.compare import parser
+from experiments.compare import compare
+from experiments.subcommand import parser_for
 from experiments.sweep import REPO
 
 SMOKE = REPO / "experiments" / "sweeps" / "compare_smoke.yaml"
@@ -21,7 +22,7 @@ def data_config(tmp_path: Path) -> Path:
     for i in range(6):
         (corpus / f"doc{i}.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * (30 + 4 * i))
     config = tmp_path / "data.yaml"
-    config.write_text(f"data:\n  class_path: datamodules.TextBytes\n  init_args:\n    paths: {corpus}\n")
+    config.write_text(f"class_path: datamodules.TextBytes\ninit_args:\n  paths: {corpus}\n")
     return config
 
 
@@ -44,6 +45,11 @@ def test_compare_smoke_preset(tmp_path, data_config, capsys, monkeypatch):
     assert "9 runs, 9 finished, 0 to run" in capsys.readouterr().out
 
 
-def test_compare_options():
-    args = parser().parse_args(["--budgets", "2e12", "1e12", "--device", "gpu", "--sizes", "S1"])
+def test_compare_options(tmp_path):
+    parser = parser_for(compare, "bytelab compare")
+    args = parser.parse_args(["--budgets", "2e12", "1e12", "--device", "gpu", "--sizes", "S1"])
     assert args.budgets == [2e12, 1e12] and args.device == "gpu" and args.sizes == ["S1"]
+    config = tmp_path / "compare.yaml"
+    config.write_text("budgets: [2.0e+12]\nsizes: [S1, S2]\njobs: 2\n")
+    args = parser.parse_args([f"--config={config}", "--jobs=3"])
+    assert args.budgets == [2e12] and args.sizes == ["S1", "S2"] and args.jobs == 3

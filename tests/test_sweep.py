@@ -150,3 +150,25 @@ def test_threads_apply_to_in_process_runs_and_are_restored(tmp_path):
         threads=1,
     )
     assert set(seen) == {1} and torch.get_num_threads() == 2
+
+
+def test_data_and_config_read_as_bytelab_fit_reads_them(tmp_path, capsys):
+    """``--data`` is a DataModule config on fit's default data (not a whole config file): it replaces
+    the sweep's data config in every run, under the sweep's own ``data.*`` options; ``--config``
+    holds any option, and the old hyphenated spelling reads as the new one."""
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, "run_root": str(tmp_path / "runs"), "budgets": [1e12]}))
+    data = tmp_path / "data.yaml"
+    data.write_text("class_path: datamodules.TextBytes\ninit_args: {paths: corpus, seq_len: 64}\n")
+    options = tmp_path / "options.yaml"
+    options.write_text(f"data: {data}\nprint_commands: true\n")
+    assert main(["sweep", str(path), f"--config={options}", "--data.init_args.batch_size=3"]) == 0
+    args = shlex.split(capsys.readouterr().out.splitlines()[0])[1:]
+    assert not any("configs/data/" in arg for arg in args)
+    given = json.loads(next(arg for arg in args if arg.startswith("--data={")).split("=", 1)[1])
+    # paths, seq_len and batch_size as given; the other values from fit's default data config.
+    assert given["class_path"] == "datamodules.TextBytes" and given["init_args"]["paths"] == "corpus"
+    assert given["init_args"]["batch_size"] == 3 and given["init_args"]["eval_batch_size"] is None
+    assert args.index(f"--data={json.dumps(given)}") < args.index("--data.init_args.seq_len=256")
+    assert main(["sweep", str(path), "--print-commands", "--data.init_args.paths=corpus"]) == 0
+    assert '"paths": "corpus"' in capsys.readouterr().out

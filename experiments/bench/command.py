@@ -1,0 +1,99 @@
+"""``bytelab bench``: run the measurements of a preset and write its tables, plots and summary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..perf import causal_attention_cost, machine_info, matmul_peak_flops, spec_peak_flops
+from .measure import Setup, bench_generation, bench_training
+from .presets import PRESETS, Preset, model_configs
+from .report import plot, summary
+from .targets import targets
+from .workers import profile_training
+
+Model = Literal["megabyte", "decoder", "perceiver_ar"]
+
+
+def bench(
+    preset: Literal["quick", "full", "smoke"] = "quick",
+    models: list[Model] | None = None,
+    seq_lens: list[int] | None = None,
+    reps: int | None = None,
+    batch: int = 1,
+    device: str | None = None,
+    dtype: Literal["float32", "bfloat16"] | None = None,
+    compile: bool = False,
+    threads: int | None = None,
+    note: str = "",
+    profile: Model | None = None,
+    out: str = "results/bench",
+) -> int:
+    """Measure training throughput, peak memory and FLOP/s over sequence lengths, and generation speed.
+
+    Every training configuration runs in its own process, so its peak memory is its own; every
+    number is the median of the preset's repetitions after a warm-up, with min and max beside it,
+    and the machine beside every row. Issue 6's targets come out as a pass/fail table.
+
+    Args:
+        preset: What to measure: quick (the targets at reduced lengths), full (T = 1K..64K), smoke (tests).
+        models: The models to train (default: all three).
+        seq_lens: Training lengths replacing the preset's.
+        reps: Timed repetitions replacing the preset's.
+        batch: Windows per training step.
+        device: Torch device (default: cuda if there is one, else cpu).
+        dtype: Default: bfloat16 on a GPU, else float32.
+        compile: torch.compile the model for training.
+        threads: Torch CPU threads (default: torch's choice).
+        note: A line for summary.md, e.g. how idle the machine was.
+        profile: Only profile one training step of this model at the target T.
+        out: Output folder (a subfolder per preset).
+    """
+    chosen = Preset(
+        **{
+            **asdict(PRESETS[preset]),
+            **({"train_lens": seq_lens} if seq_lens else {}),
+            **({"reps": reps} if reps else {}),
+        }
+    )
+    where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = dtype or ("bfloat16" if where.type == "cuda" else "float32")
+    setup = Setup(
+        list(models or ("megabyte", "decoder", "perceiver_ar")), batch, where, precision, compile, threads
+    )
+    if threads:
+        torch.set_num_threads(threads)
+    machine = machine_info(where)
+    folder = Path(out) / preset
+    folder.mkdir(parents=True, exist_ok=True)
+    if profile:
+        config = model_configs(chosen.size, chosen.target_len)[profile]
+        spec = setup.spec(config, chosen.target_len, warmup=1, reps=1)
+        print(profile_training(spec, folder / f"profile_{profile}.txt"))
+        return 0
+    torch_dtype = getattr(torch, precision)
+    peak = matmul_peak_flops(where, torch_dtype, sizes=chosen.peak_sizes)
+    causal_cost = causal_attention_cost(where, torch_dtype, chosen.target_len)
+    print(f"{machine}  matmul peak {peak / 1e9:.1f} GFLOP/s ({precision})", end="  ")
+    print(f"causal / full attention time at T={chosen.target_len}: {causal_cost:.2f}")
+    train = bench_training(setup, chosen, peak)
+    train.assign(**machine, matmul_peak_flops=peak).to_csv(
+        folder / "training.csv", index=False
+    )  # kept if later parts stop
+    gen = bench_generation(setup, chosen)
+    checks = targets(train, gen, chosen, peak, spec_peak_flops(where, torch_dtype))
+    for table, name in ((train, "training"), (gen, "generation"), (checks, "targets")):
+        table.assign(**machine, matmul_peak_flops=peak).to_csv(folder / f"{name}.csv", index=False)
+    plot(train, gen, folder)
+    machine_line = ", ".join(f"{k} {v}" for k, v in machine.items())
+    setting = (
+        f"Machine: {machine_line}. Device {where}, {precision}, compile={compile}. "
+        f"Measured {precision} matmul peak: {peak / 1e9:.1f} GFLOP/s. {note}".strip()
+    )
+    text = summary(preset, setting, (chosen.target_len, causal_cost), train, gen, checks)
+    (folder / "summary.md").write_text(text)
+    print(text)
+    return 0
