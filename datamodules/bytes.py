@@ -29,13 +29,12 @@ from rich.progress import (
 )
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .files import CHUNK_BYTES
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 # Below this many source bytes a build takes about a second, so a progress bar would only flicker.
 PROGRESS_MIN_BYTES = 64 * 2**20
-# A cache build reads and copies files in pieces of this size: its memory stays bounded by a few of
-# them whatever the size of the corpus (a corpus may be larger than the machine's memory).
-CHUNK_BYTES = 4 * 2**20
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger(__name__)
@@ -115,21 +114,6 @@ def rank_batches(batches: list[list[int]], rank: int, world_size: int) -> list[l
     mine: list[list[int | tuple[int, int]]] = list(batches[rank::world_size])
     per_rank = -(-len(batches) // world_size)
     return mine + [[(0, 0)]] * (per_rank - len(mine))
-
-
-def named_files(files: Sequence[Path]) -> Iterator[tuple[str, Path]]:
-    """(name, path) of every file, named by its path relative to the folder common to all (one file: its
-    name), so that moving a corpus keeps its split."""
-    root = Path(os.path.commonpath([f.parent for f in files]))
-    for file in files:
-        yield file.relative_to(root).as_posix(), file
-
-
-def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The bytes of a file, ``chunk`` bytes at a time."""
-    with open(path, "rb") as f:
-        while data := f.read(chunk):
-            yield data
 
 
 def copy_range(source: Any, target: Any, start: int, end: int, chunk: int = CHUNK_BYTES) -> None:

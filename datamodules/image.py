@@ -17,20 +17,13 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .bytes import ByteDataModule, ByteSplit, named_files
-from .text import find_files, read_tar
+from .bytes import ByteDataModule, ByteSplit
+from .files import encoded_files, files_with_suffix, named_files
 
 PHOTOS = Path(__file__).parent / "data" / "photos.tar"
 CIFAR10_FILES = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
 # What a corrupt image file raises while it is opened, decoded or converted.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def encoded_files(files: list[Path] | None, archive: Path) -> Iterator[tuple[str, str, bytes]]:
-    """(name, where it is, bytes) of every file, or of every member of `archive` when files is None."""
-    if files is None:
-        return ((name, f"{archive}:{name}", raw) for name, raw in read_tar(archive))
-    return ((name, str(path), path.read_bytes()) for name, path in named_files(files))
 
 
 def patch_scan(image: np.ndarray, side: int) -> np.ndarray:
@@ -223,11 +216,7 @@ class ImageBytes(ByteDataModule):
                 )
             return [folder / name for name in CIFAR10_FILES]
         suffixes = (".npz",) if self.format == "npz" else IMG_EXTENSIONS
-        files = [
-            f
-            for f in find_files([paths] if isinstance(paths, str) else paths)
-            if f.suffix.lower() in suffixes
-        ]
+        files = files_with_suffix(paths, suffixes)
         if not files:
             raise ValueError(
                 f"paths: {paths!r} holds no {' or '.join(suffixes)} files (format={self.format!r})"
