@@ -13,7 +13,8 @@ import torch
 import torchaudio.functional as AF
 from torch.utils.data import Dataset
 
-from .bytes import ByteDataModule, TrainWindows
+from .bytes import ByteDataModule
+from .datasets import TrainWindows
 from .files import encoded_files, files_with_suffix
 
 SPEECH = Path(__file__).parent / "data" / "speech.tar"
