@@ -78,7 +78,8 @@ class ByteDataModule(L.LightningDataModule):
 
     Training: an endless stream of windows of seq_len bytes, sample number i drawn from (seed, i)
     only (see ``protocol.training_window``); an "epoch" is a fixed number of them, so runs are
-    reproducible.
+    reproducible. The stream's position is the DataModule's state (``state_dict``), kept in every
+    checkpoint, so a resumed run trains on the windows an uninterrupted one would.
 
     Evaluation: every byte of the split scored exactly once by windows of at most seq_len bytes that
     each score at most score_len bytes (see ``protocol.evaluation_windows``); batches hold windows of equal
@@ -165,6 +166,7 @@ class ByteDataModule(L.LightningDataModule):
         self.splits: dict[str, ByteSplit] = {}
         self.manifest: dict[str, Any] = {}
         self.skipped: list[dict[str, str]] = []
+        self._resume_samples: int | None = None
 
     # What reject() does with a file that cannot be decoded: "fail" raises, "skip" counts it and goes on.
     # Subclasses that decode their files take it as an option (and key the cache with it).
@@ -363,17 +365,35 @@ class ByteDataModule(L.LightningDataModule):
             **common,
         )
 
+    def _samples_trained(self) -> int:
+        # Samples this process has trained on: a checkpoint always follows a whole optimizer step, so
+        # the batches done are global_step x accumulate_grad_batches.
+        trainer = self.trainer
+        return trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
+
+    def state_dict(self) -> dict[str, int]:
+        """The training stream's position, which Lightning keeps in every checkpoint: the samples each
+        process has trained on."""
+        return {} if self.trainer is None else {"train_samples_done": self._samples_trained()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning restores the state of a checkpoint it resumes: the next training dataloader goes
+        on after the last sample trained on."""
+        self._resume_samples = state_dict["train_samples_done"]
+
     def train_dataloader(self) -> DataLoader:
         """Random training windows: {"x": LongTensor[batch_size, seq_len]}.
 
-        When Lightning resumes a run, the stream continues after the last sample trained on: a
-        checkpoint always follows a whole optimizer step, so the batches done are global_step x
-        accumulate_grad_batches (Lightning restores global_step before asking for the dataloader)."""
+        When Lightning resumes a run, the stream continues after the last sample trained on (see
+        ``load_state_dict``), so no window is repeated or skipped."""
         loader = self.dataloader("train")
-        trainer = self.trainer
-        if trainer is not None and trainer.fit_loop.restarting:
-            batches_done = trainer.global_step * trainer.accumulate_grad_batches
-            loader.sampler.resume_at(batches_done * self.batch_size)
+        samples_done = self._resume_samples
+        if samples_done is None and self.trainer is not None:
+            # A checkpoint written before the DataModule kept a state has none to load: the trainer's
+            # restored global_step gives the same position (0 in a run that is not resumed).
+            samples_done = self._samples_trained()
+        loader.sampler.resume_at(samples_done or 0)
+        self._resume_samples = 0  # a dataloader reloaded later starts at its epoch's beginning
         return loader
 
     def val_dataloader(self) -> DataLoader:
