@@ -13,9 +13,9 @@ import torch
 import torchaudio.functional as AF
 from torch.utils.data import Dataset
 
-from .bytes import ByteDataModule, TrainWindows
-from .image import encoded_files
-from .text import find_files
+from .bytes import ByteDataModule
+from .datasets import TrainWindows
+from .files import encoded_files, files_with_suffix
 
 SPEECH = Path(__file__).parent / "data" / "speech.tar"
 # Formats libsndfile reads (soundfile's backend); torchaudio.load would need FFmpeg.
@@ -92,11 +92,7 @@ class AudioBytes(ByteDataModule):
 
     @staticmethod
     def _find(paths: str | list[str]) -> list[Path]:
-        files = [
-            f
-            for f in find_files([paths] if isinstance(paths, str) else paths)
-            if f.suffix.lower() in AUDIO_SUFFIXES
-        ]
+        files = files_with_suffix(paths, AUDIO_SUFFIXES)
         if not files:
             raise ValueError(f"paths: {paths!r} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
         return files

@@ -17,20 +17,15 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .bytes import ByteDataModule, ByteSplit, named_files
-from .text import find_files, read_tar
+from .bytes import ByteDataModule
+from .datasets import ByteSplit
+from .files import encoded_files, files_with_suffix, named_files
+from .protocol import training_crop
 
 PHOTOS = Path(__file__).parent / "data" / "photos.tar"
 CIFAR10_FILES = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
 # What a corrupt image file raises while it is opened, decoded or converted.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def encoded_files(files: list[Path] | None, archive: Path) -> Iterator[tuple[str, str, bytes]]:
-    """(name, where it is, bytes) of every file, or of every member of `archive` when files is None."""
-    if files is None:
-        return ((name, f"{archive}:{name}", raw) for name, raw in read_tar(archive))
-    return ((name, str(path), path.read_bytes()) for name, path in named_files(files))
 
 
 def patch_scan(image: np.ndarray, side: int) -> np.ndarray:
@@ -93,7 +88,7 @@ def as_hwc(array: np.ndarray) -> np.ndarray:
 class TrainCrops(Dataset):
     """Training sample number i, a function of (seed, i) only: a random resolution-square crop of a random
     training image (stored as size x size raster pixels), scanned, and a window of seq_len bytes of the
-    scan starting on a whole patch (a whole pixel in raster scan)."""
+    scan starting on a whole patch (a whole pixel in raster scan); see ``protocol.training_crop``."""
 
     def __init__(
         self, split: ByteSplit, size: int, resolution: int, channels: int, side: int, seq_len: int, seed: int
@@ -107,14 +102,12 @@ class TrainCrops(Dataset):
         self.seed = seed
 
     def __getitem__(self, i: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, i])
-        image = self.split.document(rng.integers(len(self.split)))
-        y, x = rng.integers(self.size - self.resolution + 1, size=2)
-        pixels = image.reshape(self.size, self.size, self.channels)
-        data = patch_scan(pixels[y : y + self.resolution, x : x + self.resolution], self.side)
-        align = self.side * self.side * self.channels
-        start = align * rng.integers((len(data) - self.seq_len) // align + 1)
-        return data[start : start + self.seq_len]
+        image, top, left, start = training_crop(
+            self.seed, i, len(self.split), self.size, self.resolution, self.channels, self.side, self.seq_len
+        )
+        pixels = self.split.document(image).reshape(self.size, self.size, self.channels)
+        crop = pixels[top : top + self.resolution, left : left + self.resolution]
+        return patch_scan(crop, self.side)[start : start + self.seq_len]
 
 
 class ImageBytes(ByteDataModule):
@@ -223,11 +216,7 @@ class ImageBytes(ByteDataModule):
                 )
             return [folder / name for name in CIFAR10_FILES]
         suffixes = (".npz",) if self.format == "npz" else IMG_EXTENSIONS
-        files = [
-            f
-            for f in find_files([paths] if isinstance(paths, str) else paths)
-            if f.suffix.lower() in suffixes
-        ]
+        files = files_with_suffix(paths, suffixes)
         if not files:
             raise ValueError(
                 f"paths: {paths!r} holds no {' or '.join(suffixes)} files (format={self.format!r})"

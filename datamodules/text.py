@@ -2,55 +2,14 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .bytes import ByteDataModule, named_files, read_chunks
+from .bytes import ByteDataModule
+from .files import find_files, named_files, read_chunks, read_tar
 
 SHAKESPEARE = Path(__file__).parent / "data" / "shakespeare.tar.xz"
-
-
-def _files_under(path: Path) -> list[Path]:
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
-    return [path] if path.is_file() else []
-
-
-def find_files(patterns: Sequence[str]) -> list[Path]:
-    """The files named by paths, folders (read recursively) or glob patterns, absolute, sorted, unique."""
-    if not patterns:
-        raise ValueError(
-            "paths=[] names no files; give files, folders or glob patterns, or None for Shakespeare"
-        )
-    files: set[Path] = set()
-    for pattern in patterns:
-        is_glob = any(c in pattern for c in "*?[")
-        matches = (
-            [Path(p) for p in sorted(glob.glob(pattern, recursive=True))] if is_glob else [Path(pattern)]
-        )
-        found = [f for match in matches for f in _files_under(match)]
-        if not found:
-            if is_glob:
-                raise ValueError(f"paths: the pattern {pattern!r} matches no files")
-            if Path(pattern).is_dir():
-                raise ValueError(f"paths: the folder {pattern!r} holds no files")
-            raise ValueError(f"paths: {pattern!r} does not exist")
-        files.update(Path(os.path.abspath(f)) for f in found)
-    return sorted(files)
-
-
-def read_tar(archive: Path) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of every file in a tar archive, in archive order, without extracting to disk."""
-    # Iterating members in order streams the archive once; random access would decompress it again.
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            file = tar.extractfile(member) if member.isfile() else None
-            if file is not None:
-                yield member.name, file.read()
 
 
 class TextBytes(ByteDataModule):
@@ -71,7 +30,7 @@ class TextBytes(ByteDataModule):
         """
         super().__init__(**kwargs)
         self.paths = paths
-        self.files = None if paths is None else find_files([paths] if isinstance(paths, str) else paths)
+        self.files = None if paths is None else find_files(paths)
 
     def documents(self) -> Iterator[tuple[str, bytes]]:
         """Every file as (path relative to the common folder, bytes), or the embedded archive's members."""

@@ -17,7 +17,7 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
-from datamodules.bytes import process_alive
+from datamodules.cache import process_alive
 
 LOCK = ".lock"
 

@@ -106,7 +106,7 @@ MUTATIONS = {
     ),
     "padding_batches_score_a_window": Mutation(
         why="a rank's padding batch scores window 0 again, counted twice across ranks",
-        path="datamodules/bytes.py",
+        path="datamodules/protocol.py",
         old="return mine + [[(0, 0)]] * (per_rank - len(mine))",
         new="return mine + [[0]] * (per_rank - len(mine))",
         caught_by=("tests/test_evaluation.py::test_every_byte_of_the_split_is_scored_once",),
@@ -115,9 +115,9 @@ MUTATIONS = {
     # 5. Distributed training that is not what one process would do.
     "ranks_draw_the_same_windows": Mutation(
         why="the training sampler gives rank r the windows of rank 0 instead of its own",
-        path="datamodules/bytes.py",
-        old="return ((first + j) * self.world_size + self.rank for j in range(skip, self.length))",
-        new="return ((first + j) * self.world_size for j in range(skip, self.length))",
+        path="datamodules/protocol.py",
+        old="return ((first + j) * world_size + rank for j in range(skip, length))",
+        new="return ((first + j) * world_size for j in range(skip, length))",
         caught_by=("tests/test_distributed.py::test_every_split_trains_each_step_on_the_same_windows",),
     ),
     "fsdp_shards_without_reducing_gradients": Mutation(

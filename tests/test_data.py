@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from datamodules import ByteDataModule, TextBytes
-from datamodules.bytes import TrainSampler, TrainWindows, assign_splits, evaluation_windows
+from datamodules.datasets import TrainSampler, TrainWindows
+from datamodules.protocol import assign_splits, evaluation_windows
 
 # Awkward on purpose: shorter than a window, one byte, not multiples of 6 or 16, exactly 16 or 32.
 LENGTHS = [1, 5, 15, 16, 17, 31, 32, 33, 47, 100, 3, 64]

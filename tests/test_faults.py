@@ -27,7 +27,7 @@ from analysis.collect import collect
 from analysis.plots import _save as save_plot
 from analysis.tables import write_table
 from datamodules import TextBytes
-from datamodules.bytes import cache_problem
+from datamodules.cache import cache_problem
 from experiments.manifest import write_json_atomic
 from modules import ByteLM, Decoder
 from modules.checkpoint import CheckpointError, checkpoint_problem, load_checkpoint

@@ -12,7 +12,7 @@ import torch
 from lightning.fabric.utilities.throughput import measure_flops
 
 from datamodules import TextBytes
-from datamodules.bytes import evaluation_windows, truncated_lengths
+from datamodules.protocol import evaluation_windows, truncated_lengths
 from experiments.budget import ComputeBudget, steps_for_budget
 from experiments.manifest import RunManifest, parameter_counts, read_manifest, write_json_atomic
 from modules import ByteLM, Decoder, Megabyte

@@ -1,0 +1,187 @@
+"""The data protocol: which bytes every model is trained and scored on, the same for every model.
+
+Pure functions of document lengths, seeds and sample numbers (no files, no torch, no Lightning), so
+that the fairness of a comparison can be checked by reading this file alone:
+
+- splits: which documents (or, for 1 or 2 documents, which contiguous pieces) go to train, val, test;
+- training: which window of which document training sample number i is, and which sample numbers
+  each process draws in each epoch;
+- evaluation: the windows that score every byte of a split exactly once, their truncation to a prefix
+  of the split, their batches, and the batches of each process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+def _ceil(x: float) -> int:
+    # 0.1 * 30 is 3.0000000000000004 in floating point: that must still give 3 documents.
+    return math.ceil(x - 1e-9)
+
+
+def assign_splits(names: Sequence[str], val_fraction: float, test_fraction: float) -> dict[str, list[int]]:
+    """Document indices of each split, each list in the original order.
+
+    Documents are ordered by the SHA-256 of their name; the first ceil(val_fraction * n) go to val,
+    the next ceil(test_fraction * n) to test, the rest to train. A document's split therefore depends
+    on its name and the corpus size only, not on the order the documents were read in.
+    """
+    order = sorted(
+        range(len(names)), key=lambda i: hashlib.sha256(names[i].encode(errors="replace")).digest()
+    )
+    num_val = _ceil(val_fraction * len(names))
+    num_test = _ceil(test_fraction * len(names))
+    return {
+        "train": sorted(order[num_val + num_test :]),
+        "val": sorted(order[:num_val]),
+        "test": sorted(order[num_val : num_val + num_test]),
+    }
+
+
+def split_ranges(
+    names: Sequence[str], offsets: np.ndarray, val_fraction: float, test_fraction: float
+) -> dict[str, list[tuple[int, int]]]:
+    """Byte ranges of a corpus (documents end to end, document i at offsets[i]:offsets[i + 1]) that
+    become the documents of each split.
+
+    With 3 or more documents, whole documents as ``assign_splits`` assigns them. With 1 or 2 (one big
+    file such as enwik8) each document is cut contiguously instead: its first 1 - val_fraction -
+    test_fraction to train, then val_fraction to val, the rest to test; an empty piece is left out.
+    """
+    if len(names) >= 3:
+        indices = assign_splits(names, val_fraction, test_fraction)
+        return {split: [(offsets[i], offsets[i + 1]) for i in indices[split]] for split in SPLITS}
+    ranges: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
+    for start, end in zip(offsets[:-1], offsets[1:], strict=True):
+        n = end - start
+        val_start = start + round(n * (1 - val_fraction - test_fraction))
+        test_start = start + round(n * (1 - test_fraction))
+        cuts = [start, val_start, test_start, end]
+        for split, lo, hi in zip(SPLITS, cuts, cuts[1:], strict=False):
+            if hi > lo:
+                ranges[split].append((lo, hi))
+    return ranges
+
+
+def training_starts(doc_lengths: np.ndarray, seq_len: int, align: int = 1) -> np.ndarray:
+    """Cumulative count, document by document, of the starts of a training window of seq_len bytes.
+
+    A start is valid where a whole window fits in one document and it is a multiple of `align` bytes
+    into it (align=2 keeps 16-bit samples whole); documents shorter than seq_len have none.
+    """
+    counts = np.maximum((np.asarray(doc_lengths) - seq_len) // align + 1, 0)
+    return np.cumsum(counts)
+
+
+def training_window(starts: np.ndarray, seed: int, sample: int, align: int = 1) -> tuple[int, int]:
+    """(document, start in it) of training sample number `sample`, drawn from (seed, sample) only.
+
+    The start is uniform among all valid starts (``starts`` is ``training_starts``), so a document
+    is drawn in proportion to its number of them.
+    """
+    position = np.random.default_rng([seed, sample]).integers(starts[-1])
+    doc = int(np.searchsorted(starts, position, side="right"))
+    first = starts[doc - 1] if doc else 0
+    return doc, int(position - first) * align
+
+
+def training_crop(
+    seed: int,
+    sample: int,
+    num_images: int,
+    size: int,
+    resolution: int,
+    channels: int,
+    side: int,
+    seq_len: int,
+) -> tuple[int, int, int, int]:
+    """(image, top, left, start) of training sample number `sample` of an image corpus, drawn from
+    (seed, sample) only.
+
+    A uniform training image (size x size pixels), a uniform resolution-square crop of it at
+    (top, left), and the start, in the crop's scan, of a seq_len-byte window that begins on a whole
+    patch of side x side pixels (a whole pixel in raster scan, side=1), uniform among such starts.
+    """
+    rng = np.random.default_rng([seed, sample])
+    image = rng.integers(num_images)
+    top, left = rng.integers(size - resolution + 1, size=2)
+    align = side * side * channels
+    start = align * rng.integers((resolution * resolution * channels - seq_len) // align + 1)
+    return int(image), int(top), int(left), int(start)
+
+
+def train_samples_per_rank(samples_per_epoch: int, world_size: int, batch_size: int) -> int:
+    """Training samples one process draws per epoch: samples_per_epoch over all processes, rounded up
+    to whole batches on every process."""
+    return math.ceil(samples_per_epoch / (world_size * batch_size)) * batch_size
+
+
+def train_sample_numbers(epoch: int, length: int, rank: int, world_size: int, skip: int = 0) -> Iterator[int]:
+    """The sample numbers process `rank` trains on in `epoch` (``length`` per epoch), from its
+    ``skip``-th on.
+
+    Step j of epoch e is step i = e * length + j of this process, which takes sample number
+    i * world_size + rank: the processes share one stream and never draw the same sample, and
+    epochs continue the stream instead of repeating it.
+    """
+    first = epoch * length
+    return ((first + j) * world_size + rank for j in range(skip, length))
+
+
+def evaluation_windows(doc_lengths: np.ndarray, seq_len: int, score_len: int) -> np.ndarray:
+    """The evaluation windows of documents of the given lengths, as int64 rows (doc, start, end, num_scored).
+
+    Document d of length n is scored in chunks [a, b) with a = k * score_len and b = min(n, a + score_len);
+    the chunk's window is bytes [max(0, b - seq_len), b) of the document and scores its last b - a bytes.
+    Every byte is scored exactly once and no window crosses a document boundary.
+    """
+    lengths = np.asarray(doc_lengths, dtype=np.int64)
+    chunks = -(-lengths // score_len)
+    doc = np.repeat(np.arange(len(lengths)), chunks)
+    first_chunk = np.repeat(np.cumsum(chunks) - chunks, chunks)
+    a = (np.arange(len(doc)) - first_chunk) * score_len
+    b = np.minimum(lengths[doc], a + score_len)
+    return np.stack([doc, np.maximum(0, b - seq_len), b, b - a], axis=1)
+
+
+def truncated_lengths(doc_lengths: np.ndarray, max_bytes: int | None) -> np.ndarray:
+    """Document lengths cut to the first ``max_bytes`` bytes of the split, in document order.
+
+    Later documents drop out and the last one kept is cut short, so evaluating the result scores a
+    deterministic prefix of the split, every byte of it once. None keeps every length.
+    """
+    lengths = np.asarray(doc_lengths, dtype=np.int64)
+    if max_bytes is None:
+        return lengths
+    starts = np.cumsum(lengths) - lengths
+    kept = np.clip(max_bytes - starts, 0, lengths)
+    return kept[kept > 0]
+
+
+def evaluation_batches(windows: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Window indices per batch, in order: a new batch starts when the window length changes or is full.
+
+    Batches therefore need no padding: every window in a batch has the same length.
+    """
+    lengths = windows[:, 2] - windows[:, 1]
+    runs = np.split(np.arange(len(windows)), np.flatnonzero(np.diff(lengths)) + 1)
+    return [run[i : i + batch_size].tolist() for run in runs for i in range(0, len(run), batch_size)]
+
+
+def rank_batches(batches: list[list[int]], rank: int, world_size: int) -> list[list[int | tuple[int, int]]]:
+    """The evaluation batches of one process: batches rank, rank + world_size, ...
+
+    Ranks with fewer batches get a padding batch (window 0 scoring 0 bytes) per missing one, so that
+    every rank runs the same number of forward passes: FSDP gathers the weights in every forward, and
+    a rank that stopped early would leave the others waiting. Padding changes no metric.
+    """
+    mine: list[list[int | tuple[int, int]]] = list(batches[rank::world_size])
+    per_rank = -(-len(batches) // world_size)
+    return mine + [[(0, 0)]] * (per_rank - len(mine))
