@@ -17,7 +17,8 @@ class Mutation:
     """Replace ``old`` by ``new`` in ``path``; every test in ``caught_by`` must then fail.
 
     ``caught_by`` holds pytest node ids without parameters (``file::test``); ``select`` narrows the
-    run to some parameters (a ``-k`` expression) to keep it short.
+    run to some parameters (a ``-k`` expression) to keep it short. ``two_processes`` mutations take
+    20-35 s each: they run under ``pytest -m mutations`` but not in the default ``pytest``.
     """
 
     why: str
@@ -26,6 +27,7 @@ class Mutation:
     new: str
     caught_by: tuple[str, ...]
     select: str = ""
+    two_processes: bool = False  # the tests train with 2 processes: left to `pytest -m mutations`
 
 
 MUTATIONS = {
@@ -70,9 +72,9 @@ MUTATIONS = {
     "flops_without_local_attention": Mutation(
         why="MEGABYTE's FLOP count leaves out the local model's attention products",
         path="modules/flops.py",
-        old="total += num_patches * stack_flops(local_len, local_d_model, local_layers, skip_masked)",
-        new="total += num_patches * local_layers * (block_flops(local_len, local_len, local_d_model, "
-        "skip_masked) - attention_flops(local_len, local_len, local_d_model, skip_masked))",
+        old="total += num_patches * stack_flops(patch_size, local_d_model, local_layers, skip_masked)",
+        new="total += num_patches * local_layers * (block_flops(patch_size, patch_size, local_d_model, "
+        "skip_masked) - attention_flops(patch_size, patch_size, local_d_model, skip_masked))",
         caught_by=("tests/test_models.py::test_flops_match_the_counter",),
         select="megabyte",
     ),
@@ -127,6 +129,7 @@ MUTATIONS = {
         new='    if mesh is None:\n        return\n    mesh = mesh["data_parallel"]\n',
         caught_by=("tests/test_distributed.py::test_split_training_equals_one_process",),
         select="fsdp",
+        two_processes=True,
     ),
     "budget_ignores_the_world_size": Mutation(
         why="the FLOP budget's steps are computed as if one process trained",
@@ -137,6 +140,7 @@ MUTATIONS = {
         "datamodule.batch_size * trainer.accumulate_grad_batches",
         caught_by=("tests/test_distributed.py::test_budget_counts_every_process_and_micro_batch",),
         select="ddp",
+        two_processes=True,
     ),
     "bytes_seen_counts_one_rank": Mutation(
         why="the bytes a run has trained on count one rank's share only",
@@ -145,6 +149,7 @@ MUTATIONS = {
         new="self.bytes_seen += int(num_bytes)",
         caught_by=("tests/test_distributed.py::test_budget_counts_every_process_and_micro_batch",),
         select="ddp",
+        two_processes=True,
     ),
     # 6. Fits and thresholds a broken implementation also meets.
     "fit_rmse_not_averaged": Mutation(

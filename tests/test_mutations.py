@@ -1,5 +1,6 @@
 """The suite's teeth: each mutation of ``tests/mutations.py``, applied to a copy of the tree, makes the
-tests named for it fail. Select with ``pytest -m mutations``; leave out with ``-m "not mutations"``."""
+tests named for it fail. ``pytest -m mutations`` runs them all; the default ``pytest`` leaves out the
+``slow`` ones (those that train with 2 processes)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,14 @@ def failed_tests(output: str) -> set[str]:
     return {match.split("[")[0] for match in re.findall(r"^FAILED (\S+)", output, flags=re.MULTILINE)}
 
 
-@pytest.mark.parametrize("name", list(MUTATIONS))
+# Mutations whose tests train with 2 processes are marked slow: `pytest -m mutations` runs them.
+CASES = [
+    pytest.param(name, marks=pytest.mark.slow) if mutation.two_processes else name
+    for name, mutation in MUTATIONS.items()
+]
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_the_suite_catches_the_mutation(name, tmp_path):
     mutation = MUTATIONS[name]
     copy = mutated_copy(mutation, tmp_path)
