@@ -15,12 +15,10 @@ from .report import plot, summary
 from .targets import targets
 from .workers import profile_training
 
-Model = Literal["megabyte", "decoder", "perceiver_ar"]
-
 
 def bench(
     preset: Literal["quick", "full", "smoke"] = "quick",
-    models: list[Model] | None = None,
+    models: list[str] | None = None,
     seq_lens: list[int] | None = None,
     reps: int | None = None,
     batch: int = 1,
@@ -29,7 +27,7 @@ def bench(
     compile: bool = False,
     threads: int | None = None,
     note: str = "",
-    profile: Model | None = None,
+    profile: str | None = None,
     out: str = "results/bench",
 ) -> int:
     """Measure training throughput, peak memory and FLOP/s over sequence lengths, and generation speed.
@@ -40,7 +38,8 @@ def bench(
 
     Args:
         preset: What to measure: quick (the targets at reduced lengths), full (T = 1K..64K), smoke (tests).
-        models: The models to train (default: all three).
+        models: The architectures to train (default: the three the targets compare); any other of
+            ``modules/sizes.py`` that has the preset's size (``bench``, or ``bench-tiny``) works too.
         seq_lens: Training lengths replacing the preset's.
         reps: Timed repetitions replacing the preset's.
         batch: Windows per training step.
@@ -49,7 +48,7 @@ def bench(
         compile: torch.compile the model for training.
         threads: Torch CPU threads (default: torch's choice).
         note: A line for summary.md, e.g. how idle the machine was.
-        profile: Only profile one training step of this model at the target T.
+        profile: Only profile one training step of this architecture at the target T.
         out: Output folder (a subfolder per preset).
     """
     chosen = Preset(
@@ -70,7 +69,7 @@ def bench(
     folder = Path(out) / preset
     folder.mkdir(parents=True, exist_ok=True)
     if profile:
-        config = model_configs(chosen.size, chosen.target_len)[profile]
+        config = model_configs(chosen.size, chosen.target_len, [profile])[profile]
         spec = setup.spec(config, chosen.target_len, warmup=1, reps=1)
         print(profile_training(spec, folder / f"profile_{profile}.txt"))
         return 0

@@ -69,7 +69,7 @@ def bench_training(setup: Setup, preset: Preset, peak: float) -> pd.DataFrame:
     rows = []
     for name in setup.models:
         for seq_len in preset.train_lens:
-            config = model_configs(preset.size, seq_len)[name]
+            config = model_configs(preset.size, seq_len, setup.models)[name]
             with torch.device("meta"):
                 model = build_model(config)
             flops = 3 * model.forward_flops(seq_len) * setup.batch
@@ -105,7 +105,7 @@ def bench_training(setup: Setup, preset: Preset, peak: float) -> pd.DataFrame:
 
 def bench_generation(setup: Setup, preset: Preset) -> pd.DataFrame:
     """Generation speed of every model and of the decoder with MEGABYTE's training FLOPs per byte."""
-    configs = model_configs(preset.size, preset.gen_bytes)
+    configs = model_configs(preset.size, preset.gen_bytes, setup.models)
     with torch.device("meta"):
         megabyte = build_model(configs["megabyte"])
     configs["decoder_flops_matched"] = flops_matched_decoder(megabyte, configs["decoder"], preset.gen_bytes)

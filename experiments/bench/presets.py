@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +59,12 @@ TARGETS = {
 }
 
 
-def model_configs(size: str, max_seq_len: int) -> dict[str, dict[str, Any]]:
+def model_configs(size: str, max_seq_len: int, names: Sequence[str] = MODELS) -> dict[str, dict[str, Any]]:
     """The benchmarked models at one named size (``modules/sizes.py``). At ``bench``, MEGABYTE (P=8)
     and the decoder have equal non-embedding parameters (4 local blocks of width 256 cost what one
     block of width 512 does); PerceiverAR has the same five blocks of width 512 (cross-attention + 4
-    latent blocks) over 1024 latents."""
-    return {name: model_config(name, size, max_seq_len=max_seq_len) for name in MODELS}
+    latent blocks) over 1024 latents. Any other architecture of the size table with that size can be
+    named in ``names`` (the targets compare the three above)."""
+    return {
+        name: model_config(name, size, max_seq_len=max_seq_len) for name in dict.fromkeys([*MODELS, *names])
+    }
