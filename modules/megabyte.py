@@ -86,7 +86,7 @@ class CrossPatchContext(nn.Module):
         for i, block in enumerate(local_model.blocks):
             previous = torch.cat([pad[:, None], h[:, :-1, -self.r :]], dim=1)  # [B, K, r, D_L]
             context = torch.cat([previous, h], dim=2).flatten(0, 1)  # keys: r earlier + own P
-            h, pad = block(h.flatten(0, 1), context=context).view_as(h), pad
+            h = block(h.flatten(0, 1), context=context).view_as(h)
             if i + 1 < len(local_model.blocks):  # the pads' states feed the first patch's next layer
                 pad = block(pad)
         return local_model.norm(h)
@@ -255,17 +255,17 @@ class Megabyte(ByteModel):
         that each layer's cache starts the current patch with the last r positions of the one before."""
         batch, whole = x.size(0), x.size(1) - x.size(1) % self.patch_size
         cache = MegabyteCache(None, [], x, None)
-        chunks = None  # the global chunks of the prompt's whole patches
+        g = None  # global outputs: one per whole patch of the prompt, then the current patch's
         if not self.no_global:
             cache.global_cache = self.global_model.new_caches()
             h = self.patch_embedder(F.pad(x[:, :whole], (0, self.patch_size)))  # placeholder: shifted out
             g = self.global_model(shift_right(h, self.global_pad), cache.global_cache)
-            cache.chunks, chunks = self.global_chunks(g[:, -1]), self.global_chunks(g[:, :-1])
+            cache.chunks = self.global_chunks(g[:, -1])
         if not self.no_local:
             cache.local_cache = self.cross_patch.start(self.local_model, None, batch)
             for k in range(whole // self.patch_size if self.cross_patch.r else 0):
                 patch = x[:, k * self.patch_size : (k + 1) * self.patch_size]
-                local_in = self.local_input(None if chunks is None else chunks[:, k], patch)
+                local_in = self.local_input(None if g is None else self.global_chunks(g[:, k]), patch)
                 self.local_model(local_in, cache.local_cache)
                 cache.local_cache = self.cross_patch.start(self.local_model, cache.local_cache, batch)
         return self.decode_local(cache, new=x.size(1) - whole + 1), cache
