@@ -64,7 +64,7 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
 def _refused(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
     """The one-line error for a checkpoint whose pickle asks for more than tensors and plain values."""
     found = re.search(r"GLOBAL (\S+)|unsupported global (\S+)", str(error))
-    what = f"its pickle calls for {found.group(1) or found.group(2)}" if found else one_line(error)
+    what = f"its pickle calls for {found.group(1) or found.group(2)}" if found else first_line(error)
     return CheckpointError(
         f"checkpoint {path} holds more than tensors and plain values ({what}); refusing to load it, "
         "since reading it could run code: use only checkpoints written by bytelab or people you trust"
@@ -94,9 +94,9 @@ def checkpoint_problem(path: str | Path) -> str | None:
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
             raise _refused(path, error) from None
-        return f"unreadable ({one_line(error)})"
+        return f"unreadable ({first_line(error)})"
     except (RuntimeError, EOFError, ValueError) as error:
-        return f"unreadable ({one_line(error)})"
+        return f"unreadable ({first_line(error)})"
     return None
 
 
@@ -111,9 +111,9 @@ def _sharded_problem(path: Path) -> str | None:
     except pickle.UnpicklingError as error:
         if "unsupported global" in str(error):
             raise _refused(index, error) from None
-        return f"its {DCP_METADATA} is unreadable ({one_line(error)})"
+        return f"its {DCP_METADATA} is unreadable ({first_line(error)})"
     except (EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
-        return f"its {DCP_METADATA} is unreadable ({one_line(error)})"
+        return f"its {DCP_METADATA} is unreadable ({first_line(error)})"
     # Every shard must hold the bytes the index points into; a cut file is caught here (DCP keeps
     # no checksums, so a flipped bit inside a shard's tensor bytes is not).
     needed: dict[str, int] = {}
@@ -212,7 +212,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise _refused(Path(path), error) from None
 
 
-def one_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     """The first line of an error's message (torch's run to a paragraph)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
