@@ -125,7 +125,7 @@ class ByteLM(L.LightningModule):
     def position_nats(self, x: Tensor, strided: bool = False) -> Tensor:
         """Cross-entropy in nats of every position the model predicts: ``[B, S]``, the last S of x
         (``strided``: from the model's strided inference, :meth:`Megabyte.evaluation_logits`)."""
-        logits = self.model.evaluation_logits(x, strided) if strided else self.model(x)
+        logits = self.model.evaluation_logits(x, strided)
         targets = x[:, -logits.size(1) :]
         nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
         return nats.view_as(targets)
