@@ -59,6 +59,13 @@ class ByteModel(nn.Module, ABC):
         """Analytic forward FLOPs of one window of ``seq_len`` bytes (DESIGN's FLOP convention);
         ``skip_masked``: what causal kernels execute instead (``modules/flops.py``)."""
 
+    def batch_flops(self, x: Tensor) -> int:
+        """Forward FLOPs of the windows ``x[B, L]`` as this model ran them, called after its forward
+        on ``x``: ``B * forward_flops(L)`` for a model whose cost the shape alone fixes. A model whose
+        cost depends on the bytes (the chunks it forms from them) overrides this to count what its
+        last forward formed, so that ``train/flops``, the budget's truth, is what was spent."""
+        return x.size(0) * self.forward_flops(x.size(1))
+
     has_strided_inference = False  # MEGABYTE's two-pass inference (its evaluation_logits)
 
     def evaluation_logits(self, x: Tensor, strided: bool = False) -> Tensor:

@@ -138,10 +138,9 @@ class ByteLM(L.LightningModule):
         nats, num_bytes = self.score(batch)
         self.check_finite(nats)
         self.train_bpb(nats, num_bytes)
-        seq_len = batch["x"].size(1)
         world = self.trainer.world_size
         self.bytes_seen += int(num_bytes) * world
-        self.flops_seen += round(3 * self.model.forward_flops(seq_len) * batch["x"].size(0)) * world
+        self.flops_seen += round(3 * self.model.batch_flops(batch["x"])) * world
         self.log("train/bpb", self.train_bpb, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/bytes", float(self.bytes_seen), on_step=True, on_epoch=False)
         self.log("train/flops", float(self.flops_seen), on_step=True, on_epoch=False)
