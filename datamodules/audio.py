@@ -11,10 +11,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from torch.utils.data import Dataset
 
 from .bytes import ByteDataModule
-from .datasets import TrainWindows
 from .files import encoded_files, files_with_suffix
 
 SPEECH = Path(__file__).parent / "data" / "speech.tar"
@@ -79,11 +77,9 @@ class AudioBytes(ByteDataModule):
             raise ValueError(f"on_error={on_error!r} must be 'fail' or 'skip'")
         if sample_rate < 1:
             raise ValueError(f"sample_rate={sample_rate} must be at least 1")
-        if encoding == "pcm16" and (self.seq_len % 2 or self.score_len % 2):
-            raise ValueError(
-                f"encoding='pcm16' has 2 bytes per sample: seq_len={self.seq_len} and "
-                f"score_len={self.score_len} must be even"
-            )
+        self.align = BYTES_PER_SAMPLE[encoding]
+        self.unit = "16-bit sample" if encoding == "pcm16" else "byte"
+        self.check_alignment()
         self.paths = paths
         self.sample_rate = sample_rate
         self.encoding = encoding
@@ -123,11 +119,6 @@ class AudioBytes(ByteDataModule):
         if rate != self.sample_rate:
             mono = AF.resample(mono, orig_freq=rate, new_freq=self.sample_rate)
         return mono
-
-    def train_dataset(self) -> Dataset:
-        """Random windows that start on a whole sample."""
-        align = BYTES_PER_SAMPLE[self.encoding]
-        return TrainWindows(self.splits["train"], self.seq_len, self.seed, align=align)
 
     def to_wave(self, data: bytes | np.ndarray | torch.Tensor) -> torch.Tensor:
         """The float32 samples in [-1, 1] (mono, at sample_rate) of encoded bytes, e.g. a document or a

@@ -3,6 +3,7 @@ uint8 splits (``cache``), served as the training and evaluation windows of ``pro
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -37,11 +38,13 @@ from .datasets import (
 )
 from .protocol import (
     SPLITS,
+    check_alignment,
     evaluation_batches,
     evaluation_windows,
     rank_batches,
     split_ranges,
     train_samples_per_rank,
+    training_coverage,
     truncated_lengths,
 )
 
@@ -76,9 +79,12 @@ class ByteDataModule(L.LightningDataModule):
     builds in a temporary sibling directory that is renamed into place, so a cache either is complete
     or does not exist (see ``cache``). Changing a source or an option gives a new directory.
 
-    Training: an endless stream of windows of seq_len bytes, sample number i drawn from (seed, i)
-    only (see ``protocol.training_window``); an "epoch" is a fixed number of them, so runs are
-    reproducible. The stream's position is the DataModule's state (``state_dict``), kept in every
+    Training: an endless stream of windows of up to seq_len bytes, sample number i drawn from
+    (seed, i) only (see ``protocol.training_window``: the window ends on a uniform byte of the
+    training split and holds the up to seq_len bytes before it in its document, so every model,
+    whatever its seq_len, draws documents in proportion to their length); an "epoch" is a fixed
+    number of them, so runs are reproducible. The stream's position is the DataModule's state
+    (``state_dict``), kept in every
     checkpoint, so a resumed run trains on the windows an uninterrupted one would.
 
     Evaluation: every byte of the split scored exactly once by windows of at most seq_len bytes that
@@ -168,6 +174,15 @@ class ByteDataModule(L.LightningDataModule):
         self.skipped: list[dict[str, str]] = []
         self._resume_samples: int | None = None
 
+    # The data's unit in bytes (a pixel or patch of pixels, a 16-bit sample): every window starts and
+    # ends on one, in training and evaluation, so seq_len and score_len must be multiples of it.
+    align: int = 1
+    unit: str = "byte"
+
+    def check_alignment(self) -> None:
+        """One-line error unless seq_len and score_len are whole units (``align`` bytes) of the data."""
+        check_alignment(self.align, self.unit, seq_len=self.seq_len, score_len=self.score_len)
+
     # What reject() does with a file that cannot be decoded: "fail" raises, "skip" counts it and goes on.
     # Subclasses that decode their files take it as an option (and key the cache with it).
     on_error: str = "fail"
@@ -201,8 +216,17 @@ class ByteDataModule(L.LightningDataModule):
         return [document]
 
     def train_dataset(self) -> Dataset:
-        """Training sample number i as a uint8 array of seq_len bytes, a function of (seed, i) only."""
-        return TrainWindows(self.splits["train"], self.seq_len, self.seed)
+        """Training sample number i as a uint8 array of up to seq_len bytes, a function of (seed, i)
+        only (``protocol.training_window``)."""
+        return TrainWindows(self.splits["train"], self.seq_len, self.seed, self.align)
+
+    def training_lengths(self) -> np.ndarray:
+        """The lengths of the documents training windows are cut from (the training split's here)."""
+        return self.splits["train"].lengths
+
+    def training_coverage(self) -> dict[str, float]:
+        """``protocol.training_coverage`` of the training documents, for the run manifest."""
+        return training_coverage(self.training_lengths(), self.seq_len, self.align)
 
     def reject(self, source: str, reason: str) -> None:
         """Report a source file that cannot be decoded: raise a ValueError naming it (on_error="fail"),
@@ -324,17 +348,10 @@ class ByteDataModule(L.LightningDataModule):
                 directory,
                 len(self.manifest["skipped"]),
             )
-        if stage in ("fit", None):
-            longest = int(self.splits["train"].lengths.max())
-            if longest < self.seq_len:
-                raise ValueError(
-                    f"seq_len={self.seq_len} is longer than every training document of {self._describe()} "
-                    f"(longest: {longest} bytes); lower seq_len or add longer documents"
-                )
 
     def windows(self, split: str) -> np.ndarray:
         """Evaluation windows of a split: int64 rows (doc, start, end, num_scored), offsets in the doc."""
-        lengths = truncated_lengths(self.splits[split].lengths, self.max_eval_bytes)
+        lengths = truncated_lengths(self.splits[split].lengths, self.max_eval_bytes, self.align)
         return evaluation_windows(lengths, self.seq_len, self.score_len)
 
     def dataloader(self, split: str, rank: int | None = None, world_size: int | None = None) -> DataLoader:
@@ -354,7 +371,7 @@ class ByteDataModule(L.LightningDataModule):
                 self.train_dataset(),
                 batch_size=self.batch_size,
                 sampler=TrainSampler(length, rank, world_size),
-                collate_fn=collate_train,
+                collate_fn=functools.partial(collate_train, seq_len=self.seq_len),
                 **common,
             )
         windows = self.windows(split)
@@ -382,7 +399,8 @@ class ByteDataModule(L.LightningDataModule):
         self._resume_samples = state_dict["train_samples_done"]
 
     def train_dataloader(self) -> DataLoader:
-        """Random training windows: {"x": LongTensor[batch_size, seq_len]}.
+        """Random training windows: {"x": LongTensor[batch_size, L], "lengths": LongTensor[batch_size]},
+        L <= seq_len, shorter windows padded on the right (``datasets.collate_train``).
 
         When Lightning resumes a run, the stream continues after the last sample trained on (see
         ``load_state_dict``), so no window is repeated or skipped."""

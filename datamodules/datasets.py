@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .protocol import train_sample_numbers, training_starts, training_window
+from .protocol import train_sample_numbers, training_ends, training_window
 
 
 class ByteSplit:
@@ -41,20 +41,20 @@ class ByteSplit:
 
 
 class TrainWindows(Dataset):
-    """Training sample number i: seq_len bytes inside one document, drawn from (seed, i) only (see
-    ``protocol.training_window``); windows start a multiple of `align` bytes into their document."""
+    """Training sample number i: up to seq_len bytes of one document, drawn from (seed, i) only (see
+    ``protocol.training_window``: the window ends on a uniform byte of the split, every `align`-th)."""
 
     def __init__(self, split: ByteSplit, seq_len: int, seed: int, align: int = 1) -> None:
         self.split = split
         self.seq_len = seq_len
         self.seed = seed
         self.align = align
-        self.starts = training_starts(split.lengths, seq_len, align)
+        self.ends = training_ends(split.lengths, align)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        doc, start = training_window(self.starts, self.seed, i, self.align)
-        start += self.split.offsets[doc]
-        return self.split.data[start : start + self.seq_len]
+        doc, start, end = training_window(self.ends, self.seed, i, self.seq_len, self.align)
+        base = self.split.offsets[doc]
+        return self.split.data[base + start : base + end]
 
 
 class TrainSampler(Sampler[int]):
@@ -103,9 +103,16 @@ class EvaluationWindows(Dataset):
         return self.split.data[base + start : base + end], int(num_scored if scored is None else scored)
 
 
-def collate_train(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
-    """Stack uint8 windows into {"x": LongTensor[B, seq_len]}."""
-    return {"x": torch.from_numpy(np.stack(items).astype(np.int64))}
+def collate_train(items: list[np.ndarray], seq_len: int | None = None) -> dict[str, torch.Tensor]:
+    """Windows into {"x": LongTensor[B, seq_len], "lengths": LongTensor[B]}: a window shorter than
+    seq_len (it ends less than seq_len bytes into its document) is padded on the right with zeros,
+    which no model's earlier predictions can see and the loss leaves out (``ByteLM``). Every batch
+    has the same shape (None: the longest window's length)."""
+    lengths = [len(item) for item in items]
+    x = np.zeros((len(items), seq_len or max(lengths)), dtype=np.int64)
+    for row, item in zip(x, items, strict=True):
+        row[: len(item)] = item
+    return {"x": torch.from_numpy(x), "lengths": torch.tensor(lengths, dtype=torch.long)}
 
 
 def collate_evaluation(items: list[tuple[np.ndarray, int]]) -> dict[str, torch.Tensor]:

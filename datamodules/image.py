@@ -87,8 +87,9 @@ def as_hwc(array: np.ndarray) -> np.ndarray:
 
 class TrainCrops(Dataset):
     """Training sample number i, a function of (seed, i) only: a random resolution-square crop of a random
-    training image (stored as size x size raster pixels), scanned, and a window of seq_len bytes of the
-    scan starting on a whole patch (a whole pixel in raster scan); see ``protocol.training_crop``."""
+    training image (stored as size x size raster pixels), scanned, and a window of up to seq_len bytes
+    of the scan that starts and ends on a whole patch (a whole pixel in raster scan); see
+    ``protocol.training_crop``."""
 
     def __init__(
         self, split: ByteSplit, size: int, resolution: int, channels: int, side: int, seq_len: int, seed: int
@@ -102,12 +103,12 @@ class TrainCrops(Dataset):
         self.seed = seed
 
     def __getitem__(self, i: int) -> np.ndarray:
-        image, top, left, start = training_crop(
+        image, top, left, start, end = training_crop(
             self.seed, i, len(self.split), self.size, self.resolution, self.channels, self.side, self.seq_len
         )
         pixels = self.split.document(image).reshape(self.size, self.size, self.channels)
         crop = pixels[top : top + self.resolution, left : left + self.resolution]
-        return patch_scan(crop, self.side)[start : start + self.seq_len]
+        return patch_scan(crop, self.side)[start:end]
 
 
 class ImageBytes(ByteDataModule):
@@ -146,6 +147,7 @@ class ImageBytes(ByteDataModule):
         patch_size: int = 12,
         crop_from: int | None = None,
         on_error: Literal["fail", "skip"] = "fail",
+        seq_len: int = 768,
         **kwargs: Any,
     ) -> None:
         """
@@ -164,9 +166,12 @@ class ImageBytes(ByteDataModule):
                 as non-overlapping resolution-square tiles.
             on_error: an image file that cannot be decoded stops the build ("fail") or is reported by path,
                 skipped and counted ("skip").
-            **kwargs: the options of ByteDataModule; seq_len must be at most resolution^2 * channels.
+            seq_len: bytes per window, at most resolution^2 * channels; it and score_len must be whole
+                patches (whole pixels in raster scan), so that every window starts on one (768: 64 patches
+                of 12 bytes, 16 of 48, 4 of 192).
+            **kwargs: the other options of ByteDataModule.
         """
-        super().__init__(**kwargs)
+        super().__init__(seq_len=seq_len, **kwargs)
         if channels not in (1, 3):
             raise ValueError(f"channels={channels} must be 1 (grayscale) or 3 (RGB)")
         if scan not in ("raster", "patch"):
@@ -191,6 +196,9 @@ class ImageBytes(ByteDataModule):
                 f"seq_len={self.seq_len} is longer than one image ({resolution}x{resolution}x{channels} = "
                 f"{image_bytes} bytes) and windows never cross images; lower seq_len"
             )
+        self.align = side * side * channels
+        self.unit = f"{side}x{side}-pixel patch" if side > 1 else "pixel"
+        self.check_alignment()
         self.paths = paths
         self.format = format
         self.resolution = resolution
@@ -314,6 +322,10 @@ class ImageBytes(ByteDataModule):
             self.seq_len,
             self.seed,
         )
+
+    def training_lengths(self) -> np.ndarray:
+        """Training windows are cut from resolution-square crops, one per training image."""
+        return np.full(len(self.splits["train"]), self.resolution**2 * self.channels, dtype=np.int64)
 
     def to_image(self, data: bytes | np.ndarray | torch.Tensor) -> torch.Tensor:
         """The uint8 image [channels, resolution, resolution] whose scan is `data` (resolution^2 * channels

@@ -70,26 +70,46 @@ def split_ranges(
     return ranges
 
 
-def training_starts(doc_lengths: np.ndarray, seq_len: int, align: int = 1) -> np.ndarray:
-    """Cumulative count, document by document, of the starts of a training window of seq_len bytes.
+def training_ends(doc_lengths: np.ndarray, align: int = 1) -> np.ndarray:
+    """Cumulative count, document by document, of the ends of a training window: every multiple of
+    ``align`` bytes into a document, up to its length (a document of n bytes has n // align)."""
+    return np.cumsum(np.asarray(doc_lengths, dtype=np.int64) // align)
 
-    A start is valid where a whole window fits in one document and it is a multiple of `align` bytes
-    into it (align=2 keeps 16-bit samples whole); documents shorter than seq_len have none.
+
+def training_window(
+    ends: np.ndarray, seed: int, sample: int, seq_len: int, align: int = 1
+) -> tuple[int, int, int]:
+    """(document, start, end) of training sample number `sample`, drawn from (seed, sample) only.
+
+    The rule, the same for every model and context length: the window's end is uniform among all
+    ends (``ends`` is ``training_ends``: every ``align``-th byte of every training document), and
+    the window is the up to ``seq_len`` bytes before it in its document, ``[max(0, end - seq_len), end)``.
+    A document is therefore drawn in proportion to its length whatever ``seq_len`` is, every byte
+    of it can be trained on, and windows that end less than ``seq_len`` bytes into a document are
+    shorter, exactly like the evaluation windows at a document's start (``evaluation_windows``):
+    every position evaluation scores, at every window length, is one training trains.
     """
-    counts = np.maximum((np.asarray(doc_lengths) - seq_len) // align + 1, 0)
-    return np.cumsum(counts)
+    position = int(np.random.default_rng([seed, sample]).integers(ends[-1]))
+    doc = int(np.searchsorted(ends, position, side="right"))
+    first = int(ends[doc - 1]) if doc else 0
+    end = (position - first + 1) * align
+    return doc, max(0, end - seq_len), end
 
 
-def training_window(starts: np.ndarray, seed: int, sample: int, align: int = 1) -> tuple[int, int]:
-    """(document, start in it) of training sample number `sample`, drawn from (seed, sample) only.
-
-    The start is uniform among all valid starts (``starts`` is ``training_starts``), so a document
-    is drawn in proportion to its number of them.
-    """
-    position = np.random.default_rng([seed, sample]).integers(starts[-1])
-    doc = int(np.searchsorted(starts, position, side="right"))
-    first = starts[doc - 1] if doc else 0
-    return doc, int(position - first) * align
+def training_coverage(doc_lengths: np.ndarray, seq_len: int, align: int = 1) -> dict[str, float]:
+    """What the training rule reaches of a split: ``reachable_fraction``, the share of its bytes
+    inside at least one possible training window (1 under ``training_window``'s rule; the rule
+    before it, whole seq_len windows only, never reached documents shorter than seq_len), and
+    ``short_window_fraction``, the share of windows shorter than seq_len (they are padded on the
+    right in a batch, and the padding is neither scored nor counted as bytes)."""
+    lengths = np.asarray(doc_lengths, dtype=np.int64)
+    ends = lengths // align
+    reachable = np.minimum(ends * align, lengths).sum()  # bytes up to the last end of each document
+    short = np.minimum(ends, -(-seq_len // align) - 1).sum()  # ends before seq_len
+    return {
+        "reachable_fraction": float(reachable / max(lengths.sum(), 1)),
+        "short_window_fraction": float(short / max(ends.sum(), 1)),
+    }
 
 
 def training_crop(
@@ -101,20 +121,21 @@ def training_crop(
     channels: int,
     side: int,
     seq_len: int,
-) -> tuple[int, int, int, int]:
-    """(image, top, left, start) of training sample number `sample` of an image corpus, drawn from
-    (seed, sample) only.
+) -> tuple[int, int, int, int, int]:
+    """(image, top, left, start, end) of training sample number `sample` of an image corpus, drawn
+    from (seed, sample) only.
 
     A uniform training image (size x size pixels), a uniform resolution-square crop of it at
-    (top, left), and the start, in the crop's scan, of a seq_len-byte window that begins on a whole
-    patch of side x side pixels (a whole pixel in raster scan, side=1), uniform among such starts.
+    (top, left), and in the crop's scan the window ``[max(0, end - seq_len), end)`` whose end is
+    uniform among the ends of whole patches of side x side pixels (whole pixels in raster scan):
+    ``training_window``'s rule on the crop, so every window starts and ends on a whole patch.
     """
     rng = np.random.default_rng([seed, sample])
     image = rng.integers(num_images)
     top, left = rng.integers(size - resolution + 1, size=2)
     align = side * side * channels
-    start = align * rng.integers((resolution * resolution * channels - seq_len) // align + 1)
-    return int(image), int(top), int(left), int(start)
+    end = align * (1 + int(rng.integers(resolution * resolution * channels // align)))
+    return int(image), int(top), int(left), max(0, end - seq_len), end
 
 
 def train_samples_per_rank(samples_per_epoch: int, world_size: int, batch_size: int) -> int:
@@ -135,12 +156,29 @@ def train_sample_numbers(epoch: int, length: int, rank: int, world_size: int, sk
     return ((first + j) * world_size + rank for j in range(skip, length))
 
 
+def check_alignment(align: int, unit: str, **lengths: int) -> None:
+    """One-line error unless every window length (seq_len, score_len) is a multiple of ``align``
+    bytes, the data's unit (a pixel, a patch of pixels, a 16-bit sample): windows of such lengths
+    start on a unit in training and evaluation alike (``training_window``, ``evaluation_windows``)."""
+    for name, value in lengths.items():
+        if value % align:
+            fits = ", ".join(
+                str(align * k) for k in range(max(value // align, 1), max(value // align, 1) + 3)
+            )
+            raise ValueError(
+                f"{name}={value} is not a multiple of {align} bytes, one {unit}: windows must start on "
+                f"whole {unit}s in training and evaluation (use e.g. {fits})"
+            )
+
+
 def evaluation_windows(doc_lengths: np.ndarray, seq_len: int, score_len: int) -> np.ndarray:
     """The evaluation windows of documents of the given lengths, as int64 rows (doc, start, end, num_scored).
 
     Document d of length n is scored in chunks [a, b) with a = k * score_len and b = min(n, a + score_len);
     the chunk's window is bytes [max(0, b - seq_len), b) of the document and scores its last b - a bytes.
-    Every byte is scored exactly once and no window crosses a document boundary.
+    Every byte is scored exactly once and no window crosses a document boundary. When seq_len,
+    score_len and every length are multiples of a unit (``check_alignment``), every window starts
+    and ends on one.
     """
     lengths = np.asarray(doc_lengths, dtype=np.int64)
     chunks = -(-lengths // score_len)
@@ -151,17 +189,20 @@ def evaluation_windows(doc_lengths: np.ndarray, seq_len: int, score_len: int) ->
     return np.stack([doc, np.maximum(0, b - seq_len), b, b - a], axis=1)
 
 
-def truncated_lengths(doc_lengths: np.ndarray, max_bytes: int | None) -> np.ndarray:
+def truncated_lengths(doc_lengths: np.ndarray, max_bytes: int | None, align: int = 1) -> np.ndarray:
     """Document lengths cut to the first ``max_bytes`` bytes of the split, in document order.
 
-    Later documents drop out and the last one kept is cut short, so evaluating the result scores a
-    deterministic prefix of the split, every byte of it once. None keeps every length.
+    Later documents drop out and the last one kept is cut short, to a multiple of ``align`` bytes
+    (whole pixels, patches or samples), so evaluating the result scores a deterministic prefix of
+    the split, every byte of it once, in windows that start on the data's units. None keeps every
+    length.
     """
     lengths = np.asarray(doc_lengths, dtype=np.int64)
     if max_bytes is None:
         return lengths
     starts = np.cumsum(lengths) - lengths
     kept = np.clip(max_bytes - starts, 0, lengths)
+    kept = np.where(kept < lengths, kept // align * align, kept)
     return kept[kept > 0]
 
 

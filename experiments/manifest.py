@@ -126,6 +126,9 @@ def dataset_info(datamodule: Any) -> dict[str, Any]:
         "batch_size": getattr(datamodule, "batch_size", None),
         "max_eval_bytes": getattr(datamodule, "max_eval_bytes", None),
         "splits": manifest.get("splits"),
+        # protocol.training_coverage: the share of training bytes some window can reach, and of
+        # windows shorter than seq_len (their padding is neither trained on nor counted).
+        "training": datamodule.training_coverage() if hasattr(datamodule, "training_coverage") else None,
     }
 
 

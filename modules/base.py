@@ -8,6 +8,7 @@ import inspect
 from abc import ABC, abstractmethod
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -65,6 +66,28 @@ class ByteModel(nn.Module, ABC):
         cost depends on the bytes (the chunks it forms from them) overrides this to count what its
         last forward formed, so that ``train/flops``, the budget's truth, is what was spent."""
         return x.size(0) * self.forward_flops(x.size(1))
+
+    def training_logits(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits of right-padded training windows: row b of ``x[B, L]`` holds ``lengths[b]`` real
+        bytes, then padding (a window that ends less than seq_len bytes into its document).
+
+        Returns the logits ``[B, S, 256]`` and the positions ``[B, S]`` of ``x`` they predict, each
+        the position the model would predict in the unpadded window ``x[b, :lengths[b]]``; a position
+        at or past ``lengths[b]`` is padding, for the caller to leave out. Here the forward's last
+        S positions, exact under padding for a causal model that scores every position (padding
+        after a byte cannot move its prediction). A model that scores only the last positions of a
+        window (PerceiverAR) overrides this to place them at each row's own end.
+        """
+        logits = self(x)
+        batch, seq_len = x.shape
+        scored = logits.size(1)
+        if scored < seq_len and bool((lengths < seq_len).any()):
+            raise NotImplementedError(
+                f"{type(self).__name__} scores the last {scored} of {seq_len} positions and cannot train on "
+                "right-padded windows: override training_logits"
+            )
+        positions = torch.arange(seq_len - scored, seq_len, device=x.device).expand(batch, scored)
+        return logits, positions
 
     has_strided_inference = False  # MEGABYTE's two-pass inference (its evaluation_logits)
 

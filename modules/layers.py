@@ -113,14 +113,26 @@ class Attention(nn.Module):
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        """x: [B, Lq, D] queries; context: [B, Lk, D] keys/values (default x); cache: past keys."""
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        cache: KVCache | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """x: [B, Lq, D] queries; context: [B, Lk, D] keys/values (default x); cache: past keys;
+        mask: a boolean ``[B, 1, Lq, Lk]`` of the keys each query sees, instead of the causal mask
+        of ``causal_attention`` (PerceiverAR's latents at each row's own positions)."""
         context = x if context is None else context
         q = self._heads(self.q(x))
         k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))
         if cache is not None:
             k, v = cache.extend(k, v)
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+        dropout = self.dropout if self.training else 0.0
+        if mask is None:
+            y = causal_attention(q, k, v, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out(y.transpose(1, 2).flatten(2))
 
     def _heads(self, t: Tensor) -> Tensor:
@@ -151,11 +163,18 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        """Self-attention when ``context`` is None, else attention from x into ``context``."""
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        cache: KVCache | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """Self-attention when ``context`` is None, else attention from x into ``context``; ``mask``
+        replaces the causal mask (``Attention``)."""
         h = self.norm_attn(x)
         kv = h if context is None else self.norm_attn(context)
-        x = x + self.drop(self.attn(h, kv, cache))
+        x = x + self.drop(self.attn(h, kv, cache, mask))
         return x + self.mlp(self.norm_mlp(x))
 
 

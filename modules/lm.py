@@ -22,8 +22,10 @@ class ByteLM(L.LightningModule):
     """Trains and evaluates any :class:`ByteModel` on byte batches.
 
     Batches are dicts: ``x`` LongTensor[B, L] and, for evaluation, ``num_scored`` LongTensor[B]
-    (row b scores its last ``num_scored[b]`` bytes). Training scores every position the model
-    predicts. Every byte value is a real symbol: nothing is ignored in the loss.
+    (row b scores its last ``num_scored[b]`` bytes) or, for training, ``lengths`` LongTensor[B] (row
+    b holds ``lengths[b]`` bytes, then right padding). Training scores every position the model
+    predicts in each row's own bytes. Every byte value is a real symbol: no byte value is ignored in
+    the loss; only padding is.
 
     Args:
         model: The byte model (Decoder, Megabyte, PerceiverAR or any ByteModel).
@@ -134,8 +136,22 @@ class ByteLM(L.LightningModule):
         """Forward FLOPs of evaluating the windows ``x[B, L]`` (both passes when strided)."""
         return float(x.size(0) * self.model.evaluation_flops(x.size(1), self.strided_inference))
 
+    def training_nats(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Total nats and bytes scored of a training batch: every position the model predicts except
+        the right padding of windows shorter than the batch (``lengths``; see
+        ``ByteModel.training_logits``)."""
+        x = batch["x"]
+        lengths = batch.get("lengths")
+        if lengths is None:
+            lengths = torch.full((x.size(0),), x.size(1), dtype=torch.long, device=x.device)
+        logits, positions = self.model.training_logits(x, lengths)
+        targets = x.gather(1, positions)
+        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        real = (positions < lengths[:, None]).flatten()
+        return torch.where(real, nats, 0.0).sum(), real.sum()
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        nats, num_bytes = self.score(batch)
+        nats, num_bytes = self.training_nats(batch)
         self.check_finite(nats)
         self.train_bpb(nats, num_bytes)
         world = self.trainer.world_size

@@ -89,6 +89,27 @@ class PerceiverAR(ByteModel):
         latents = self.cross_attention(h[:, -min(x.size(1), num_latents or self.num_latents) :], context=h)
         return self.head(self.latent_model(latents))
 
+    def training_logits(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Right-padded windows: row b's latents are the last ``min(lengths[b], N)`` positions of its
+        own bytes, as in the forward of the unpadded window ``x[b, :lengths[b]]``, so that every
+        latent position evaluation scores (short windows at a document's start) is trained.
+
+        Each latent's query is gathered from its row's position and its cross-attention sees the
+        keys up to that position; a row shorter than the scored count S fills its last latents with
+        padding positions, which causal latent self-attention keeps out of the real ones."""
+        batch, seq_len = x.shape
+        scored = min(seq_len, self.num_latents)
+        if bool((lengths == seq_len).all()):
+            logits = self(x)
+            return logits, torch.arange(seq_len - scored, seq_len, device=x.device).expand(batch, scored)
+        first = (lengths - scored).clamp(min=0)
+        positions = first[:, None] + torch.arange(scored, device=x.device)  # [B, S], < seq_len
+        h = self.embed(x)
+        queries = h.gather(1, positions[..., None].expand(-1, -1, h.size(-1)))
+        mask = torch.arange(seq_len, device=x.device) <= positions[..., None]  # [B, S, L]
+        latents = self.cross_attention(queries, context=h, mask=mask[:, None])
+        return self.head(self.latent_model(latents)), positions
+
     def latents_at(self, t: int) -> int:
         """How many latents (the block ending at t) cached decoding uses to predict byte t."""
         n, r = self.num_latents, max(self.num_latents // 2, 1)

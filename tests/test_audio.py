@@ -120,10 +120,14 @@ def test_pcm16_training_windows_hold_whole_samples(tmp_path: Path) -> None:
     train = dm.splits["train"]
     base = train.data.__array_interface__["data"][0]
     windows = dm.train_dataset()
-    starts = {windows[i].__array_interface__["data"][0] - base for i in range(400)}
-    assert all(start % 2 == 0 for start in starts) and len(starts) > 200  # document offsets are even too
-    with pytest.raises(ValueError, match="seq_len=15 and score_len=15 must be even"):
+    spans = [(w.__array_interface__["data"][0] - base, len(w)) for w in map(windows.__getitem__, range(400))]
+    # Windows start and end on whole samples (document offsets are even too); some are short.
+    assert all(start % 2 == n % 2 == 0 for start, n in spans) and len({s for s, _ in spans}) > 200
+    assert any(n < 16 for _, n in spans)
+    with pytest.raises(ValueError, match="seq_len=15 is not a multiple of 2 bytes, one 16-bit sample"):
         AudioBytes(encoding="pcm16", seq_len=15)
+    with pytest.raises(ValueError, match="score_len=7 is not a multiple of 2 bytes, one 16-bit sample"):
+        AudioBytes(encoding="pcm16", seq_len=16, score_len=7)
 
 
 @pytest.mark.faults

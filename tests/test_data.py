@@ -10,7 +10,13 @@ import torch
 
 from datamodules import ByteDataModule, TextBytes
 from datamodules.datasets import TrainSampler, TrainWindows
-from datamodules.protocol import assign_splits, evaluation_windows
+from datamodules.protocol import (
+    assign_splits,
+    evaluation_windows,
+    training_coverage,
+    training_ends,
+    training_window,
+)
 
 # Awkward on purpose: shorter than a window, one byte, not multiples of 6 or 16, exactly 16 or 32.
 LENGTHS = [1, 5, 15, 16, 17, 31, 32, 33, 47, 100, 3, 64]
@@ -100,26 +106,48 @@ def test_training_windows_lie_inside_one_document(tmp_path: Path) -> None:
     dm, _ = make(tmp_path, batch_size=4, train_samples_per_epoch=200)
     train = split_documents(dm, "train")
     loader = dm.dataloader("train", rank=0, world_size=1)
-    rows = torch.cat([b["x"] for b in loader])
+    batches = list(loader)
+    rows = torch.cat([b["x"] for b in batches])
+    lengths = torch.cat([b["lengths"] for b in batches])
     assert len(loader) == 50 and rows.shape == (200, 16) and rows.dtype == torch.long
-    for row in rows.tolist():
-        assert any(bytes(row) in doc for doc in train if len(doc) >= 16)
+    assert 0 < (lengths < 16).sum() < 200  # short windows (at document starts) and full ones
+    for row, n in zip(rows.tolist(), lengths.tolist(), strict=True):
+        window = bytes(row[:n])
+        assert not any(row[n:])  # zero padding after the window
+        # A full window lies anywhere in one document; a short one is a document's first bytes.
+        assert any(window in doc if n == 16 else doc.startswith(window) for doc in train)
 
 
-def test_training_positions_are_uniform(tmp_path: Path) -> None:
+def test_training_windows_end_on_uniform_bytes(tmp_path: Path) -> None:
+    # The rule that makes the training bytes independent of seq_len: a window ends on a uniform byte
+    # of the training split (documents drawn in proportion to their length), whatever seq_len is.
     dm, _ = make(tmp_path, lengths=[20, 40, 30, 10, 36, 5], val_fraction=0.1, test_fraction=0.1)
     train = dm.splits["train"]
-    windows = TrainWindows(train, seq_len=16, seed=0)
     base = train.data.__array_interface__["data"][0]
-    counts = np.zeros(len(train.data), dtype=int)
-    for i in range(4000):
-        counts[windows[i].__array_interface__["data"][0] - base] += 1
-    valid = np.zeros(len(train.data), dtype=bool)
-    for start, end in zip(train.offsets[:-1], train.offsets[1:], strict=True):
-        valid[start : max(start, end - 15)] = True
-    assert len(train) == 4 and valid.sum() >= 30 and not counts[~valid].any()
-    expected = 4000 / valid.sum()
-    assert counts[valid].min() > 0.5 * expected and counts[valid].max() < 1.5 * expected
+    ends = {}
+    for seq_len in (4, 16, 64):
+        windows = TrainWindows(train, seq_len=seq_len, seed=0)
+        last = [windows[i].__array_interface__["data"][0] - base + len(windows[i]) - 1 for i in range(4000)]
+        ends[seq_len] = np.bincount(last, minlength=len(train.data))
+    assert len(train) == 4 and np.array_equal(ends[4], ends[16]) and np.array_equal(ends[4], ends[64])
+    expected = 4000 / len(train.data)
+    assert ends[16].min() > 0.5 * expected and ends[16].max() < 1.5 * expected
+
+
+def test_two_context_lengths_train_on_the_same_documents(tmp_path: Path) -> None:
+    # Under the rule before this one (whole windows only), a 64-byte model never trained on documents
+    # shorter than 64 bytes and drew the rest in proportion to len - 63: a different mix from a
+    # 16-byte model's. Now sample i is the same document, ending on the same byte, at every seq_len.
+    dm, _ = make(tmp_path, lengths=[20, 40, 30, 10, 36, 5, 100, 7], val_fraction=0.1, test_fraction=0.1)
+    lengths = dm.splits["train"].lengths
+    ends = training_ends(lengths)
+    for i in range(300):
+        short, long = (training_window(ends, 3, i, seq_len) for seq_len in (16, 64))
+        assert short[0] == long[0] and short[2] == long[2]
+        assert short[1] == max(0, short[2] - 16) and long[1] == max(0, long[2] - 64)
+    assert training_coverage(lengths, 64)["reachable_fraction"] == 1.0
+    coverage = training_coverage(lengths, 16)
+    assert coverage["short_window_fraction"] == sum(min(n, 15) for n in lengths) / lengths.sum()
 
 
 def train_rows(dm: ByteDataModule, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -272,10 +300,11 @@ def test_missing_paths(tmp_path: Path) -> None:
 
 
 def test_corpus_shorter_than_a_window(tmp_path: Path) -> None:
-    with pytest.raises(
-        ValueError, match="seq_len=16 is longer than every training document .*longest: 9 bytes"
-    ):
-        make(tmp_path, lengths=[5, 6, 7, 8, 9])
+    # Every document is shorter than seq_len: training still reaches every byte, in short windows.
+    dm, _ = make(tmp_path, lengths=[5, 6, 7, 8, 9], val_fraction=0.2, test_fraction=0.2)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["x"].shape[1] == 16 and (batch["lengths"] <= 9).all()
+    assert dm.training_coverage() == {"reachable_fraction": 1.0, "short_window_fraction": 1.0}
 
 
 @pytest.mark.parametrize(

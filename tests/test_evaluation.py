@@ -12,6 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from datamodules import TextBytes
+from datamodules.protocol import evaluation_windows, training_ends
 from modules import ByteLM
 from modules.sizes import ARCHITECTURES
 
@@ -171,3 +172,35 @@ def test_evaluation_reports_its_inference_cost(corpus, tmp_path):
         cost[strided] = counter.get_total_flops() / len(dm.splits["val"].data)
         assert metrics["val/flops_per_byte"] == pytest.approx(cost[strided], rel=1e-9)
     assert 1.8 < cost[True] / cost[False] <= 2  # the shorter pass pads back to whole patches
+
+
+def scored_positions(model: torch.nn.Module, windows: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """(window length, position in it) of every byte the model scores in windows of (length, bytes
+    scored at its end), where it scores at most its own last ``scored_len`` positions."""
+    return {(n, p) for n, scored in windows for p in range(n - min(scored, model.scored_len(n)), n)}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("seq_len,score_len", [(48, 48), (48, 16), (33, 7)])
+def test_every_position_evaluation_scores_is_one_training_trains(
+    name: str, seq_len: int, score_len: int
+) -> None:
+    """Learned positions (PerceiverAR's latent queries above all) are only right at positions training
+    reached: the (window length, position) of every byte evaluation scores must be one that some
+    training window of the same protocol scores too. Under the rule before this one (every training
+    window seq_len bytes) the short windows at a document's start were never trained."""
+    model = tiny(name)
+    train = np.array([5, 47, 130, 301, 17, 1000])
+    held_out = np.array([49, 96, 3, 64, 48, 20])
+    evaluated = [
+        (end - start, scored) for _, start, end, scored in evaluation_windows(held_out, seq_len, score_len)
+    ]
+    ends = training_ends(train)
+    trained_windows = []
+    for sample in range(int(ends[-1])):  # every end the rule can draw, once
+        doc = int(np.searchsorted(ends, sample, side="right"))
+        end = sample - (int(ends[doc - 1]) if doc else 0) + 1
+        trained_windows.append((min(end, seq_len), seq_len))
+    assert scored_positions(model, evaluated) <= scored_positions(model, trained_windows)
+    whole_windows_only = [(seq_len, seq_len)]
+    assert not scored_positions(model, evaluated) <= scored_positions(model, whole_windows_only)

@@ -62,7 +62,8 @@ def test_scans_invert_exactly(resolution: int, side: int, channels: int) -> None
     assert sorted(data.tolist()) == sorted(image.reshape(-1).tolist())
     assert np.array_equal(patch_unscan(data, resolution, resolution, channels, side), image)
     scan, size = ("raster", 1) if side == 1 else ("patch", side * side * channels)
-    dm = ImageBytes(resolution=resolution, channels=channels, scan=scan, patch_size=size, seq_len=1)
+    unit = side * side * channels
+    dm = ImageBytes(resolution=resolution, channels=channels, scan=scan, patch_size=size, seq_len=unit)
     assert torch.equal(dm.to_image(data), torch.from_numpy(image).permute(2, 0, 1))
     assert torch.equal(dm.to_image(torch.from_numpy(data).long()), dm.to_image(data.tobytes()))
 
@@ -85,10 +86,10 @@ def test_bad_options(options: dict[str, object], message: str) -> None:
 
 def test_to_image_needs_one_whole_image() -> None:
     with pytest.raises(ValueError, match="to_image needs 192 bytes \\(8x8x3\\), got 100"):
-        ImageBytes(resolution=8, seq_len=8).to_image(bytes(100))
+        ImageBytes(resolution=8, seq_len=12).to_image(bytes(100))
 
 
-@pytest.mark.parametrize("score_len", [48, 20])
+@pytest.mark.parametrize("score_len", [48, 24, 12])
 def test_every_evaluation_byte_is_scored_once(tmp_path: Path, score_len: int) -> None:
     sizes = [(8, 8), (12, 9), (9, 20), (30, 10), (8, 8), (16, 16), (10, 11), (8, 40), (13, 13), (9, 9)]
     dm = make(tmp_path, sizes, score_len=score_len, eval_batch_size=3)
@@ -113,7 +114,7 @@ def test_every_evaluation_byte_is_scored_once(tmp_path: Path, score_len: int) ->
 
 def test_cached_images_decode_back_to_the_resized_originals(tmp_path: Path) -> None:
     originals = write_images(tmp_path / "images", [(8, 8), (20, 10), (9, 30), (16, 16), (11, 12)])
-    dm = ImageBytes(str(tmp_path / "images"), cache_dir=str(tmp_path / "cache"), resolution=8, seq_len=8)
+    dm = ImageBytes(str(tmp_path / "images"), cache_dir=str(tmp_path / "cache"), resolution=8, seq_len=12)
     dm.setup()
     expected = {square(image, 8, 3).tobytes() for image in originals}
     assert len(expected) == 5
@@ -146,21 +147,52 @@ def test_crops_for_training_and_tiles_for_evaluation(tmp_path: Path) -> None:
         for y in range(9)
         for x in range(9)
     }
-    rows = [row for batch in dm.dataloader("train", 0, 1) for row in batch["x"]]
-    drawn = [crops[bytes(row.tolist())] for row in rows]  # every sample is a scanned crop
+    batches = list(dm.dataloader("train", 0, 1))
+    rows = [row[:n] for batch in batches for row, n in zip(batch["x"], batch["lengths"], strict=True)]
+    # seq_len is a whole 4x4 crop: every window is a crop's scan up to a uniform patch end (12 bytes).
+    drawn = [crops[max(c for c in crops if c.startswith(bytes(row.tolist())))] for row in rows]
+    assert {len(row) for row in rows} == {12, 24, 36, 48}
     assert len(drawn) == 200 and len(set(drawn)) > 120 and {d for d, _, _ in drawn} == set(range(len(train)))
     again = make(tmp_path / "again", [(12, 12)] * 6, val_fraction=0.1, test_fraction=0.1, **options)
-    assert torch.equal(next(iter(again.train_dataloader()))["x"], torch.stack(rows[:5]))
+    assert torch.equal(next(iter(again.train_dataloader()))["x"], batches[0]["x"])
 
 
-def test_training_windows_start_on_whole_patches(tmp_path: Path) -> None:
+def test_training_windows_start_and_end_on_whole_patches(tmp_path: Path) -> None:
     dm = make(tmp_path, [(8, 8)] * 6, seq_len=36, batch_size=4, train_samples_per_epoch=100)
     docs = [dm.splits["train"].document(i).reshape(8, 8, 3) for i in range(len(dm.splits["train"]))]
     scans = [patch_scan(image, 2).tobytes() for image in docs]
+    lengths = set()
     for batch in dm.dataloader("train", 0, 1):
-        for row in batch["x"].tolist():
-            starts = [s.find(bytes(row)) for s in scans if bytes(row) in s]
-            assert starts and starts[0] % 12 == 0
+        for row, n in zip(batch["x"].tolist(), batch["lengths"].tolist(), strict=True):
+            starts = [s.find(bytes(row[:n])) for s in scans if bytes(row[:n]) in s]
+            assert starts and starts[0] % 12 == 0 and n % 12 == 0
+            lengths.add(n)
+    assert lengths == {12, 24, 36}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"score_len": 20}, "score_len=20 is not a multiple of 12 bytes, one 2x2-pixel patch"),
+        ({"seq_len": 40}, "seq_len=40 is not a multiple of 12 bytes"),
+        ({"scan": "raster", "seq_len": 47}, "seq_len=47 is not a multiple of 3 bytes, one pixel"),
+    ],
+)
+def test_windows_must_be_whole_patches(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ImageBytes(resolution=8, **{"seq_len": 48, **options})
+
+
+@pytest.mark.parametrize("scan", ["raster", "patch"])
+def test_every_evaluation_window_starts_on_a_whole_patch(tmp_path: Path, scan: str) -> None:
+    # max_eval_bytes cuts the split's last document mid-patch: the cut keeps whole patches only.
+    dm = make(
+        tmp_path, [(8, 8)] * 10, scan=scan, seq_len=72, score_len=24, max_eval_bytes=250, eval_batch_size=4
+    )
+    unit = 12 if scan == "patch" else 3
+    windows = dm.windows("val")
+    assert len(windows) and (windows[:, 1] % unit == 0).all() and (windows[:, 2] % unit == 0).all()
+    assert windows[:, 3].sum() == 192 + (250 - 192) // unit * unit  # one whole image, then a cut one
 
 
 def test_npz_batches(tmp_path: Path) -> None:
@@ -172,7 +204,7 @@ def test_npz_batches(tmp_path: Path) -> None:
     assert np.array_equal(hwc[3, 2, 5], planar[3, [2 * 8 + 5, 64 + 2 * 8 + 5, 128 + 2 * 8 + 5]])
     assert np.array_equal(as_hwc(hwc.transpose(0, 3, 1, 2)), hwc) and as_hwc(hwc) is hwc
     dm = ImageBytes(
-        str(tmp_path / "npz"), format="npz", cache_dir=str(tmp_path / "c"), resolution=8, seq_len=8
+        str(tmp_path / "npz"), format="npz", cache_dir=str(tmp_path / "c"), resolution=8, seq_len=12
     )
     dm.setup()
     stored = [dm.splits["train"].document(i).tobytes() for i in range(len(dm.splits["train"]))]
@@ -208,7 +240,7 @@ def test_corrupt_images_fail_or_are_skipped(tmp_path: Path) -> None:
     write_images(tmp_path / "images", [(8, 8)] * 4)
     (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "images" / "notes.txt").write_text("not an image, not read")
-    options = {"resolution": 8, "seq_len": 8, "cache_dir": str(tmp_path / "cache")}
+    options = {"resolution": 8, "seq_len": 12, "cache_dir": str(tmp_path / "cache")}
     with pytest.raises(
         ValueError,
         match=r"broken.png: not an image file Pillow can decode \(fix or remove it, or set on_error=skip\)$",

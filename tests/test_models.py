@@ -95,6 +95,37 @@ def test_rows_of_a_batch_never_see_each_other(model):
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)  # batched kernels round alike
 
 
+def test_right_padded_training_windows_predict_what_the_unpadded_windows_do(model):
+    """Training pads a window that ends less than seq_len bytes into its document on the right; each
+    row's training logits must be, position by position, the forward of the row's own bytes alone
+    (for PerceiverAR: its latents at the row's own last positions, the ones evaluation scores)."""
+    torch.manual_seed(3)
+    lengths = torch.tensor([61, 40, 7, 1, 33])
+    x = torch.randint(0, 256, (len(lengths), 61))
+    with torch.no_grad():
+        logits, positions = model.training_logits(x, lengths)
+        for b, n in enumerate(lengths.tolist()):
+            alone = model(x[b : b + 1, :n])[0]  # the last scored_len(n) positions of the window
+            real = positions[b] < n
+            assert real.sum() == model.scored_len(n)
+            assert positions[b, real].tolist() == list(range(n - model.scored_len(n), n))
+            torch.testing.assert_close(logits[b, real], alone, rtol=0, atol=2e-5)
+
+
+def test_training_loss_leaves_out_the_padding():
+    """ByteLM's training nats and bytes of a padded batch are those of its rows' own bytes."""
+    for name in ("decoder", "perceiver_ar"):  # every position scored; the last 24 only
+        model = tiny_model(name)
+        model.head = KnownLosses()
+        lm = ByteLM(model)
+        x = torch.randint(0, 256, (3, 40))
+        lengths = torch.tensor([40, 5, 30])
+        nats, count = lm.training_nats({"x": x, "lengths": lengths})
+        scored = [(n - model.scored_len(n), n) for n in lengths.tolist()]
+        expected = sum(NATS[x[b, a:n]].sum() for b, (a, n) in enumerate(scored))
+        assert count == sum(n - a for a, n in scored) and torch.isclose(nats.double(), expected)
+
+
 def test_megabyte_first_byte_of_each_patch_sees_previous_patches():
     """Byte kP is predicted through the global model: it must depend on every earlier patch."""
     torch.manual_seed(0)
