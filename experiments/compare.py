@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from modules.sizes import ARCHITECTURES
+
 from .subcommand import DataConfig
-from .sweep import REPO, Sweep, expand, run_sweep, use_data
+from .sweep import REPO, Architecture, Sweep, expand, run_sweep, use_data
 
 DEFAULT_SWEEP = REPO / "experiments" / "sweeps" / "compare.yaml"
 GPU_TRAINER = "experiments/configs/trainer/gpu.yaml"
@@ -27,6 +29,9 @@ def configure(
     sizes: list[str] | None = None,
     device: Literal["cpu", "gpu"] = "cpu",
     runs: str | None = None,
+    architectures: list[str] | None = None,
+    seeds: list[int] | None = None,
+    lrs: list[float] | None = None,
 ) -> Sweep:
     """The sweep file with the command line's replacements applied."""
     grid = Sweep.from_yaml(sweep)
@@ -36,14 +41,32 @@ def configure(
         grid.configs = [GPU_TRAINER, *grid.configs]
     if budgets:
         grid.budgets = sorted(budgets)
+    if architectures:
+        grid.architectures = choose_architectures(grid, architectures)
     if sizes:
         for spec in grid.architectures.values():
             spec.sizes = list(sizes)
+    if seeds:
+        grid.seeds = list(seeds)
+    if lrs is not None:
+        grid.lrs = list(lrs)
     if runs:
         grid.run_root = runs
     return Sweep.from_dict(
         vars(grid) | {"architectures": {k: vars(v) for k, v in grid.architectures.items()}}
     )
+
+
+def choose_architectures(grid: Sweep, names: list[str]) -> dict[str, Architecture]:
+    """The sweep's entries of ``names``, in that order; a registered architecture the sweep does not
+    list (SpaceByte, Hourglass, H-Net, ...) joins with the sizes of the sweep's first entry and the
+    options every run shares."""
+    unknown = [n for n in names if n not in grid.architectures and n not in ARCHITECTURES]
+    if unknown:
+        known = sorted({*grid.architectures, *ARCHITECTURES})
+        raise ValueError(f"--architectures: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    sizes = next(iter(grid.architectures.values())).sizes
+    return {n: grid.architectures.get(n) or Architecture(sizes=list(sizes)) for n in names}
 
 
 def compare(
@@ -53,7 +76,10 @@ def compare(
     sizes: list[str] | None = None,
     device: Literal["cpu", "gpu"] = "cpu",
     runs: str | None = None,
-    out: str = "results/compare",
+    architectures: list[str] | None = None,
+    seeds: list[int] | None = None,
+    lrs: list[float] | None = None,
+    out: str | None = None,
     jobs: int = 1,
     threads: int = 1,
 ) -> int:
@@ -68,13 +94,21 @@ def compare(
         sizes: Named sizes (modules/sizes.py) for every architecture.
         device: ``gpu`` adds the one-GPU trainer config.
         runs: Folder of the run directories (default: the sweep's run_root).
-        out: Folder for tables and plots.
+        architectures: The architectures to compare (default: the sweep's), e.g.
+            ``[decoder,megabyte,spacebyte,hourglass,hnet]``; one the sweep does not list takes the
+            sizes of its first.
+        seeds: Seeds replacing the sweep's (every point runs once per seed).
+        lrs: Learning rates each architecture is tuned over, replacing the sweep's (``[]``: no tuning,
+            the sweep's ``model.lr`` for all).
+        out: Folder for tables and plots (default: ``results`` inside the run folder, which git
+            ignores; ``--out results/compare`` refreshes the committed results).
         jobs: Runs at a time in child processes (1: in this process).
         threads: Torch CPU threads per run (1 suits small models).
     """
     from analysis.report import analyze, describe  # pandas and matplotlib: only when analysing
 
-    grid = configure(sweep, data, budgets, sizes, device, runs)
+    grid = configure(sweep, data, budgets, sizes, device, runs, architectures, seeds, lrs)
+    out = out or str(Path(grid.run_root) / "results")
     start = time.monotonic()
     failed = run_sweep(grid, jobs=jobs, inline=jobs == 1, threads=threads)
     if failed:

@@ -73,6 +73,11 @@ class Sweep:
         budget_bytes: A byte budget for every run (data-controlled; with ``budgets`` the run stops
             at whichever runs out first).
         seeds: One run per seed (model initialisation and training windows).
+        lrs: Learning rates to tune each architecture and size on before the grid runs: one run per
+            rate at ``tune_budget`` with the first seed; every run of the grid then uses the rate
+            whose run reached the lowest validation bits per byte (recorded in its run.json). An
+            architecture whose options set ``model.lr`` keeps that rate. Empty: no tuning.
+        tune_budget: The FLOP budget of the tuning runs (default: the smallest of ``budgets``).
         validations: Evenly spaced validations per run, the last at the budget.
         configs: ``--config`` files every run composes (data, trainer), before any option.
         options: ``bytelab fit`` options for every run (``{"data.init_args.seq_len": 256}``).
@@ -84,6 +89,8 @@ class Sweep:
     budgets: list[float] = field(default_factory=list)
     budget_bytes: float | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
+    lrs: list[float] = field(default_factory=list)
+    tune_budget: float | None = None
     validations: int | None = 4
     configs: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +141,17 @@ class Sweep:
             raise ValueError(f"{source}: give budgets (training FLOPs) or budget_bytes")
         if any(b <= 0 for b in sweep.budgets):
             raise ValueError(f"{source}: budgets must be positive, got {sweep.budgets}")
+        if not sweep.seeds or len(set(sweep.seeds)) < len(sweep.seeds):
+            raise ValueError(
+                f"{source}: seeds must be a non-empty list of distinct integers, got {sweep.seeds}"
+            )
+        sweep.lrs = [float(lr) for lr in sweep.lrs or []]
+        if any(lr <= 0 for lr in sweep.lrs) or len(set(sweep.lrs)) < len(sweep.lrs):
+            raise ValueError(f"{source}: lrs must be distinct positive learning rates, got {sweep.lrs}")
+        if sweep.tune_budget is not None:
+            sweep.tune_budget = float(sweep.tune_budget)
+        if sweep.lrs and sweep.tune_budget is None and not sweep.budgets:
+            raise ValueError(f"{source}: learning-rate tuning (lrs) needs a tune_budget or FLOP budgets")
         return sweep
 
 
@@ -173,49 +191,112 @@ def resolve_config(path: str) -> str:
     raise FileNotFoundError(f"config file {path} does not exist")
 
 
-def expand(sweep: Sweep) -> list[Run]:
-    """Every run of the sweep, in a stable order with stable ids."""
-    runs = []
+def _run(
+    sweep: Sweep,
+    label: str,
+    size: str,
+    budget: float | None,
+    seed: int,
+    lr: float | None = None,
+    stage: str = "main",
+) -> Run:
+    """One run of the sweep: ``lr`` (when given) overrides the options' learning rate."""
+    spec = sweep.architectures[label]
+    arch = spec.model or label
+    tag = f"c{budget_tag(budget)}" if budget is not None else f"b{budget_tag(sweep.budget_bytes)}"
+    run_id = f"{label}-{size}-{tag}-seed{seed}"
+    if stage == "tune":
+        run_id = f"tune-{label}-{size}-lr{budget_tag(lr)}-{tag}-seed{seed}"
+    run_dir = Path(sweep.run_root) / run_id
+    args = ["fit", *(f"--config={resolve_config(c)}" for c in sweep.configs)]
+    args.append(f"--model.model={ARCHITECTURES[arch]}")
+    args += [flag(f"model.model.init_args.{k}", v) for k, v in model_init_args(arch, size).items()]
+    options = {**sweep.options, **spec.options}
+    if lr is not None:
+        options["model.lr"] = lr
+    args += [flag(k, v) for k, v in options.items()]
+    args += [f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
+    if budget is not None:
+        args.append(flag("budget.flops", budget))
+    if sweep.budget_bytes is not None:
+        args.append(flag("budget.bytes", float(sweep.budget_bytes)))
+    if sweep.validations is not None:
+        args.append(flag("budget.validations", sweep.validations))
+    args += [f"--run_dir={run_dir}", "--ckpt_path=last"]
+    info = {
+        "sweep": sweep.name,
+        "id": run_id,
+        "stage": stage,
+        "architecture": arch,
+        "variant": label,
+        "size": size,
+        "budget_flops": budget,
+        "budget_bytes": sweep.budget_bytes,
+        "seed": seed,
+        "lr": options.get("model.lr"),
+        "lr_tuned": stage == "main" and lr is not None,
+        "args": args,
+    }
+    return Run(run_id, run_dir, args, info)
+
+
+def tuned(sweep: Sweep, label: str) -> bool:
+    """Whether the sweep tunes this architecture's learning rate (it has lrs, and no fixed model.lr)."""
+    return bool(sweep.lrs) and "model.lr" not in sweep.architectures[label].options
+
+
+def expand_tuning(sweep: Sweep) -> list[Run]:
+    """The learning-rate tuning runs: each tuned architecture and size at every rate of ``lrs``, at
+    ``tune_budget`` (default the smallest budget), with the first seed."""
+    budget = sweep.tune_budget if sweep.tune_budget is not None else min(sweep.budgets, default=None)
+    return [
+        _run(sweep, label, size, budget, sweep.seeds[0], lr, stage="tune")
+        for label, spec in sweep.architectures.items()
+        if tuned(sweep, label)
+        for size in spec.sizes
+        for lr in sweep.lrs
+    ]
+
+
+def tuned_lrs(sweep: Sweep) -> dict[tuple[str, str], float]:
+    """The learning rate of each tuned (architecture, size): its tuning run with the lowest final
+    validation bits per byte. Every tuning run must have finished."""
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for run in expand_tuning(sweep):
+        try:
+            manifest = read_manifest(run.run_dir)
+        except (FileNotFoundError, ValueError):
+            manifest = {"status": "not started"}
+        val = manifest.get("metrics", {}).get("final", {}).get("val/bpb")
+        if manifest["status"] != "finished" or val is None:
+            raise ValueError(
+                f"learning-rate tuning run {run.run_dir} is {manifest['status']}: run the sweep to finish "
+                "its tuning runs before its grid"
+            )
+        key = (run.info["variant"], run.info["size"])
+        if key not in best or val < best[key][0]:
+            best[key] = (val, run.info["lr"])
+    return {key: lr for key, (_, lr) in best.items()}
+
+
+def expand_main(sweep: Sweep, lrs: dict[tuple[str, str], float] | None = None) -> list[Run]:
+    """The grid's runs, in a stable order with stable ids; ``lrs`` gives tuned learning rates."""
     budgets: list[float | None] = list(sweep.budgets) or [None]
-    for label, spec in sweep.architectures.items():
-        arch = spec.model or label
-        for size in spec.sizes:
-            for budget in budgets:
-                for seed in sweep.seeds:
-                    tag = (
-                        f"c{budget_tag(budget)}"
-                        if budget is not None
-                        else f"b{budget_tag(sweep.budget_bytes)}"
-                    )
-                    run_id = f"{label}-{size}-{tag}-seed{seed}"
-                    run_dir = Path(sweep.run_root) / run_id
-                    args = ["fit", *(f"--config={resolve_config(c)}" for c in sweep.configs)]
-                    args.append(f"--model.model={ARCHITECTURES[arch]}")
-                    args += [
-                        flag(f"model.model.init_args.{k}", v) for k, v in model_init_args(arch, size).items()
-                    ]
-                    args += [flag(k, v) for k, v in {**sweep.options, **spec.options}.items()]
-                    args += [f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
-                    if budget is not None:
-                        args.append(flag("budget.flops", budget))
-                    if sweep.budget_bytes is not None:
-                        args.append(flag("budget.bytes", float(sweep.budget_bytes)))
-                    if sweep.validations is not None:
-                        args.append(flag("budget.validations", sweep.validations))
-                    args += [f"--run_dir={run_dir}", "--ckpt_path=last"]
-                    info = {
-                        "sweep": sweep.name,
-                        "id": run_id,
-                        "architecture": arch,
-                        "variant": label,
-                        "size": size,
-                        "budget_flops": budget,
-                        "budget_bytes": sweep.budget_bytes,
-                        "seed": seed,
-                        "args": args,
-                    }
-                    runs.append(Run(run_id, run_dir, args, info))
-    return runs
+    lrs = lrs or {}
+    return [
+        _run(sweep, label, size, budget, seed, lrs.get((label, size)))
+        for label, spec in sweep.architectures.items()
+        for size in spec.sizes
+        for budget in budgets
+        for seed in sweep.seeds
+    ]
+
+
+def expand(sweep: Sweep) -> list[Run]:
+    """Every run of the sweep: the tuning runs (if ``lrs``), then the grid with the tuned rates (the
+    tuning runs must then have finished: ``run_sweep`` runs them first)."""
+    tuning = expand_tuning(sweep)
+    return tuning + expand_main(sweep, tuned_lrs(sweep) if tuning else None)
 
 
 def plan(run: Run) -> str:
@@ -344,7 +425,29 @@ def run_sweep(
     models on a busy machine want 1: with 2 OpenMP threads on 2 loaded cores, a tiny model's step was
     measured 100x slower than with 1, the threads spinning while they wait for each other.
     """
-    runs = expand(sweep)
+    tuning = expand_tuning(sweep)
+    if tuning:
+        echo(f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}")
+        failed = _run_all(sweep, tuning, jobs, inline, launch, echo, threads)
+        if failed:
+            return failed
+        chosen = tuned_lrs(sweep)
+        echo("  learning rates: " + ", ".join(f"{a} {s}: {lr:g}" for (a, s), lr in chosen.items()))
+    return _run_all(
+        sweep, expand_main(sweep, tuned_lrs(sweep) if tuning else None), jobs, inline, launch, echo, threads
+    )
+
+
+def _run_all(
+    sweep: Sweep,
+    runs: list[Run],
+    jobs: int,
+    inline: bool,
+    launch: Callable[[Run], int] | None,
+    echo: Callable[[str], None],
+    threads: int | None,
+) -> list[Run]:
+    """Run every unfinished run of ``runs`` (``jobs`` at a time); return the runs that failed."""
     todo = []
     for run in runs:
         action = plan(run)
@@ -453,7 +556,12 @@ def sweep(
     if data is not None:
         use_data(grid, data)
     if print_commands or print_slurm:
-        runs = expand(grid)
+        tuning = expand_tuning(grid)
+        try:
+            runs = expand(grid)
+        except ValueError:  # the grid's learning rates come from tuning runs not yet run
+            runs = tuning
+            print("# learning-rate tuning runs; run the sweep again once they finish for the grid's runs")
         text = "\n".join(run.command for run in runs) if print_commands else slurm_script(grid, runs)
         print(text.rstrip())
         return 0

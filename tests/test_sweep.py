@@ -14,7 +14,7 @@ import yaml
 
 from experiments.cli import main
 from experiments.manifest import SWEEP_INFO, write_json_atomic
-from experiments.sweep import Sweep, budget_tag, expand, plan, run_sweep
+from experiments.sweep import Sweep, budget_tag, expand, expand_tuning, plan, run_sweep, tuned_lrs
 from modules.sizes import SIZES
 
 SPEC = {
@@ -89,6 +89,53 @@ def test_skip_finished_resume_interrupted_start_new(tmp_path):
     assert failed == [] and finished.id not in launched
     assert launched[:2] == [interrupted.id, new.id] and len(launched) == len(expand(sweep)) - 1
     assert json.loads((new.run_dir / SWEEP_INFO).read_text())["args"] == new.args
+
+
+def fake_run(val_bpb: dict[float, float]):
+    """A launcher that finishes a run at once, its final val/bpb a function of its learning rate."""
+
+    def launch(run):
+        lr = run.info["lr"]
+        write_json_atomic(
+            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val_bpb[lr]}}}
+        )
+        return 0
+
+    return launch
+
+
+def test_learning_rates_are_tuned_per_architecture_before_the_grid(tmp_path):
+    sweep = make(tmp_path, lrs=[1e-3, 3e-3, 1e-2])
+    tuning = [r for r in expand_tuning(sweep)]
+    # decoder is tuned at both its sizes, megabyte keeps its fixed model.lr; the smallest budget, seed 0.
+    assert [r.id for r in tuning] == [
+        f"tune-decoder-{size}-lr{lr}-c2.5e11-seed0"
+        for size in ("cpu-xs", "cpu-s")
+        for lr in ("0.001", "0.003", "0.01")
+    ]
+    assert all(r.info["stage"] == "tune" and f"--model.lr={r.info['lr']}" in r.args for r in tuning)
+    with pytest.raises(ValueError, match="tuning run .* is not started: run the sweep"):
+        expand(sweep)
+    launched = []
+    launch = fake_run({1e-3: 3.1, 3e-3: 2.9, 1e-2: 3.4, 0.002: 3.0})
+    failed = run_sweep(
+        sweep, launch=lambda run: launched.append(run.id) or launch(run), echo=lambda line: None
+    )
+    assert failed == [] and launched[:6] == [r.id for r in tuning]  # tuning first, then the grid
+    assert tuned_lrs(sweep) == {("decoder", "cpu-xs"): 3e-3, ("decoder", "cpu-s"): 3e-3}
+    grid = expand(sweep)[6:]
+    decoder = [r for r in grid if r.info["variant"] == "decoder"]
+    assert len(grid) == 12 and all("--model.lr=0.003" in r.args and r.info["lr_tuned"] for r in decoder)
+    megabyte = [r for r in grid if r.info["variant"] == "megabyte"]
+    assert all(r.info["lr"] == 0.002 and not r.info["lr_tuned"] for r in megabyte)
+    assert launched[6:] == [r.id for r in grid]
+
+
+def test_seeds_are_distinct(tmp_path):
+    with pytest.raises(ValueError, match="seeds must be a non-empty list of distinct integers"):
+        make(tmp_path, seeds=[0, 0])
+    with pytest.raises(ValueError, match="lrs must be distinct positive"):
+        make(tmp_path, lrs=[1e-3, -1.0])
 
 
 def test_a_directory_with_other_options_is_an_error(tmp_path):
