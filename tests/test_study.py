@@ -14,6 +14,7 @@ from experiments.cli import main
 from experiments.study import STUDIES, Study
 from experiments.sweep import expand
 from modules.base import build_model
+from modules.sizes import paper_counts
 
 NAMES = sorted(path.stem for path in STUDIES.glob("*.yaml"))
 
@@ -60,6 +61,57 @@ def test_study_parses_and_builds_its_models(name, variant, monkeypatch):
         for row in study.rows.values():  # the paper has a number for every row of every column
             assert PAPER[name][row][part.column] > 0
     assert labels == set(study.rows)
+
+
+def paper_size(text: str) -> float:
+    """A size as the paper prints it: 758M, 1.3B."""
+    return float(text[:-1]) * {"M": 1e6, "B": 1e9}[text[-1]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_paper_scale_models_have_the_papers_sizes(name, monkeypatch):
+    """Every paper-scale model the paper gives a size for is within 10% of it, per stack (global,
+    local), counted as the paper counts (modules.sizes.paper_counts); built on the meta device."""
+    for module in ("decoder", "megabyte", "perceiver_ar"):
+        monkeypatch.setattr(f"modules.{module}.init_weights", lambda *args: None)
+    study = Study.load(name)
+    checked = 0
+    for part in study.paper:
+        assert part.paper_params, f"{name} {part.column}: no paper_params"
+        runs = {run.info["variant"]: run for run in expand(part.sweep)}
+        assert set(part.paper_params) <= set(runs), f"{name} {part.column}: paper_params name no run"
+        for label, sizes in part.paper_params.items():
+            with torch.device("meta"):
+                model = build_model(model_config(runs[label].args))
+            ours = paper_counts(model)
+            assert len(ours) == len(sizes), f"{name} {part.column} {label}: {ours} vs {sizes}"
+            for count, size in zip(ours, sizes, strict=True):
+                assert count == pytest.approx(paper_size(size), rel=0.10), (
+                    f"{name} {part.column} {label}: {count / 1e6:.0f}M where the paper has {size}"
+                )
+                checked += 1
+    assert checked
+
+
+def test_paper_count_is_gpt3_naming():
+    """The paper's names are GPT-3's (Table 2.1) scaled by layers: its 125M/350M/1.3B exactly."""
+    from modules import Decoder
+
+    for layers, width, heads, size in [(12, 768, 12, 125e6), (24, 1024, 16, 350e6), (24, 2048, 32, 1.3e9)]:
+        with torch.device("meta"):
+            model = Decoder(d_model=width, n_layers=layers, n_heads=heads, max_seq_len=2048)
+        assert paper_counts(model)[0] == pytest.approx(size, rel=0.02)
+
+
+def test_global_batch_is_fixed_in_every_paper_study():
+    """Every paper-scale run fixes its global batch, a whole number of its windows per GPU on 1, 2, 4
+    and 8 GPUs."""
+    for name in NAMES:
+        for part in Study.load(name).paper:
+            for run in expand(part.sweep):
+                flags = dict(a[2:].split("=", 1) for a in run.args if a.startswith("--") and "=" in a)
+                batch, per_gpu = int(flags["global_batch"]), int(flags["data.init_args.batch_size"])
+                assert all(batch % (per_gpu * gpus) == 0 for gpus in (1, 2, 4, 8)), run.id
 
 
 def test_orderings_are_compared_pair_by_pair():
