@@ -128,7 +128,9 @@ def split_args(name: str) -> list[str]:
     trainer, processes, batch, accumulate, budget = SPLITS[name]
     assert processes * batch * accumulate == WINDOWS
     # fsdp reaches its 2 micro-batches through global_batch (accumulation from the world size).
-    steps = f"--global_batch={WINDOWS}" if name == "fsdp" else f"--trainer.accumulate_grad_batches={accumulate}"
+    steps = f"--trainer.accumulate_grad_batches={accumulate}"
+    if name == "fsdp":
+        steps = f"--global_batch={WINDOWS}"
     args = [*EXACT, f"--data.init_args.batch_size={batch}", steps]
     if trainer is not None:
         args = [f"--config={TRAINERS / f'{trainer}.yaml'}", *args, *TWO_CPUS]

@@ -3,6 +3,8 @@ paper's numbers cover its rows, and one mini study runs end to end on a tiny cor
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -140,6 +142,11 @@ def test_mini_inference_study_end_to_end(tmp_path, monkeypatch, capsys):
     table = pd.read_csv(out / "table.csv").set_index("row")  # bits per byte measured: 7.37-7.38
     assert list(table.index) == ["basic", "sliding window", "strided", "sliding window + strided"]
     assert (table["bpb"] < 7.7).all() and table.loc["basic", "paper"] == 0.9079
+    # Reported: the test split of the checkpoint selected on validation, and what training spent.
+    runs = list((tmp_path / "runs").rglob("evaluations/basic/run.json"))
+    assert len(runs) == 1 and "test/bpb" in json.loads(runs[0].read_text())["metrics"]["final"]
+    assert (table["val_bpb"] < 7.7).all()
+    assert (table["train_flops"] > 0).all() and (table["train_bytes"] > 0).all()
     cost = table["flops_per_byte"]  # strided doubles the passes; sliding windows of 64 of 256 bytes, 4x
     assert cost["strided"] == pytest.approx(2 * cost["basic"], rel=0.05)
     assert cost["sliding window"] > 3 * cost["basic"]
