@@ -4,7 +4,9 @@ one entry in ``ARCHITECTURES``, ``SIZES`` (with a ``test`` size) and, if it has 
 testing, ``TEST_VARIANTS``: the contract tests then run on it (tests/test_models.py).
 
 ``S1``..``S6`` are the MEGABYTE paper's Table 14 sizes (layers, width, head dim 64/64/96/64/80/128);
-``table2`` is each architecture's configuration in the paper's Table 2; ``bench`` and ``bench-tiny``
+``table2`` is each architecture's configuration in the paper's Table 2; sizes named by the paper's
+count (``62M``, ``125M+125M``, ...) are its Table 15 models and those of Tables 9-13 (the paper-scale
+studies use them, and ``paper_counts`` counts parameters as the paper does); ``bench`` and ``bench-tiny``
 are the models of ``bytelab bench`` (and of its tests). The paper gives MEGABYTE's
 global/local split only for Table 2 (and Table 13), so MEGABYTE's ``S*`` use the Table 14 size for
 the global model and a local model of half its layers at a quarter of its width: that split is
