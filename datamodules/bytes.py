@@ -215,6 +215,11 @@ class ByteDataModule(L.LightningDataModule):
         one) becomes in `split`, once the split is known; itself here."""
         return [document]
 
+    def split_ranges(self, names: list[str], offsets: np.ndarray) -> dict[str, list[tuple[int, int]]]:
+        """The byte ranges of the corpus that become each split (see the class docstring); a modality
+        whose corpus has an official held-out split may use it instead."""
+        return split_ranges(names, offsets, self.val_fraction, self.test_fraction)
+
     def train_dataset(self) -> Dataset:
         """Training sample number i as a uint8 array of up to seq_len bytes, a function of (seed, i)
         only (``protocol.training_window``)."""
@@ -317,7 +322,7 @@ class ByteDataModule(L.LightningDataModule):
                 self._describe(),
                 self.cache_path / "manifest.json",
             )
-        ranges = split_ranges(names, offsets, self.val_fraction, self.test_fraction)
+        ranges = self.split_ranges(names, offsets)
         for split in SPLITS:
             if not ranges[split]:
                 raise ValueError(

@@ -20,10 +20,12 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from .bytes import ByteDataModule
 from .datasets import ByteSplit
 from .files import encoded_files, files_with_suffix, named_files
-from .protocol import training_crop
+from .protocol import official_split_ranges, training_crop
 
 PHOTOS = Path(__file__).parent / "data" / "photos.tar"
 CIFAR10_FILES = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+# Downsampled ImageNet's validation file (Imagenet64_val_npz/val_data.npz): the official held-out split.
+NPZ_HELD_OUT = "val_data"
 # What a corrupt image file raises while it is opened, decoded or converted.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -83,6 +85,11 @@ def as_hwc(array: np.ndarray) -> np.ndarray:
     if array.ndim == 4 and array.shape[1] in (1, 3):
         return array.transpose(0, 2, 3, 1)
     raise ValueError(f"an array of shape {array.shape} is not a batch of images")
+
+
+def held_out_file(path: Path) -> bool:
+    """Whether an ``.npz`` batch is downsampled ImageNet's validation file (its official held-out split)."""
+    return path.name.removesuffix(".npz") == NPZ_HELD_OUT
 
 
 class TrainCrops(Dataset):
@@ -147,6 +154,7 @@ class ImageBytes(ByteDataModule):
         patch_size: int = 12,
         crop_from: int | None = None,
         on_error: Literal["fail", "skip"] = "fail",
+        split: Literal["hashed", "official"] = "hashed",
         seq_len: int = 768,
         **kwargs: Any,
     ) -> None:
@@ -166,6 +174,10 @@ class ImageBytes(ByteDataModule):
                 as non-overlapping resolution-square tiles.
             on_error: an image file that cannot be decoded stops the build ("fail") or is reported by path,
                 skipped and counted ("skip").
+            split: "hashed" assigns every image to train, val or test by the hash of its name (see
+                ByteDataModule); "official" keeps the corpus's own held-out images as the test split
+                (CIFAR-10's test batch; downsampled ImageNet's validation file, val_data.npz) and hashes
+                the others into train and val (val_fraction); test_fraction is then unused.
             seq_len: bytes per window, at most resolution^2 * channels; it and score_len must be whole
                 patches (whole pixels in raster scan), so that every window starts on one (768: 64 patches
                 of 12 bytes, 16 of 48, 4 of 192).
@@ -182,6 +194,13 @@ class ImageBytes(ByteDataModule):
             raise ValueError(f"on_error={on_error!r} must be 'fail' or 'skip'")
         if resolution < 1:
             raise ValueError(f"resolution={resolution} must be at least 1")
+        if split not in ("hashed", "official"):
+            raise ValueError(f"split={split!r} must be 'hashed' or 'official'")
+        if split == "official" and (paths is None or format == "files"):
+            raise ValueError(
+                "split='official' needs a corpus with its own held-out split: format='cifar10' (its "
+                "test batch) or format='npz' (downsampled ImageNet's val_data.npz) with paths"
+            )
         side = patch_side(patch_size, channels) if scan == "patch" else 1
         if resolution % side:
             raise ValueError(
@@ -208,8 +227,14 @@ class ImageBytes(ByteDataModule):
         self.side = side
         self.crop_from = crop_from
         self.on_error = on_error
+        self.split = split
         self.size = crop_from or resolution
         self.files = None if paths is None else self._find(paths)
+        if split == "official" and format == "npz" and not any(held_out_file(f) for f in self.files):
+            raise ValueError(
+                f"split='official': {paths!r} holds no {NPZ_HELD_OUT}.npz (downsampled ImageNet's "
+                "validation file, the held-out split); add it to paths or use split='hashed'"
+            )
 
     def _find(self, paths: str | list[str]) -> list[Path]:
         if self.format == "cifar10":
@@ -241,7 +266,18 @@ class ImageBytes(ByteDataModule):
             "patch_size": self.patch_size if self.scan == "patch" else None,
             "crop_from": self.crop_from,
             "on_error": self.on_error,
+            "split": self.split,
         }
+
+    def split_ranges(self, names: list[str], offsets: np.ndarray) -> dict[str, list[tuple[int, int]]]:
+        """With ``split="official"`` the corpus's own held-out images are the test split."""
+        if self.split != "official":
+            return super().split_ranges(names, offsets)
+        if self.format == "cifar10":
+            held_out = [name.startswith("test/") for name in names]
+        else:
+            held_out = [held_out_file(Path(name.rsplit("/", 1)[0])) for name in names]
+        return official_split_ranges(names, offsets, held_out, self.val_fraction)
 
     def sources(self) -> list[Path]:
         """The files read, or the embedded archive."""

@@ -70,6 +70,23 @@ def split_ranges(
     return ranges
 
 
+def official_split_ranges(
+    names: Sequence[str], offsets: np.ndarray, held_out: Sequence[bool], val_fraction: float
+) -> dict[str, list[tuple[int, int]]]:
+    """Byte ranges of each split when the corpus comes with its own held-out split (CIFAR-10's test
+    batch, downsampled ImageNet's validation file): the held-out documents are the test split, and
+    the others are hashed into val (the first ceil(val_fraction * n) by SHA-256 of their name) and
+    train, as ``assign_splits`` does."""
+    rest = [i for i, out in enumerate(held_out) if not out]
+    hashed = assign_splits([names[i] for i in rest], val_fraction, 0.0)
+    indices = {
+        "train": [rest[i] for i in hashed["train"]],
+        "val": [rest[i] for i in hashed["val"]],
+        "test": [i for i, out in enumerate(held_out) if out],
+    }
+    return {split: [(offsets[i], offsets[i + 1]) for i in indices[split]] for split in SPLITS}
+
+
 def training_ends(doc_lengths: np.ndarray, align: int = 1) -> np.ndarray:
     """Cumulative count, document by document, of the ends of a training window: every multiple of
     ``align`` bytes into a document, up to its length (a document of n bytes has n // align)."""

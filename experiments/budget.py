@@ -30,6 +30,19 @@ def training_bytes_per_step(trainer: L.Trainer, pl_module: L.LightningModule) ->
     return window * datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
 
 
+def accumulation(global_batch: int, batch_size: int, world_size: int) -> int:
+    """Gradient-accumulation steps that make ``global_batch`` windows per optimiser step from
+    ``batch_size`` windows per process and ``world_size`` processes, or a one-line ValueError."""
+    per_pass = batch_size * world_size
+    if global_batch < 1 or global_batch % per_pass:
+        raise ValueError(
+            f"global_batch={global_batch} is not a whole number of passes of data.init_args.batch_size="
+            f"{batch_size} x {world_size} processes ({per_pass} windows): choose a batch_size or process "
+            "count whose product divides it"
+        )
+    return global_batch // per_pass
+
+
 def steps_for_budget(budget: float, per_step: float, what: str = "flops") -> int:
     """The most whole steps that fit in ``budget``: spends at most it, and less than one step under."""
     if budget <= 0:

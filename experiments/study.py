@@ -27,6 +27,7 @@ from .sweep import REPO, Run, Sweep, expand, flag, run_inline, run_sweep, use_da
 
 STUDIES = REPO / "experiments" / "sweeps" / "paper"
 EVALUATIONS = "evaluations"  # <run_dir>/evaluations/<name>: one `bytelab validate` each
+TEST = "test"  # the plain test-split evaluation of a part without evaluations
 GENERATION = "generation.json"  # <run_dir>/generation.json: the timed generation
 
 
@@ -40,12 +41,17 @@ class Part:
         evaluations: Row label -> ``bytelab validate`` options, each applied to every trained run
             (its checkpoint) instead of the run's own final validation.
         generate_bytes: Time cached generation of this many bytes from every trained run.
+        paper_params: Row label -> the sizes the paper gives that row's model in this column
+            (``["758M", "262M"]``: global and local for MEGABYTE, one for the others), counted as the
+            paper counts (``modules.sizes.paper_counts``); tests/test_study.py holds every
+            paper-scale model to them within 10%.
     """
 
     column: str
     sweep: Sweep
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
     generate_bytes: int | None = None
+    paper_params: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,20 +120,22 @@ def part(data: dict[str, Any], source: str) -> Part:
 
 
 def evaluation_runs(run: Run, evaluations: dict[str, dict[str, Any]]) -> list[tuple[str, Run]]:
-    """One ``bytelab validate`` per evaluation: the run's own options, its last checkpoint, then the
-    evaluation's options, in ``<run_dir>/evaluations/<name>``."""
+    """How a trained run is reported: the checkpoint it selected on validation (``best.ckpt``,
+    lowest ``val/bpb``) scored on the test split by ``bytelab test`` with the run's own options, in
+    ``<run_dir>/evaluations/<name>``; one per evaluation (its options on top), or one named ``test``
+    when the part has none."""
     runs = []
-    checkpoint = run.run_dir / "checkpoints" / "last.ckpt"
-    for name, options in evaluations.items():
+    checkpoint = run.run_dir / "checkpoints" / "best.ckpt"
+    for name, options in (evaluations or {TEST: {}}).items():
         run_dir = run.run_dir / EVALUATIONS / "".join(c if c.isalnum() else "_" for c in name)
-        args = ["validate", *run.args[1:-2], f"--run_dir={run_dir}", f"--ckpt_path={checkpoint}"]
+        args = ["test", *run.args[1:-2], f"--run_dir={run_dir}", f"--ckpt_path={checkpoint}"]
         args += [flag(k, v) for k, v in options.items()]
         runs.append((name, Run(f"{run.id}/{name}", run_dir, args, {**run.info, "evaluation": name})))
     return runs
 
 
 def evaluate(part: Part, echo: Any = print) -> None:
-    """Run the part's evaluations that have not finished yet."""
+    """Score every trained run of the part on the test split (each evaluation, or plain), unless done."""
     for run in expand(part.sweep):
         for _, evaluation in evaluation_runs(run, part.evaluations):
             manifest = evaluation.run_dir / MANIFEST
@@ -167,31 +175,39 @@ def time_generation(part: Part, echo: Any = print) -> None:
 
 
 def results(part: Part) -> list[dict[str, Any]]:
-    """Our numbers of one part: one row per run (per evaluation, if the part has evaluations)."""
+    """Our numbers of one part: one row per run (per evaluation, if the part has evaluations): the
+    test bits per byte of the checkpoint selected on validation (``bpb``), the validation bits per
+    byte it was selected by (``val_bpb``), what evaluating cost, and what training spent (FLOPs and
+    bytes)."""
     rows = []
     for run in expand(part.sweep):
         manifest = read_manifest(run.run_dir)
+        best = manifest["metrics"].get("best", {}).get("val/bpb", {})
         base = {
             "label": run.info["variant"],
             "column": part.column,
             "size": run.info["size"],
             "run_dir": str(run.run_dir),
             "params": manifest["model"]["params"]["total"],
+            "val_bpb": best.get("value", manifest["metrics"]["final"].get("val/bpb")),
+            "train_flops": manifest.get("flops_seen"),
+            "train_bytes": manifest.get("bytes_seen"),
         }
-        evaluated = [(name, read_manifest(e.run_dir)) for name, e in evaluation_runs(run, part.evaluations)]
-        for label, m in evaluated or [(base["label"], manifest)]:
-            final = m["metrics"]["final"]
+        for label, evaluation in evaluation_runs(run, part.evaluations):
+            final = read_manifest(evaluation.run_dir)["metrics"]["final"]
+            label = run.info["variant"] if label == TEST and not part.evaluations else label
             rows.append(
                 {
                     **base,
                     "label": label,
-                    "bpb": final["val/bpb"],
-                    "flops_per_byte": final.get("val/flops_per_byte"),
+                    "bpb": final["test/bpb"],
+                    "flops_per_byte": final.get("test/flops_per_byte"),
                 }
             )
         if part.generate_bytes:
             generation = json.loads((run.run_dir / GENERATION).read_text())
-            rows.append({**rows[-1], "column": "seconds", "bpb": generation["seconds"]})
+            seconds = generation["seconds"]
+            rows.append({**rows[-1], "column": "seconds", "bpb": seconds, "val_bpb": seconds})
     return rows
 
 

@@ -23,7 +23,7 @@ from modules import ByteLM
 from modules.checkpoint import verify_checkpoint
 
 from . import ranks
-from .budget import ComputeBudget
+from .budget import ComputeBudget, accumulation
 from .callbacks import FlopsModelSummary, PerfMonitor, Preemption, PrintMetrics
 from .checkpoints import VerifiedCheckpointIO, resolve_resume
 from .errors import guarded
@@ -52,6 +52,14 @@ class ByteLabCLI(LightningCLI):
             default=None,
             help="Also write checkpoints/last.ckpt every N training steps (default: at each validation), "
             "so a killed run loses at most N steps.",
+        )
+        parser.add_argument(
+            "--global_batch",
+            type=int | None,
+            default=None,
+            help="Training windows per optimiser step over all processes: the trainer accumulates "
+            "global_batch / (data batch_size x world size) batches, whatever the number of GPUs "
+            "(default: no accumulation unless trainer.accumulate_grad_batches says so).",
         )
         parser.add_lightning_class_args(ComputeBudget, "budget")
 
@@ -101,7 +109,18 @@ class ByteLabCLI(LightningCLI):
             callbacks.append(FlopsModelSummary())  # in place of Lightning's default, which counts 0 FLOPs
             kwargs["enable_model_summary"] = False  # (that default would otherwise be added beside it)
         kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if config.global_batch is not None and self.subcommand == "fit":  # evaluation has no steps
+            # The world size is known once the Trainer exists; the budget reads the accumulation
+            # later, at fit setup, so its steps count the global batch.
+            fixed = accumulation(config.global_batch, self.datamodule.batch_size, trainer.world_size)
+            if trainer_config.accumulate_grad_batches not in (1, fixed):
+                raise ValueError(
+                    f"trainer.accumulate_grad_batches={trainer_config.accumulate_grad_batches} contradicts "
+                    f"global_batch={config.global_batch} (which needs {fixed}): give only global_batch"
+                )
+            trainer.accumulate_grad_batches = fixed
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads an explicit --ckpt_path (for its hyperparameters) before any hook runs:

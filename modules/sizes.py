@@ -4,7 +4,9 @@ one entry in ``ARCHITECTURES``, ``SIZES`` (with a ``test`` size) and, if it has 
 testing, ``TEST_VARIANTS``: the contract tests then run on it (tests/test_models.py).
 
 ``S1``..``S6`` are the MEGABYTE paper's Table 14 sizes (layers, width, head dim 64/64/96/64/80/128);
-``table2`` is each architecture's configuration in the paper's Table 2; ``bench`` and ``bench-tiny``
+``table2`` is each architecture's configuration in the paper's Table 2; sizes named by the paper's
+count (``62M``, ``125M+125M``, ...) are its Table 15 models and those of Tables 9-13 (the paper-scale
+studies use them, and ``paper_counts`` counts parameters as the paper does); ``bench`` and ``bench-tiny``
 are the models of ``bytelab bench`` (and of its tests). The paper gives MEGABYTE's
 global/local split only for Table 2 (and Table 13), so MEGABYTE's ``S*`` use the Table 14 size for
 the global model and a local model of half its layers at a quarter of its width: that split is
@@ -54,6 +56,22 @@ def _megabyte(layers: int, width: int, heads: int, patch_size: int = 8) -> dict[
     }
 
 
+def _split(
+    patch_size: int, global_shape: tuple[int, int, int], local_shape: tuple[int, int, int]
+) -> dict[str, int]:
+    """A MEGABYTE of the paper's Table 15: global and local (layers, width, heads)."""
+    (global_layers, global_width, heads), (local_layers, local_width, local_heads) = global_shape, local_shape
+    return {
+        "patch_size": patch_size,
+        "global_d_model": global_width,
+        "global_layers": global_layers,
+        "local_d_model": local_width,
+        "local_layers": local_layers,
+        "n_heads": heads,
+        "local_n_heads": local_heads,
+    }
+
+
 def _cpu_megabyte(global_layers: int, global_width: int, local_width: int) -> dict[str, int]:
     # P=4: at 256-byte windows P=8 leaves the global model only 32 positions (SpaceByte also found
     # P=4 often better than P=8).
@@ -75,6 +93,10 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "cpu-m": _flat(4, 128, 4),
         **{name: _flat(*shape) for name, shape in PAPER.items()},
         "table2": _flat(22, 1024, 16),  # Transformer 320M, context 1024
+        # Table 15: Image256 / Image640 / audio Transformers (Image64's 760M is S3, Table 9's 350M S2).
+        "62M": _flat(6, 768, 12),
+        "83M": _flat(8, 768, 12),
+        "135M": _flat(13, 768, 12),
         "bench": _flat(5, 512, 8),  # MEGABYTE's bench size's non-embedding parameters (15.8M)
         "bench-tiny": _flat(1, 64, 2),
     },
@@ -84,7 +106,12 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "cpu-s": _flat(3, 96, 4),
         "cpu-m": _flat(4, 128, 4),
         **{name: _flat(*shape) for name, shape in PAPER.items()},
-        "table2": {**_flat(17, 1024, 16), "num_latents": 1024},  # 248M, context 8192
+        # The paper's L counts the cross-attention layer: L=17 is 1 cross-attention + 16 latent blocks.
+        "table2": {**_flat(16, 1024, 16), "num_latents": 1024},  # 248M, context 8192
+        # Table 15 (L = 1 cross-attention + n_layers): Image64's 227M (D=1024, L=16); the 62M (D=768,
+        # L=6) of Image256, Image640 and audio. Latents come from the study (768 or 1024).
+        "227M": {**_flat(15, 1024, 16), "num_latents": 1024},
+        "62M": {**_flat(5, 768, 12), "num_latents": 1024},
         # The bench decoder's five blocks: cross-attention + 4 latent blocks.
         "bench": {**_flat(4, 512, 8), "num_latents": 1024},
         "bench-tiny": {**_flat(1, 64, 2), "num_latents": 16},
@@ -104,6 +131,43 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "n_heads": 16,
             "local_n_heads": 16,
         },
+        # Table 15 and the paper's text, global + local (layers, width, heads). A global width is P * D_G,
+        # so it must be a multiple of P: where the paper's is not, the nearest multiple is used (noted).
+        # Image64, P=12: 1.3B + 1.3B (D=2048, L=24 each); 2016 = 12 x 168 (21 heads of 96) for 2048.
+        "1.3B+1.3B": _split(12, (24, 2016, 21), (24, 2048, 32)),
+        # Image256, P=192: 125M + 125M (D=768, L=12 each); Table 12's P=192 model too.
+        "125M+125M": _split(192, (12, 768, 12), (12, 768, 12)),
+        # Image640, P=192: 125M + 83M (D=768, L=12 and 8).
+        "125M+83M": _split(192, (12, 768, 12), (8, 768, 12)),
+        # Table 12, global 125M: local 114M (L=11) at P=48, 83M (L=8) at P=768.
+        "125M+114M": _split(48, (12, 768, 12), (11, 768, 12)),
+        "125M+83M-p768": _split(768, (12, 768, 12), (8, 768, 12)),
+        # Audio, P=32: 350M (D=1024, L=24) + 125M (D=768, L=12).
+        "350M+125M": _split(32, (24, 1024, 16), (12, 768, 12)),
+        # PG-19 at 400B bytes (Tables 3, 11, 17), P=8: 1.3B + 350M (D=1024, L=24).
+        "1.3B+350M": _split(8, (24, 2048, 32), (24, 1024, 16)),
+        # Table 9 / Table 13, P=8: 1.3B + 218M (D=1024, L=15 reads 218M as GPT-3's 350M at 15 layers).
+        "1.3B+218M": _split(8, (24, 2048, 32), (15, 1024, 16)),
+        # Table 13, P=8: 350M + 290M (L=20) and 760M + 262M (L=18), local width 1024.
+        "350M+290M": _split(8, (24, 1024, 16), (20, 1024, 16)),
+        "760M+262M": _split(8, (24, 1536, 16), (18, 1024, 16)),
+        # Table 10, arXiv, P=8: w/o cross-patch 921M (D=2048, L=17) + 350M; CNN encoder 704M (L=13) + 262M.
+        "921M+350M": _split(8, (17, 2048, 16), (24, 1024, 16)),
+        "704M+262M": _split(8, (13, 2048, 16), (18, 1024, 16)),
+        # Table 10, arXiv w/o local: a global model alone (D=2560, L=20) at P=4; the local half is unused.
+        "global-2560x20-p4": _split(4, (20, 2560, 32), (1, 64, 4)),
+        # Table 10, Image256 w/o local: D=4096, L=32 at P=48; 4080 = 48 x 85 (34 heads of 120) for 4096.
+        "global-4080x32-p48": _split(48, (32, 4080, 34), (1, 64, 4)),
+        # Table 10, w/o global: a local model alone, 350M (D=1024, L=24) on arXiv (and audio, bytelab's
+        # choice); the Image256 column's 125M local alone (bytelab's choice, the paper is silent).
+        "local-350M-p8": _split(8, (1, 64, 4), (24, 1024, 16)),
+        "local-350M-p32": _split(32, (1, 64, 4), (24, 1024, 16)),
+        "local-125M-p192": _split(192, (1, 192, 4), (12, 768, 12)),
+        # Table 10, Image256 w/o cross-patch: 250M global (read as D=768, L=24: GPT-3's 125M at 24 layers)
+        # + 156M local (D=768, L=15).
+        "250M+156M": _split(192, (24, 768, 12), (15, 768, 12)),
+        # Table 10, audio w/o local (bytelab's choice, the paper is silent): 350M global at P=4.
+        "global-1024x24-p4": _split(4, (24, 1024, 16), (1, 64, 4)),
         # 4 local blocks of width 256 cost what one block of width 512 does: the bench decoder's size.
         "bench": {
             "patch_size": 8,
@@ -146,3 +210,41 @@ def model_init_args(architecture: str, size: str) -> dict[str, Any]:
         known = ", ".join(SIZES[architecture])
         raise ValueError(f"unknown size {size!r} for {architecture}; known: {known}")
     return dict(SIZES[architecture][size])
+
+
+# How the MEGABYTE paper counts parameters: it names its models as GPT-3 does (Brown et al. 2020, Table
+# 2.1), a model of width D and L layers being GPT-3's model of width D scaled to L layers (Table 2's
+# "320M (D=1024, L=22)" is 22/24 of GPT-3's 350M, "62M (D=768, L=6)" half of its 125M). GPT-3's counts
+# include its 50,257-token and 2,048-position embedding tables (52,305 x D), which a byte model does
+# not have; for the narrow models that is a third of the name. So a stack of L blocks of width D is
+# counted here as its blocks' parameters + L / L_GPT3(D) x 52,305 x D.
+GPT3_LAYERS = {768: 12, 1024: 24, 1536: 24, 2048: 24, 2560: 32, 4096: 32}  # width -> GPT-3's layers
+GPT3_EMBEDDING_ROWS = 50257 + 2048
+
+
+def paper_count(blocks: Any, width: int) -> float:
+    """A transformer stack's size as the MEGABYTE paper names it (see ``GPT3_LAYERS``): its blocks'
+    parameters plus their share of GPT-3's embedding tables at the nearest GPT-3 width."""
+    blocks = list(blocks)
+    nearest = min(GPT3_LAYERS, key=lambda w: abs(w - width))
+    own = sum(p.numel() for block in blocks for p in block.parameters())
+    return own + len(blocks) / GPT3_LAYERS[nearest] * GPT3_EMBEDDING_ROWS * width
+
+
+def paper_counts(model: Any) -> list[float]:
+    """The sizes the paper gives a model: ``[flat]`` for a Decoder or PerceiverAR (whose L counts
+    its cross-attention layer), ``[global, local]`` for a MEGABYTE, ``[global]`` without its local
+    model, ``[local]`` without its global model."""
+    name = type(model).__name__
+    if name == "Decoder":
+        return [paper_count(model.transformer.blocks, model.d_model)]
+    if name == "PerceiverAR":
+        return [paper_count([model.cross_attention, *model.latent_model.blocks], model.d_model)]
+    if name == "Megabyte":
+        counts = []
+        if not model.no_global:
+            counts.append(paper_count(model.global_model.blocks, model.global_d_model))
+        if not model.no_local:
+            counts.append(paper_count(model.local_model.blocks, model.local_d_model))
+        return counts
+    raise ValueError(f"no paper count for {name}")

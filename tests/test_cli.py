@@ -138,6 +138,7 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
         (["--data.init_args.paths={short}"], "seq_len"),
         (["--model.model.init_args.max_seq_len=100"], "max_seq_len=100 must be a multiple of patch_size=8"),
         (["--config={perceiver}", "--data.init_args.score_len=96"], "score_len=96 exceeds the 32 positions"),
+        (["--global_batch=12", "--data.init_args.batch_size=8"], "global_batch=12 is not a whole number"),
     ],
     ids=[
         "empty corpus",
@@ -145,6 +146,7 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
         "corpus shorter than a window",
         "max_seq_len not a multiple of patch_size",
         "score_len above num_latents",
+        "global batch not a multiple of the batch",
     ],
 )
 def test_bad_input_is_a_one_line_error(args, message, tmp_path, corpus):

@@ -127,7 +127,11 @@ def split_args(name: str) -> list[str]:
     windows, so a budget that miscounts processes or micro-batches by 2x stops at another step."""
     trainer, processes, batch, accumulate, budget = SPLITS[name]
     assert processes * batch * accumulate == WINDOWS
-    args = [*EXACT, f"--data.init_args.batch_size={batch}", f"--trainer.accumulate_grad_batches={accumulate}"]
+    # fsdp reaches its 2 micro-batches through global_batch (accumulation from the world size).
+    steps = f"--trainer.accumulate_grad_batches={accumulate}"
+    if name == "fsdp":
+        steps = f"--global_batch={WINDOWS}"
+    args = [*EXACT, f"--data.init_args.batch_size={batch}", steps]
     if trainer is not None:
         args = [f"--config={TRAINERS / f'{trainer}.yaml'}", *args, *TWO_CPUS]
     model = megabyte_tiny()

@@ -235,6 +235,47 @@ def test_cifar10_python_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert dm.manifest["splits"]["val"]["documents"] == 2
 
 
+def test_official_split_keeps_the_held_out_files_as_test(tmp_path: Path, monkeypatch) -> None:
+    """split='official': CIFAR-10's test batch and downsampled ImageNet's val_data.npz are the test
+    split, exactly, and the training files are hashed into train and val only."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batches[name] = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"data": batches[name], "labels": [0, 1, 0, 1]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"]}))
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
+    options = {"cache_dir": str(tmp_path / "c"), "scan": "raster", "seq_len": 8, "val_fraction": 0.1}
+    dm = ImageBytes(str(tmp_path), format="cifar10", split="official", **options)
+    dm.setup()
+    test = sorted(dm.splits["test"].document(i).tobytes() for i in range(len(dm.splits["test"])))
+    expected = sorted(as_hwc(batches["test_batch"]).reshape(4, -1)[i].tobytes() for i in range(4))
+    assert test == expected
+    assert dm.manifest["splits"]["val"]["documents"] == 2  # ceil(0.1 x 20 training images)
+    assert dm.manifest["splits"]["train"]["documents"] == 18
+    hashed = ImageBytes(str(tmp_path), format="cifar10", **options)
+    assert hashed.cache_path != dm.cache_path  # the split is part of the cache's key
+
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    train = rng.integers(0, 256, (9, 3 * 8 * 8), dtype=np.uint8)
+    val = rng.integers(0, 256, (3, 3 * 8 * 8), dtype=np.uint8)
+    np.savez(npz / "train_data_batch_1.npz", data=train, labels=np.arange(9))
+    options = {"cache_dir": str(tmp_path / "c"), "resolution": 8, "seq_len": 8, "scan": "raster"}
+    with pytest.raises(ValueError, match=r"split='official': .* holds no val_data.npz"):
+        ImageBytes(str(npz), format="npz", split="official", **options)
+    np.savez(npz / "val_data.npz", data=val, labels=np.arange(3))
+    dm = ImageBytes(str(npz), format="npz", split="official", **options)
+    dm.setup()
+    test = sorted(dm.splits["test"].document(i).tobytes() for i in range(len(dm.splits["test"])))
+    assert test == sorted(image.tobytes() for image in as_hwc(val))
+    assert [dm.manifest["splits"][s]["documents"] for s in ("train", "val")] == [8, 1]
+    with pytest.raises(ValueError, match="split='official' needs a corpus with its own held-out split"):
+        ImageBytes(None, split="official")
+
+
 @pytest.mark.faults
 def test_corrupt_images_fail_or_are_skipped(tmp_path: Path) -> None:
     write_images(tmp_path / "images", [(8, 8)] * 4)

@@ -13,7 +13,7 @@ from lightning.fabric.utilities.throughput import measure_flops
 
 from datamodules import TextBytes
 from datamodules.protocol import evaluation_windows, truncated_lengths
-from experiments.budget import ComputeBudget, steps_for_budget
+from experiments.budget import ComputeBudget, accumulation, steps_for_budget
 from experiments.manifest import RunManifest, parameter_counts, read_manifest, write_json_atomic
 from modules import ByteLM, Decoder, Megabyte
 from modules.base import build_model
@@ -70,6 +70,21 @@ def fit(
 def test_steps_for_budget_never_exceeds_it(budget, per_step, steps):
     assert steps_for_budget(budget, per_step) == steps
     assert 0 <= budget - steps * per_step < per_step * (1 + 1e-9)
+
+
+@pytest.mark.parametrize(
+    "global_batch,batch,world,steps", [(72, 9, 1, 8), (72, 9, 8, 1), (48, 6, 4, 2), (4800, 75, 64, 1)]
+)
+def test_global_batch_fixes_windows_per_step_whatever_the_world_size(global_batch, batch, world, steps):
+    assert accumulation(global_batch, batch, world) == steps
+    assert steps * batch * world == global_batch
+
+
+@pytest.mark.parametrize("global_batch,batch,world", [(72, 9, 16), (48, 5, 1), (0, 1, 1)])
+def test_global_batch_that_does_not_divide_is_a_one_line_error(global_batch, batch, world):
+    with pytest.raises(ValueError, match=f"global_batch={global_batch} is not a whole number") as error:
+        accumulation(global_batch, batch, world)
+    assert "\n" not in str(error.value)
 
 
 def test_budget_below_one_step_is_an_error():

@@ -3,6 +3,8 @@ paper's numbers cover its rows, and one mini study runs end to end on a tiny cor
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +16,7 @@ from experiments.cli import main
 from experiments.study import STUDIES, Study
 from experiments.sweep import expand
 from modules.base import build_model
+from modules.sizes import paper_counts
 
 NAMES = sorted(path.stem for path in STUDIES.glob("*.yaml"))
 
@@ -62,6 +65,57 @@ def test_study_parses_and_builds_its_models(name, variant, monkeypatch):
     assert labels == set(study.rows)
 
 
+def paper_size(text: str) -> float:
+    """A size as the paper prints it: 758M, 1.3B."""
+    return float(text[:-1]) * {"M": 1e6, "B": 1e9}[text[-1]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_paper_scale_models_have_the_papers_sizes(name, monkeypatch):
+    """Every paper-scale model the paper gives a size for is within 10% of it, per stack (global,
+    local), counted as the paper counts (modules.sizes.paper_counts); built on the meta device."""
+    for module in ("decoder", "megabyte", "perceiver_ar"):
+        monkeypatch.setattr(f"modules.{module}.init_weights", lambda *args: None)
+    study = Study.load(name)
+    checked = 0
+    for part in study.paper:
+        assert part.paper_params, f"{name} {part.column}: no paper_params"
+        runs = {run.info["variant"]: run for run in expand(part.sweep)}
+        assert set(part.paper_params) <= set(runs), f"{name} {part.column}: paper_params name no run"
+        for label, sizes in part.paper_params.items():
+            with torch.device("meta"):
+                model = build_model(model_config(runs[label].args))
+            ours = paper_counts(model)
+            assert len(ours) == len(sizes), f"{name} {part.column} {label}: {ours} vs {sizes}"
+            for count, size in zip(ours, sizes, strict=True):
+                assert count == pytest.approx(paper_size(size), rel=0.10), (
+                    f"{name} {part.column} {label}: {count / 1e6:.0f}M where the paper has {size}"
+                )
+                checked += 1
+    assert checked
+
+
+def test_paper_count_is_gpt3_naming():
+    """The paper's names are GPT-3's (Table 2.1) scaled by layers: its 125M/350M/1.3B exactly."""
+    from modules import Decoder
+
+    for layers, width, heads, size in [(12, 768, 12, 125e6), (24, 1024, 16, 350e6), (24, 2048, 32, 1.3e9)]:
+        with torch.device("meta"):
+            model = Decoder(d_model=width, n_layers=layers, n_heads=heads, max_seq_len=2048)
+        assert paper_counts(model)[0] == pytest.approx(size, rel=0.02)
+
+
+def test_global_batch_is_fixed_in_every_paper_study():
+    """Every paper-scale run fixes its global batch, a whole number of its windows per GPU on 1, 2, 4
+    and 8 GPUs."""
+    for name in NAMES:
+        for part in Study.load(name).paper:
+            for run in expand(part.sweep):
+                flags = dict(a[2:].split("=", 1) for a in run.args if a.startswith("--") and "=" in a)
+                batch, per_gpu = int(flags["global_batch"]), int(flags["data.init_args.batch_size"])
+                assert all(batch % (per_gpu * gpus) == 0 for gpus in (1, 2, 4, 8)), run.id
+
+
 def test_orderings_are_compared_pair_by_pair():
     long = pd.DataFrame(
         {"row": ["a", "b", "c"], "column": ["x"] * 3, "bpb": [1.0, 2.0, 3.0], "paper": [1.0, 3.0, 2.0]}
@@ -88,6 +142,11 @@ def test_mini_inference_study_end_to_end(tmp_path, monkeypatch, capsys):
     table = pd.read_csv(out / "table.csv").set_index("row")  # bits per byte measured: 7.37-7.38
     assert list(table.index) == ["basic", "sliding window", "strided", "sliding window + strided"]
     assert (table["bpb"] < 7.7).all() and table.loc["basic", "paper"] == 0.9079
+    # Reported: the test split of the checkpoint selected on validation, and what training spent.
+    runs = list((tmp_path / "runs").rglob("evaluations/basic/run.json"))
+    assert len(runs) == 1 and "test/bpb" in json.loads(runs[0].read_text())["metrics"]["final"]
+    assert (table["val_bpb"] < 7.7).all()
+    assert (table["train_flops"] > 0).all() and (table["train_bytes"] > 0).all()
     cost = table["flops_per_byte"]  # strided doubles the passes; sliding windows of 64 of 256 bytes, 4x
     assert cost["strided"] == pytest.approx(2 * cost["basic"], rel=0.05)
     assert cost["sliding window"] > 3 * cost["basic"]
