@@ -183,8 +183,8 @@ def check_alignment(align: int, unit: str, **lengths: int) -> None:
                 str(align * k) for k in range(max(value // align, 1), max(value // align, 1) + 3)
             )
             raise ValueError(
-                f"{name}={value} is not a multiple of {align} bytes, one {unit}: windows must start on "
-                f"whole {unit}s in training and evaluation (use e.g. {fits})"
+                f"{name}={value} is not a multiple of {align} bytes, one {unit}: every window must start on "
+                f"a whole {unit} in training and evaluation (use e.g. {fits})"
             )
 
 

@@ -3,7 +3,9 @@ paper's numbers cover its rows, and one mini study runs end to end on a tiny cor
 
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -59,10 +61,31 @@ def test_study_parses_and_builds_its_models(name, variant, monkeypatch):
             assert model.max_seq_len >= seq_len and model.flops_per_byte(seq_len) > 0
             if variant == "paper":
                 assert any("trainer/fsdp.yaml" in a for a in run.args)
+            for options in [{}, *part.evaluations.values()]:
+                check_data_windows(run.args, options)
             labels |= set(part.evaluations) or {run.info["variant"]}
         for row in study.rows.values():  # the paper has a number for every row of every column
             assert PAPER[name][row][part.column] > 0
     assert labels == set(study.rows)
+
+
+def check_data_windows(args: list[str], options: dict) -> None:
+    """Build a run's image or audio DataModule (no files are read) with an evaluation's options on
+    top: its windows must start on whole pixels, patches or samples, or the constructor says which."""
+    init_args: dict = {}
+    for arg in args:
+        if arg.startswith("--config=") and "/data/" in arg:
+            data = yaml.safe_load(Path(arg.split("=", 1)[1]).read_text())["data"]
+            class_path, init_args = data["class_path"], dict(data.get("init_args") or {})
+    flags = {
+        a[2:].split("=", 1)[0]: yaml.safe_load(a.split("=", 1)[1]) for a in args if a.startswith("--data.")
+    }
+    for key, value in {**flags, **options}.items():
+        if key.startswith("data.init_args."):
+            init_args[key.removeprefix("data.init_args.")] = value
+    if class_path in ("datamodules.ImageBytes", "datamodules.AudioBytes"):
+        module, name = class_path.rsplit(".", 1)
+        getattr(importlib.import_module(module), name)(**{**init_args, "paths": None})
 
 
 def paper_size(text: str) -> float:
