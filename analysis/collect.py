@@ -66,6 +66,8 @@ def run_row(run_dir: Path, manifest: dict[str, Any], allow_unfinished: bool = Fa
     params = model["params"]
     budget = manifest.get("budget") or {}
     sweep = manifest.get("sweep") or {}
+    config = manifest.get("config") or {}
+    lr = (config.get("model") or {}).get("lr") if isinstance(config, dict) else None
     return {
         "run": sweep.get("id", run_dir.name),
         "run_dir": str(run_dir),
@@ -77,6 +79,10 @@ def run_row(run_dir: Path, manifest: dict[str, Any], allow_unfinished: bool = Fa
         "variant": sweep.get("variant", model["class"]),  # a sweep's label for an option set
         "size": sweep.get("size", ""),
         "seed": sweep.get("seed", np.nan),
+        "lr": float(next((v for v in (lr, sweep.get("lr")) if v is not None), np.nan)),
+        # "tune": a learning-rate tuning run at the sweep's smallest budget, kept out of the main
+        # tables, frontiers and fits (analysis.tables.lr_tuning_table reads it); "main": the rest.
+        "stage": sweep.get("stage", "main"),
         "budget_flops": budget.get("flops") or np.nan,
         "budget_bytes": budget.get("bytes") or np.nan,
         "steps": manifest["step"],
@@ -125,6 +131,19 @@ def label_datasets(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def label_architectures(runs: pd.DataFrame) -> pd.DataFrame:
+    """Name each row by its sweep label where one model class ran under several labels.
+
+    ``architecture`` is the model class; a sweep may run one class as several variants (MEGABYTE
+    and MEGABYTE without its local model). Their seeds must not be pooled into one table row, so
+    the runs of such a class take their ``variant`` label as ``architecture``.
+    """
+    labels = runs.groupby("architecture")["variant"].nunique()
+    shared = runs["architecture"].isin(labels[labels > 1].index)
+    runs.loc[shared, "architecture"] = runs.loc[shared, "variant"]
+    return runs
+
+
 def check_protocols(runs: pd.DataFrame) -> None:
     """Runs on one dataset must share the evaluation protocol, or their bits per byte do not compare."""
     for dataset, group in runs.groupby("dataset"):
@@ -152,7 +171,7 @@ def collect(
         manifest = read_manifest(run_dir)
         rows.append(run_row(run_dir, manifest, allow_unfinished))
         curves += curve_rows(run_dir, manifest)
-    runs = label_datasets(pd.DataFrame(rows))
+    runs = label_architectures(label_datasets(pd.DataFrame(rows)))
     if same_protocol:
         check_protocols(runs)
     return runs, pd.DataFrame(curves, columns=["run_dir", "split", "step", "flops", "bpb"])

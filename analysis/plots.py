@@ -1,10 +1,12 @@
 """Plots of one dataset's runs, saved as PNG and PDF.
 
 - ``plot_training_compute``: bits per byte against training FLOPs (log x), every run as a point,
-  each architecture's compute-optimal frontier as a line and its L(C) fit dashed.
+  each architecture's compute-optimal frontier (mean over seeds, bars from the min to the max
+  seed) as a line and its L(C) fit dashed.
 - ``plot_inference_pareto``: bits per byte against inference FLOPs per byte at each budget, with the
   Pareto frontier over all architectures (SpaceByte's view: what a byte costs at generation time).
-- ``plot_learning_curves``: validation bits per byte against training FLOPs, one panel per budget.
+- ``plot_learning_curves``: validation bits per byte against training FLOPs, one panel per budget,
+  one line per architecture and size: the mean over seeds with the min-max band shaded.
 """
 
 from __future__ import annotations
@@ -48,27 +50,30 @@ def _save(fig: plt.Figure, path: Path) -> list[Path]:
 
 
 def plot_training_compute(runs: pd.DataFrame, fits: pd.DataFrame, path: Path) -> list[Path]:
-    """Bits per byte vs training FLOPs: runs, frontier per architecture, and its fit."""
+    """Bits per byte vs training FLOPs: runs, frontier per architecture (mean, min-max bars), its fit."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     best = frontier(runs)
     for arch, group in runs.groupby("architecture"):
-        ax.scatter(group["flops_seen"], group["val_bpb"], color=architecture_color(arch), alpha=0.35, s=18)
+        color = architecture_color(arch)
+        ax.scatter(group["flops_seen"], group["val_bpb"], color=color, alpha=0.35, s=18)
         line = best[best["architecture"] == arch]
-        ax.plot(line["flops_seen"], line["val_bpb"], "o-", color=architecture_color(arch), label=arch)
+        bars = [line["val_bpb"] - line["val_bpb_min"], line["val_bpb_max"] - line["val_bpb"]]
+        ax.errorbar(
+            line["flops_seen"], line["val_bpb"], yerr=bars, fmt="o-", color=color, capsize=3, label=arch
+        )
         fit = fits[fits["architecture"] == arch]
         if len(fit) and not np.isnan(fit["alpha"].iloc[0]):
             law = as_law(fit.iloc[0])
             c = np.geomspace(group["flops_seen"].min() / 1.5, group["flops_seen"].max() * 1.5, 100)
-            ax.plot(
-                c,
-                law.loss(c),
-                "--",
-                color=architecture_color(arch),
-                linewidth=1,
-                label=rf"fit $\alpha$={law.alpha:.3f}",
-            )
+            ci = fit.iloc[0]
+            label = rf"fit $\alpha$={law.alpha:.3f} [{ci['alpha_lo']:.3f}, {ci['alpha_hi']:.3f}]"
+            ax.plot(c, law.loss(c), "--", color=color, linewidth=1, label=label)
     ax.set(xscale="log", xlabel="training FLOPs", ylabel="validation bits per byte")
-    ax.set_title(f"{runs['dataset'].iloc[0]}: compute-matched runs")
+    ax.set_title(
+        f"{runs['dataset'].iloc[0]}: compute-matched runs\n"
+        "frontier: mean over seeds, bars min-max over seeds; fit: 90% bootstrap CI of alpha",
+        fontsize=9,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -102,27 +107,43 @@ def plot_inference_pareto(runs: pd.DataFrame, path: Path) -> list[Path]:
     return _save(fig, path)
 
 
+def seed_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Validation curves per architecture, size and budget over seeds: at the i-th validation of
+    the runs, their mean FLOPs and the mean, min and max bits per byte (``seeds``: runs there)."""
+    key = ["architecture", "size", "budget_flops"]
+    val = curves[curves["split"] == "val"].merge(runs[["run_dir", *key]], on="run_dir")
+    val = val.sort_values(["run_dir", "flops"], kind="stable")
+    val["validation"] = val.groupby("run_dir").cumcount()
+    grouped = val.groupby([*key, "validation"], dropna=False)
+    stats = grouped["bpb"].agg(["mean", "min", "max"]).join(grouped["flops"].mean())
+    return stats.join(grouped["run_dir"].nunique().rename("seeds")).reset_index()
+
+
 def plot_learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -> list[Path]:
-    """Validation bits per byte against training FLOPs, one panel per budget, one line per run."""
+    """Validation bits per byte against training FLOPs, one panel per budget, one line per
+    architecture and size: the mean over seeds, with the min-max band over seeds shaded."""
     budgets = sorted(runs["budget_flops"].dropna().unique()) or [np.nan]
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.8), sharey=True, squeeze=False)
-    val = curves[curves["split"] == "val"]
     sizes = {size: MARKERS[i % len(MARKERS)] for i, size in enumerate(sorted(runs["size"].unique()))}
+    lines = seed_curves(runs, curves)
     for ax, budget in zip(axes[0], budgets, strict=True):
-        group = runs if np.isnan(budget) else runs[np.isclose(runs["budget_flops"], budget)]
-        for run in group.itertuples():
-            points = val[val["run_dir"] == run.run_dir].sort_values("flops")
-            label = f"{run.architecture} {run.size}".strip()
+        group = (
+            lines[lines["budget_flops"].isna()]
+            if np.isnan(budget)
+            else lines[np.isclose(lines["budget_flops"], budget)]
+        )
+        for (arch, size), points in group.groupby(["architecture", "size"]):
+            color = architecture_color(arch)
+            label = f"{arch} {size}".strip() + f" ({points['seeds'].max()} seeds)"
             ax.plot(
-                points["flops"],
-                points["bpb"],
-                marker=sizes[run.size],
-                markersize=3,
-                color=architecture_color(run.architecture),
-                label=label,
+                points["flops"], points["mean"], marker=sizes[size], markersize=3, color=color, label=label
+            )
+            ax.fill_between(
+                points["flops"], points["min"], points["max"], color=color, alpha=0.2, linewidth=0
             )
         ax.set(xlabel="training FLOPs", title=f"budget {budget:.3g} FLOPs", xlim=(0, None))
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("validation bits per byte")
+    fig.suptitle("lines: mean over seeds; shaded: min-max over seeds", fontsize=9)
     axes[0][0].legend(fontsize=7)
     return _save(fig, path)

@@ -9,18 +9,33 @@ import pandas as pd
 
 from . import plots
 from .collect import collect
-from .fits import compute_multipliers, fit_frontiers
-from .tables import fits_table, grid_table, paper_table, to_markdown, write_table
+from .fits import compute_multipliers, fit_frontiers, main_runs
+from .tables import (
+    fits_table,
+    grid_table,
+    lr_tuning_table,
+    paper_display,
+    paper_table,
+    ranking_table,
+    ranking_words,
+    to_markdown,
+    write_table,
+)
 
 
 @dataclass
 class Report:
-    """What an analysis produced: the frames and the files written."""
+    """What an analysis produced: the frames and the files written.
+
+    ``ranking``: the architectures at the table's budget against each other, over seeds;
+    ``tuning``: the learning-rate tuning table (empty without tuning runs)."""
 
     runs: pd.DataFrame
     paper: pd.DataFrame
     fits: pd.DataFrame
     files: list[Path] = field(default_factory=list)
+    ranking: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _slug(text: str) -> str:
@@ -34,16 +49,24 @@ def analyze(
     reference: str = "Decoder",
     allow_unfinished: bool = False,
 ) -> Report:
-    """Collect runs, write the tables (Markdown, CSV, LaTeX) and plots (PNG, PDF) under ``out``."""
+    """Collect runs, write the tables (Markdown, CSV, LaTeX) and plots (PNG, PDF) under ``out``.
+
+    Always: ``table``, ``ranking``, ``grid``, ``fits`` and the plots; ``lr_tuning`` where the runs
+    include learning-rate tuning runs. Tables, fits and plots use the main runs, ``grid`` all."""
     out = Path(out)
     runs, curves = collect(paths, allow_unfinished)
     fits = fit_frontiers(runs)
     report = Report(runs, paper_table(runs, budget), fits_table(fits, compute_multipliers(fits, reference)))
-    report.files += write_table(report.paper, out, "table")
+    report.ranking, report.tuning = ranking_table(runs, budget), lr_tuning_table(runs)
+    report.files += write_table(report.paper, out, "table", paper_display(report.paper))
+    report.files += write_table(report.ranking, out, "ranking")
     report.files += write_table(grid_table(runs), out, "grid")
     report.files += write_table(report.fits, out, "fits")
-    several = runs["dataset"].nunique() > 1
-    for dataset, group in runs.groupby("dataset"):
+    if len(report.tuning):
+        report.files += write_table(report.tuning, out, "lr_tuning")
+    main = main_runs(runs)
+    several = main["dataset"].nunique() > 1
+    for dataset, group in main.groupby("dataset"):
         suffix = f"-{_slug(dataset)}" if several else ""
         ds_fits = fits[fits["dataset"] == dataset]
         report.files += plots.plot_training_compute(group, ds_fits, out / f"bpb_vs_training_flops{suffix}")
@@ -54,11 +77,21 @@ def analyze(
 
 
 def describe(report: Report) -> str:
-    """The terminal summary: the paper-style table and the fitted exponents."""
+    """The terminal summary: learning-rate tuning (where run), the paper-style table, the ranking
+    in words and the fits."""
+    tuning = (
+        ["Learning-rate tuning (chosen: lowest val bpb):", to_markdown(report.tuning)]
+        if len(report.tuning)
+        else []
+    )
     return "\n".join(
         [
             "",
-            to_markdown(report.paper),
+            *tuning,
+            to_markdown(paper_display(report.paper)),
+            "Ranking (a difference smaller than the spread over seeds is a tie):",
+            *[f"- {line}" for line in ranking_words(report.ranking)],
+            "",
             to_markdown(report.fits),
             f"wrote {len(report.files)} files to {report.files[0].parent}",
         ]

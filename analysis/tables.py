@@ -2,8 +2,14 @@
 
 1. ``paper_table``: the paper's Table 2 layout: architectures x datasets, bits per byte at one
    budget, the best size of each architecture with its parameters and FLOPs per byte.
-2. ``grid_table``: every run, with a flag on the compute-optimal size per budget.
-3. ``fits_table`` / multipliers: the L(C) fit per architecture and the compute multipliers.
+   Every (dataset, architecture, size, budget) point is aggregated over its seeds: mean, std,
+   min, max and the number of seeds (``paper_display`` shows mean ± std and min-max).
+2. ``grid_table``: every run (each seed, each learning rate), with the compute-optimal size marked.
+3. ``ranking_table``: the architectures at the table's budget, each against the next: in how many
+   seeds the order holds, and a tie where the difference is smaller than the spread over seeds.
+4. ``fits_table`` / multipliers: the L(C) fit per architecture with its bootstrap interval, or why
+   there is none, and the compute multipliers, or why there is none.
+5. ``lr_tuning_table``: val bpb at each tuned learning rate, the chosen one marked.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_text_atomic
-from .fits import frontier
+from .fits import frontier, main_runs, points, seed_values
 
 
 def require_dataset(frame: pd.DataFrame) -> None:
@@ -28,7 +34,8 @@ def require_dataset(frame: pd.DataFrame) -> None:
 
 
 def common_budget(runs: pd.DataFrame) -> float:
-    """The largest FLOP budget at which every architecture of the frame has a run."""
+    """The largest FLOP budget at which every architecture of the frame has a (main) run."""
+    runs = main_runs(runs)
     per_arch = runs.dropna(subset=["budget_flops"]).groupby("architecture")["budget_flops"].apply(set)
     shared = set.intersection(*per_arch) if len(per_arch) else set()
     if not shared or per_arch.index.size < runs["architecture"].nunique():
@@ -38,41 +45,86 @@ def common_budget(runs: pd.DataFrame) -> float:
     return max(shared)
 
 
+def best_at_budget(runs: pd.DataFrame, dataset: str, budget: float | None) -> tuple[float, pd.DataFrame]:
+    """The table's budget of one dataset and, per architecture, its size of lowest mean bpb there."""
+    group = main_runs(runs)
+    group = group[group["dataset"] == dataset]
+    at = common_budget(group) if budget is None else budget
+    chosen = points(group)
+    chosen = chosen[np.isclose(chosen["budget_flops"], at)]
+    if chosen.empty:
+        raise ValueError(f"no run of dataset {dataset} has budget_flops={at:g}")
+    best = chosen.sort_values("val_bpb", kind="stable").groupby("architecture").head(1)
+    return at, best.set_index("architecture")
+
+
+SPREAD = ["std", "min", "max"]
+
+
 def paper_table(runs: pd.DataFrame, budget: float | None = None) -> pd.DataFrame:
     """Rows: architectures; per dataset: bits per byte of the best size at the budget, and that size.
 
-    ``budget`` defaults, per dataset, to the largest FLOP budget every architecture ran at.
+    Bits per byte are over seeds: ``<dataset> val bpb`` is the mean, followed by its std (ddof=1,
+    NaN for one seed), min, max and the number of seeds; the best size is the one of lowest mean.
+    ``budget`` defaults, per dataset, to the largest FLOP budget every architecture ran at. Only
+    main runs count (not learning-rate tuning runs).
     """
     require_dataset(runs)
+    runs = main_runs(runs)
+    if runs.empty:
+        raise ValueError("no main runs to tabulate (only learning-rate tuning runs): finish the sweep")
     datasets = sorted(runs["dataset"].unique())
     single = len(datasets) == 1
     columns: dict[str, pd.Series] = {}
     for dataset in datasets:
-        group = runs[runs["dataset"] == dataset]
-        at = common_budget(group) if budget is None else budget
-        chosen = group[np.isclose(group["budget_flops"], at)]
-        if chosen.empty:
-            raise ValueError(f"no run of dataset {dataset} has budget_flops={at:g}")
-        best = chosen.sort_values("val_bpb").groupby("architecture").head(1).set_index("architecture")
+        _, best = best_at_budget(runs, dataset, budget)
         suffix = "" if single else f" ({dataset})"
         columns[f"size{suffix}"] = best["size"]
         columns[f"params{suffix}"] = best["params"]
+        if "lr" in best.columns and best["lr"].notna().any():
+            columns[f"lr{suffix}"] = best["lr"]
         columns[f"inference FLOPs/byte{suffix}"] = best["inference_flops_per_byte"]
         columns[f"budget{suffix}"] = best["budget_flops"]
-        columns[f"{dataset} val bpb"] = best["val_bpb"]
+        splits = ["val"] + (["test"] if "test_bpb" in best.columns and best["test_bpb"].notna().any() else [])
+        for split in splits:
+            name = f"{dataset} {split} bpb"
+            columns[name] = best[f"{split}_bpb"]
+            for stat in SPREAD:
+                columns[f"{name} {stat}"] = best[f"{split}_bpb_{stat}"]
+        columns[f"{dataset} seeds"] = best["seeds"]
     table = pd.DataFrame(columns).rename_axis("architecture").reset_index()
-    return table.sort_values(table.columns[-1]).reset_index(drop=True)
+    return table.sort_values(f"{datasets[-1]} val bpb", kind="stable").reset_index(drop=True)
+
+
+def paper_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper table as shown (Markdown, LaTeX, terminal): ``mean ± std`` and ``min-max`` cells."""
+    shown = formatted(table)
+    for name in [c for c in table.columns if c.endswith(" bpb") and f"{c} std" in table.columns]:
+        std = ["-" if np.isnan(v) else f"{v:.4f}" for v in table[f"{name} std"]]
+        shown[name] = [f"{m} ± {s}" for m, s in zip(shown[name], std, strict=True)]
+        shown[f"{name} min"] = [
+            f"{lo:.4f}-{hi:.4f}" for lo, hi in zip(table[f"{name} min"], table[f"{name} max"], strict=True)
+        ]
+        shown = shown.drop(columns=[f"{name} std", f"{name} max"]).rename(
+            columns={name: f"{name} (mean ± std)", f"{name} min": f"{name} min-max"}
+        )
+    return shown
 
 
 def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Every run, sorted by dataset, architecture, budget and size, with ``compute_optimal`` marked."""
+    """Every run (tuning runs too), sorted by dataset, architecture, budget, size and seed.
+
+    ``compute_optimal`` marks the main runs of the size of lowest mean bpb per budget."""
     require_dataset(runs)
-    optimal = set(frontier(runs)["run_dir"])
+    optimal = {run for dirs in frontier(runs)["run_dirs"] for run in dirs}
     columns = [
         "dataset",
         "architecture",
         "size",
         "budget_flops",
+        "stage",
+        "seed",
+        "lr",
         "params",
         "params_non_embedding",
         "inference_flops_per_byte",
@@ -83,27 +135,134 @@ def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
         "wall_time_s",
     ]
     table = runs.assign(compute_optimal=runs["run_dir"].isin(optimal))
-    return table.sort_values(["dataset", "architecture", "budget_flops", "params"])[
-        [*columns, "compute_optimal"]
+    order = [
+        c for c in ("dataset", "architecture", "budget_flops", "params", "stage", "lr", "seed") if c in table
     ]
+    return table.sort_values(order, kind="stable")[[c for c in [*columns, "compute_optimal"] if c in table]]
+
+
+def pair_verdict(better: pd.Series, worse: pd.Series, runs: pd.DataFrame) -> dict[str, object]:
+    """How far one architecture's point ranks before the next one's (rows of ``points``).
+
+    The spread of a pair is the larger of the two standard deviations over seeds (ddof=1) of val
+    bits per byte at their points: a mean difference smaller than it is a tie, not a ranking. With
+    one seed on either side there is no spread, so no ranking claim. ``holds`` counts the seeds
+    both ran in which the order of the means holds, pairing runs by seed.
+    """
+    a, b = (seed_values(runs, p).set_index("seed")["val_bpb"] for p in (better, worse))
+    both = a.index[a.index.notna()].intersection(b.index[b.index.notna()])
+    holds = int((a[both] < b[both]).sum())
+    difference = worse["val_bpb"] - better["val_bpb"]
+    spread = max(better["val_bpb_std"], worse["val_bpb_std"])
+    order = f"{better.name} < {worse.name} in {holds}/{len(both)} seeds"
+    if min(better["seeds"], worse["seeds"]) < 2:
+        verdict, claim = "no claim", f"{order}; 1 seed: no spread, no ranking claim"
+    elif abs(difference) < spread:
+        verdict, claim = "tie", f"tie: |difference| {abs(difference):.3f} < spread {spread:.3f} ({order})"
+    else:
+        verdict, claim = "ranked", f"{order} (difference {difference:.3f} >= spread {spread:.3f})"
+    return {
+        "next": worse.name,
+        "difference": difference,
+        "spread": spread,
+        "seeds holding": f"{holds}/{len(both)}",
+        "verdict": verdict,
+        "claim": claim,
+    }
+
+
+def ranking_table(runs: pd.DataFrame, budget: float | None = None) -> pd.DataFrame:
+    """The architectures at the paper table's budget, best mean first, each against the next.
+
+    ``rank`` is shared with the architecture before where their order is a tie or unclaimed.
+    """
+    require_dataset(runs)
+    rows = []
+    for dataset in sorted(main_runs(runs)["dataset"].unique()):
+        at, best = best_at_budget(runs, dataset, budget)
+        best = best.sort_values("val_bpb", kind="stable")
+        rank = 1
+        for i, (arch, point) in enumerate(best.iterrows()):
+            row = {
+                "dataset": dataset,
+                "budget": at,
+                "rank": rank,
+                "architecture": arch,
+                "size": point["size"],
+            }
+            row |= {"val bpb": point["val_bpb"], "val bpb std": point["val_bpb_std"], "seeds": point["seeds"]}
+            if i + 1 < len(best):
+                row |= pair_verdict(point, best.iloc[i + 1], runs)
+                rank = rank if row["verdict"] != "ranked" else i + 2
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ranking_words(ranking: pd.DataFrame) -> list[str]:
+    """The ranking in sentences, one per dataset."""
+    lines = []
+    for dataset, group in ranking.groupby("dataset", sort=False):
+        claims = "; ".join(group["claim"].dropna()) if "claim" in group else ""
+        seeds = "-".join(map(str, sorted({int(s) for s in group["seeds"]})))
+        head = f"{dataset} at {group['budget'].iloc[0]:.3g} FLOPs ({seeds} seeds per architecture)"
+        lines.append(f"{head}: {claims or 'one architecture, nothing to rank'}.")
+    return lines
+
+
+def lr_tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Learning-rate tuning runs (``stage == "tune"``): val bpb per dataset, architecture, size and lr.
+
+    ``chosen`` marks the lr of lowest val bpb (mean over its runs) per dataset, architecture and
+    size; ``used by main runs`` says whether the main runs of that architecture and size ran at it.
+    """
+    if "stage" not in runs.columns:
+        return pd.DataFrame()
+    tune = runs[runs["stage"] == "tune"]
+    key = ["dataset", "architecture", "size"]
+    table = tune.groupby([*key, "lr"])["val_bpb"].agg(["mean", "count"]).reset_index()
+    table = table.rename(columns={"mean": "val_bpb", "count": "runs"})
+    best = table.dropna(subset=["val_bpb"]).sort_values(["val_bpb", "lr"]).groupby(key).head(1)
+    table["chosen"] = table.index.isin(best.index)
+    main_lrs = main_runs(runs).groupby(key)["lr"].apply(set)
+    table["used by main runs"] = [
+        lr in main_lrs.get(tuple(k), set())
+        for k, lr in zip(table[key].itertuples(index=False), table["lr"], strict=True)
+    ]
+    return table
 
 
 def fits_table(fits: pd.DataFrame, multipliers: pd.DataFrame) -> pd.DataFrame:
-    """The fit parameters per dataset and architecture, with the compute multiplier vs the reference."""
+    """The fit parameters per dataset and architecture with their bootstrap interval (or ``why``
+    there is no fit), and the compute multiplier vs the reference (or ``why no multiplier``)."""
     table = fits.merge(multipliers, on=["dataset", "architecture"], how="left", suffixes=("", "_at"))
+    reference = multipliers["reference"].dropna()
+    if len(reference):
+        is_reference = table["architecture"] == reference.iloc[0]
+        table.loc[is_reference, "reference"] = reference.iloc[0]
+        table.loc[is_reference, "why no multiplier"] = "the reference"
     keep = [
         "dataset",
         "architecture",
         "points",
+        "seeds",
         "l_inf",
+        "l_inf_lo",
+        "l_inf_hi",
         "c0",
         "alpha",
+        "alpha_lo",
+        "alpha_hi",
         "rmse",
+        "resamples",
+        "ci",
+        "why",
         "reference",
         "loss",
         "multiplier",
+        "why no multiplier",
     ]
-    return table[keep].rename(columns={"loss": "at bpb", "multiplier": "compute multiplier"})
+    table = table.reindex(columns=keep)  # a frame where no architecture was fitted has no CI columns
+    return table.rename(columns={"loss": "at bpb", "multiplier": "compute multiplier"})
 
 
 def _cell(value: object, column: str) -> str:
@@ -113,7 +272,13 @@ def _cell(value: object, column: str) -> str:
         return value
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "-"
-    if "bpb" in column or column in ("l_inf", "rmse", "alpha", "compute multiplier"):
+    if column.startswith("lr"):
+        return f"{value:.3g}"
+    if (
+        "bpb" in column
+        or column.startswith(("l_inf", "alpha"))
+        or column in ("rmse", "difference", "spread", "compute multiplier")
+    ):
         return f"{value:.4f}" if column != "compute multiplier" else f"{value:.2f}x"
     if "params" in column:
         return f"{value / 1e6:.2f}M"
@@ -131,10 +296,13 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub Markdown table."""
+    """A GitHub Markdown table (a ``|`` inside a cell escaped)."""
     shown = formatted(table)
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+        for row in shown.itertuples(index=False)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -145,6 +313,7 @@ def _tex(text: str) -> str:
         ("%", r"\%"),
         ("&", r"\&"),
         ("#", r"\#"),
+        ("±", r"$\pm$"),
     ):
         text = text.replace(char, escaped)
     return text
@@ -165,12 +334,15 @@ def to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(table: pd.DataFrame, out: Path, name: str) -> list[Path]:
-    """Write ``name.md``, ``name.csv`` (raw numbers) and ``name.tex`` under ``out``."""
+def write_table(table: pd.DataFrame, out: Path, name: str, shown: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``name.md``, ``name.csv`` (raw numbers) and ``name.tex`` under ``out``.
+
+    ``shown``: the table as Markdown and LaTeX show it, where that differs (``paper_display``)."""
     out.mkdir(parents=True, exist_ok=True)
+    shown = table if shown is None else shown
     paths = [out / f"{name}.{ext}" for ext in ("md", "csv", "tex")]
-    write_text_atomic(paths[0], to_markdown(table))
+    write_text_atomic(paths[0], to_markdown(shown))
     with atomic_path(paths[1]) as tmp:
         table.to_csv(tmp, index=False)
-    write_text_atomic(paths[2], to_latex(table))
+    write_text_atomic(paths[2], to_latex(shown))
     return paths
