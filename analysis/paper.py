@@ -1,7 +1,8 @@
 """A study's table beside the paper's (``bytelab study``): our numbers, the paper's, and the orderings.
 
 Rows are the paper's rows (a study maps its run labels onto them), columns the paper's columns;
-where a row was run at several sizes the best is shown. An ordering matches when every pair of rows
+where a row was run at several sizes the best (by mean validation bits per byte over its seeds) is
+shown, with the spread over seeds. An ordering matches when every pair of rows
 is ordered the same way by our numbers and by the paper's (lower is better; pairs the paper ties
 count neither way); otherwise the table says how many pairs agree.
 """
@@ -32,6 +33,7 @@ def compare_with_paper(study: Any, rows: list[dict[str, Any]]) -> pd.DataFrame:
     its test number (``bpb``) reported: selection never looks at the test split."""
     ours = pd.DataFrame(rows)
     ours["row"] = ours["label"].map(lambda label: study.rows.get(label, label))
+    ours = over_seeds(ours)
     selected_by = "val_bpb" if "val_bpb" in ours else "bpb"
     best = ours.sort_values(selected_by).groupby(["row", "column"], sort=False).head(1)
     paper = PAPER.get(study.name, {})
@@ -40,6 +42,22 @@ def compare_with_paper(study: Any, rows: list[dict[str, Any]]) -> pd.DataFrame:
     )
     order = {row: i for i, row in enumerate(dict.fromkeys(study.rows.values()))}
     return best.sort_values(["column", "row"], key=lambda s: s.map(order) if s.name == "row" else s)
+
+
+def over_seeds(ours: pd.DataFrame) -> pd.DataFrame:
+    """One row per (paper row, column, size): the mean over its seeds of every number, and the
+    spread of the reported one (``bpb_std``, ddof=1, NaN for one seed; ``bpb_min``, ``bpb_max``;
+    ``seeds``), so that sizes are selected, and rows ordered, by means rather than by a lucky seed."""
+    keys = ["row", "column", "size"]
+    numbers = [
+        c for c in ("bpb", "val_bpb", "flops_per_byte", "train_flops", "train_bytes", "params") if c in ours
+    ]
+    spread = ours.groupby(keys, sort=False)["bpb"].agg(
+        bpb_std="std", bpb_min="min", bpb_max="max", seeds="size"
+    )
+    means = ours.groupby(keys, sort=False)[numbers].mean()
+    first = ours.groupby(keys, sort=False)[["label", "run_dir"]].first()
+    return pd.concat([first, means, spread], axis=1).reset_index()
 
 
 def ordering(long: pd.DataFrame, column: str) -> str:
@@ -54,7 +72,14 @@ def ordering(long: pd.DataFrame, column: str) -> str:
     agree = sum((a.bpb - b.bpb) * (a.paper - b.paper) > 0 for a, b in pairs)
     untied = "" if len(pairs) == len(group) * (len(group) - 1) // 2 else " untied"
     verdict = "matches" if agree == len(pairs) else f"differs ({agree} of {len(pairs)}{untied} pairs agree)"
-    return f"- {column}: ordering {verdict}. Ours: {ours}. Paper: {theirs}."
+    # Ours tie where the difference of the means is below the larger std over seeds.
+    ties = [
+        f"{a.row} ~ {b.row}"
+        for a, b in combinations(group.itertuples(), 2)
+        if abs(a.bpb - b.bpb) < max(getattr(a, "bpb_std", 0) or 0, getattr(b, "bpb_std", 0) or 0)
+    ]
+    within = f" Within the spread over seeds (a tie, not a ranking): {', '.join(ties)}." if ties else ""
+    return f"- {column}: ordering {verdict}. Ours: {ours}. Paper: {theirs}.{within}"
 
 
 def wide(long: pd.DataFrame) -> pd.DataFrame:
@@ -65,6 +90,9 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
         group = group.set_index("row")
         unit = "" if column == "seconds" else " bpb"
         table[f"{column}{unit} (ours)"] = group["bpb"]
+        if "seeds" in group and group["seeds"].max() > 1:
+            table[f"{column} std over seeds"] = group["bpb_std"]
+            table[f"{column} seeds"] = group["seeds"]
         table[f"{column}{unit} (paper)"] = group["paper"]
         if column != "seconds":
             table[f"{column} eval FLOPs/byte"] = group["flops_per_byte"]

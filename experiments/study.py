@@ -187,6 +187,7 @@ def results(part: Part) -> list[dict[str, Any]]:
             "label": run.info["variant"],
             "column": part.column,
             "size": run.info["size"],
+            "seed": run.info["seed"],
             "run_dir": str(run.run_dir),
             "params": manifest["model"]["params"]["total"],
             "val_bpb": best.get("value", manifest["metrics"]["final"].get("val/bpb")),

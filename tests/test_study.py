@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from analysis.paper import ordering
+from analysis.paper import compare_with_paper, ordering
 from analysis.paper_numbers import PAPER
 from experiments.cli import main
 from experiments.study import STUDIES, Study
@@ -178,3 +178,26 @@ def test_mini_inference_study_end_to_end(tmp_path, monkeypatch, capsys):
     assert {"ours_vs_paper.png", "learning_curves.png", "grid.md"} <= {p.name for p in out.iterdir()}
     assert main([*args, "--budgets", "3e9", "--set", *sets]) == 0  # all done: only the analysis again
     assert "0 to run" in capsys.readouterr().out
+
+
+def test_study_tables_select_and_report_means_over_seeds():
+    """A size with one lucky seed must not beat a better size on average; the reported number is the
+    mean over seeds with its spread, and rows closer than the spread are called a tie."""
+    study = Study.load("table10_ablations")
+    row_a, row_b = list(study.rows)[:2]
+    rows = []
+    for label, size, bpbs in [
+        (row_a, "lucky", [1.00, 1.60, 1.60]),  # best single seed, worse mean (1.40)
+        (row_a, "steady", [1.20, 1.22, 1.24]),  # mean 1.22
+        (row_b, "steady", [1.21, 1.25, 1.23]),  # mean 1.23: within row_a's spread
+    ]:
+        for seed, bpb in enumerate(bpbs):
+            numbers = {"bpb": bpb, "val_bpb": bpb, "params": 1, "flops_per_byte": 1.0}
+            rows.append(
+                {"label": label, "column": "arXiv", "size": size, "seed": seed, "run_dir": "r", **numbers}
+            )
+    long = compare_with_paper(study, rows).set_index("row")
+    a, b = study.rows[row_a], study.rows[row_b]
+    assert long.loc[a, "size"] == "steady" and long.loc[a, "bpb"] == pytest.approx(1.22)
+    assert long.loc[a, "bpb_std"] == pytest.approx(0.02) and long.loc[a, "seeds"] == 3
+    assert f"{a} ~ {b}" in ordering(long.reset_index(), "arXiv")
