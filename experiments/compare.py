@@ -19,6 +19,12 @@ from .subcommand import DataConfig
 from .sweep import REPO, Architecture, Sweep, expand, run_sweep, use_data
 
 DEFAULT_SWEEP = REPO / "experiments" / "sweeps" / "compare.yaml"
+# --preset NAME: experiments/sweeps/compare_NAME.yaml (default: compare.yaml, the main job).
+PRESETS = {
+    "default": DEFAULT_SWEEP,
+    "smoke": REPO / "experiments" / "sweeps" / "compare_smoke.yaml",
+    "long": REPO / "experiments" / "sweeps" / "compare_long.yaml",
+}
 GPU_TRAINER = "experiments/configs/trainer/gpu.yaml"
 
 
@@ -70,7 +76,8 @@ def choose_architectures(grid: Sweep, names: list[str]) -> dict[str, Architectur
 
 
 def compare(
-    sweep: str = str(DEFAULT_SWEEP),
+    sweep: str | None = None,
+    preset: Literal["default", "smoke", "long"] = "default",
     data: DataConfig | None = None,
     budgets: list[float] | None = None,
     sizes: list[str] | None = None,
@@ -86,7 +93,10 @@ def compare(
     """Run a compute-matched comparison of Decoder, PerceiverAR and MEGABYTE, then its analysis.
 
     Args:
-        sweep: The sweep to run.
+        sweep: The sweep file to run (replaces ``preset``).
+        preset: ``default`` (the main job: 3 seeds, tuned learning rates, minutes on 2 CPU cores),
+            ``smoke`` (seconds, for tests and a first look) or ``long`` (the study a GPU or an
+            afternoon affords: enough budgets for a scaling fit).
         data: A DataModule config replacing the sweep's data config, read as ``bytelab fit --data``
             reads it: a YAML file with class_path and init_args, a class name, and/or
             ``--data.init_args.KEY=VALUE``, on fit's default (the embedded text).
@@ -107,7 +117,7 @@ def compare(
     """
     from analysis.report import analyze, describe  # pandas and matplotlib: only when analysing
 
-    grid = configure(sweep, data, budgets, sizes, device, runs, architectures, seeds, lrs)
+    grid = configure(sweep or PRESETS[preset], data, budgets, sizes, device, runs, architectures, seeds, lrs)
     out = out or str(Path(grid.run_root) / "results")
     start = time.monotonic()
     failed = run_sweep(grid, jobs=jobs, inline=jobs == 1, threads=threads)

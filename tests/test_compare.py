@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from experiments.cli import main
-from experiments.compare import compare
+from experiments.compare import compare, configure
 from experiments.subcommand import parser_for
 from experiments.sweep import REPO
 
@@ -53,3 +53,21 @@ def test_compare_options(tmp_path):
     config.write_text("budgets: [2.0e+12]\nsizes: [S1, S2]\njobs: 2\n")
     args = parser.parse_args([f"--config={config}", "--jobs=3"])
     assert args.budgets == [2e12] and args.sizes == ["S1", "S2"] and args.jobs == 3
+
+
+def test_compare_chooses_architectures_seeds_and_learning_rates(tmp_path):
+    grid = configure(SMOKE, architectures=["megabyte", "decoder"], seeds=[0, 1, 2], lrs=[1e-3, 2e-3])
+    assert list(grid.architectures) == ["megabyte", "decoder"] and grid.seeds == [0, 1, 2]
+    assert grid.lrs == [1e-3, 2e-3] and grid.architectures["megabyte"].options  # the sweep's entry
+    with pytest.raises(ValueError, match="--architectures: unknown transformer; known: "):
+        configure(SMOKE, architectures=["transformer"])
+
+
+def test_the_main_job_writes_no_tracked_file(tmp_path, data_config, monkeypatch):
+    """Without --out the analysis goes inside the run folder (git ignores runs/), never results/."""
+    monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    args = ["compare", "--preset", "smoke", "--data", str(data_config), "--budgets", "2e8", "--seeds", "0"]
+    assert main(args) == 0
+    assert (tmp_path / "runs" / "compare_smoke" / "results" / "table.md").is_file()
+    assert not (tmp_path / "results").exists()
