@@ -105,3 +105,30 @@ def perceiver_ar_flops(
     latents = min(seq_len, num_latents)
     cross = block_flops(latents, seq_len, d_model, skip_masked and latents == seq_len)  # is_causal only then
     return cross + stack_flops(latents, d_model, n_layers, skip_masked) + head_flops(latents, d_model)
+
+
+def hourglass_flops(
+    seq_len: int,
+    d_model: int,
+    byte_layers: int,
+    levels: list[tuple[int, int]],
+    linear_pooling: bool = True,
+    linear_upsampling: bool = True,
+    skip_masked: bool = False,
+) -> int:
+    """Hourglass: byte layers on each side of the shortened levels, the head on every byte. Level i,
+    of factor k_i and a_i layers, runs over n_i = ceil(n_{i-1} / k_i) positions (no padding: its last
+    group ends at a real position); a level with a deeper one inside has a_i layers on each side. A
+    linear pooling maps k_i * D -> D per shortened position, a linear upsampling D -> k_i * D;
+    average pooling and repeat upsampling cost no matmul."""
+    total = 2 * stack_flops(seq_len, d_model, byte_layers, skip_masked) + head_flops(seq_len, d_model)
+    length = seq_len
+    for i, (factor, n_layers) in enumerate(levels):
+        length = -(-length // factor)
+        sides = 1 if i == len(levels) - 1 else 2
+        total += sides * stack_flops(length, d_model, n_layers, skip_masked)
+        if linear_pooling:
+            total += linear_flops(length, factor * d_model, d_model)
+        if linear_upsampling:
+            total += linear_flops(length, d_model, factor * d_model)
+    return total

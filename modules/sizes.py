@@ -27,6 +27,7 @@ ARCHITECTURES = {  # sweep name -> model class
     "decoder": "modules.Decoder",
     "megabyte": "modules.Megabyte",
     "perceiver_ar": "modules.PerceiverAR",
+    "hourglass": "modules.Hourglass",
 }
 
 # Table 14: (layers, width, heads).
@@ -83,6 +84,10 @@ def _cpu_megabyte(global_layers: int, global_width: int, local_width: int) -> di
         "local_layers": 2,
         "n_heads": 4,
     }
+
+
+def _hourglass(width: int, hierarchy: str, heads: int = 4, **options: Any) -> dict[str, Any]:
+    return {"d_model": width, "hierarchy": hierarchy, "n_heads": heads, **options}
 
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
@@ -180,11 +185,27 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "bench-tiny": {**_cpu_megabyte(1, 64, 32), "n_heads": 2},
     },
+    # cpu-*: within 6% of the decoder's same-named size in training FLOPs per byte at 1024-byte windows
+    # (2.26, 5.36, 11.37 MFLOPs against 2.26, 5.68, 11.21). The paper's sizes use linear pooling and
+    # upsampling, not its attention resampling (which bytelab does not implement): imagenet32 is its
+    # smallest published model (d 512, 3@1 24@3 3@1: 96.1M non-embedding parameters here), enwik8 its
+    # text model. bench: the bench decoder's five blocks of width 512, three over a 4x shorter sequence.
+    "hourglass": {
+        "test": _hourglass(32, "1@1 2@3 1@1"),
+        "cpu-xs": _hourglass(56, "1@1 2@3 1@1"),
+        "cpu-s": _hourglass(96, "1@1 4@3 1@1"),
+        "cpu-m": _hourglass(128, "1@1 2@2 6@6 2@2 1@1"),
+        "imagenet32": _hourglass(512, "3@1 24@3 3@1", heads=8),
+        "enwik8": _hourglass(512, "5@1 24@3 5@1", heads=8, dropout=0.2),
+        "bench": _hourglass(512, "1@1 3@4 1@1", heads=8),
+        "bench-tiny": _hourglass(64, "1@1 1@2 1@1", heads=2),
+    },
 }
 
 
 # The options each architecture's contract tests also run on (names: architecture_variant): MEGABYTE's
-# ablations of the paper's Table 10, and its output layer tied to the local byte embedding.
+# ablations of the paper's Table 10, and its output layer tied to the local byte embedding; Hourglass's
+# nested levels and its other pooling and upsampling.
 TEST_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "megabyte": {
         "cross_patch": {"cross_patch_attention": 2},
@@ -192,6 +213,10 @@ TEST_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "no_local": {"no_local": True},
         "no_global": {"no_global": True},
         "tied": {"tie_embeddings": True},
+    },
+    "hourglass": {  # two nested levels (factors 2 then 3), and the parameter-free resampling
+        "nested": {"hierarchy": "1@1 1@2 1@6 1@2 1@1"},
+        "average_repeat": {"pooling": "average", "upsampling": "repeat"},
     },
 }
 
