@@ -177,7 +177,35 @@ MUTATIONS = {
         caught_by=("tests/test_cli.py::test_fit_each_model_through_the_cli",),
         select="decoder",
     ),
-    # 7. Tests that recomputed the value under test.
+    # 7. A protocol that favours one architecture (issue 12).
+    "training_windows_start_anywhere": Mutation(
+        why="an image training window starts on any pixel, not a whole patch (MEGABYTE's patches then cut "
+        "across pixel patches, and learned positions see another colour channel)",
+        path="datamodules/protocol.py",
+        old="    end = align * (1 + int(rng.integers(resolution * resolution * channels // align)))",
+        new="    end = channels * (1 + int(rng.integers(resolution * resolution)))",
+        caught_by=("tests/test_image.py::test_training_windows_start_and_end_on_whole_patches",),
+    ),
+    "perceiver_ar_latents_at_the_padded_end": Mutation(
+        why="PerceiverAR trains a short window's latents at the end of its padding, as if every window "
+        "were seq_len bytes: the positions evaluation scores at a document's start go untrained",
+        path="modules/perceiver_ar.py",
+        old="        first = (lengths - scored).clamp(min=0)",
+        new="        first = (lengths * 0 + seq_len - scored).clamp(min=0)",
+        caught_by=(
+            "tests/test_models.py::test_right_padded_training_windows_predict_what_the_unpadded_windows_do",
+        ),
+        select="perceiver_ar",
+    ),
+    "long_contexts_skip_short_documents": Mutation(
+        why="a window near a document's start is stretched to seq_len bytes, into the next document: "
+        "what a model trains on then depends on its seq_len",
+        path="datamodules/protocol.py",
+        old="    return doc, max(0, end - seq_len), end",
+        new="    return doc, max(0, end - seq_len), end if end >= seq_len else min(seq_len, end + seq_len)",
+        caught_by=("tests/test_data.py::test_two_context_lengths_train_on_the_same_documents",),
+    ),
+    # 8. Tests that recomputed the value under test.
     "slurm_runs_the_wrong_array_task": Mutation(
         why="array task i of the SLURM script runs sweep run i - 1",
         path="experiments/sweep.py",
