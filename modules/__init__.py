@@ -1,9 +1,10 @@
-"""bytelab models: three byte-level transformers on shared blocks, and the LightningModule."""
+"""bytelab models: byte-level transformers on shared blocks, and the LightningModule."""
 
 from .base import ByteModel
 from .decoder import Decoder
+from .hnet import HNet
 from .lm import ByteLM
 from .megabyte import Megabyte
 from .perceiver_ar import PerceiverAR
 
-__all__ = ["ByteLM", "ByteModel", "Decoder", "Megabyte", "PerceiverAR"]
+__all__ = ["ByteLM", "ByteModel", "Decoder", "HNet", "Megabyte", "PerceiverAR"]

@@ -105,3 +105,25 @@ def perceiver_ar_flops(
     latents = min(seq_len, num_latents)
     cross = block_flops(latents, seq_len, d_model, skip_masked and latents == seq_len)  # is_causal only then
     return cross + stack_flops(latents, d_model, n_layers, skip_masked) + head_flops(latents, d_model)
+
+
+def hnet_flops(
+    seq_len: int,
+    chunks: int,
+    d_model: int,
+    d_main: int,
+    encoder_layers: int,
+    main_layers: int,
+    decoder_layers: int,
+    skip_masked: bool = False,
+) -> int:
+    """H-Net (one stage) on one window of ``seq_len`` bytes that formed ``chunks`` chunks: the encoder
+    stack over every byte, the routing module's W_q and W_k and the residual's W_res (three D x D
+    projections per byte), the main stack over the chunks only, the decoder stack and the head over
+    every byte. Smoothing, the straight-through estimator and the gathers are elementwise: 0 FLOPs."""
+    return (
+        stack_flops(seq_len, d_model, encoder_layers, skip_masked)
+        + 3 * linear_flops(seq_len, d_model, d_model)
+        + stack_flops(chunks, d_main, main_layers, skip_masked)
+        + decoder_flops(seq_len, d_model, decoder_layers, skip_masked)
+    )

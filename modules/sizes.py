@@ -25,6 +25,7 @@ ARCHITECTURES = {  # sweep name -> model class
     "decoder": "modules.Decoder",
     "megabyte": "modules.Megabyte",
     "perceiver_ar": "modules.PerceiverAR",
+    "hnet": "modules.HNet",
 }
 
 # Table 14: (layers, width, heads).
@@ -64,6 +65,21 @@ def _cpu_megabyte(global_layers: int, global_width: int, local_width: int) -> di
         "local_d_model": local_width,
         "local_layers": 2,
         "n_heads": 4,
+    }
+
+
+def _hnet(
+    d_model: int, d_main: int, outer_layers: int, main_layers: int, n_heads: int = 4, main_n_heads: int = 4
+) -> dict[str, int]:
+    # Encoder and decoder alike (the paper's m4 ... m4); the target ratio stays the paper's N = 6.
+    return {
+        "d_model": d_model,
+        "d_main": d_main,
+        "encoder_layers": outer_layers,
+        "main_layers": main_layers,
+        "decoder_layers": outer_layers,
+        "n_heads": n_heads,
+        "main_n_heads": main_n_heads,
     }
 
 
@@ -115,6 +131,19 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "local_n_heads": 4,
         },
         "bench-tiny": {**_cpu_megabyte(1, 64, 32), "n_heads": 2},
+    },
+    # At 1024-byte windows and the target 1/6 chunks per byte, cpu-* cost the decoder's same-named
+    # size's training FLOPs per byte within 4% (2.35 / 5.84 / 11.19 against 2.26 / 5.68 / 11.21 M).
+    "hnet": {
+        "test": _hnet(32, 64, 1, 2),
+        "cpu-xs": _hnet(48, 128, 1, 3),
+        "cpu-s": _hnet(64, 256, 1, 4),
+        "cpu-m": _hnet(96, 256, 2, 4),
+        # The paper's smallest published model, one-stage H-Net "L" ([m4, [T22], m4], D 1024/1536,
+        # compute-matched to GPT-3 Large), with Transformer blocks in place of its Mamba-2 layers.
+        "1stage-L": _hnet(1024, 1536, 4, 22, n_heads=16, main_n_heads=16),
+        "bench": _hnet(256, 512, 1, 4, main_n_heads=8),
+        "bench-tiny": _hnet(32, 64, 1, 1, n_heads=2, main_n_heads=2),
     },
 }
 
