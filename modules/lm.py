@@ -145,7 +145,7 @@ class ByteLM(L.LightningModule):
         self.log("train/bpb", self.train_bpb, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/bytes", float(self.bytes_seen), on_step=True, on_epoch=False)
         self.log("train/flops", float(self.flops_seen), on_step=True, on_epoch=False)
-        self.log("train/aux_loss", float(auxiliary), on_step=True, on_epoch=False)
+        self.log("train/aux_loss", torch.as_tensor(auxiliary).detach(), on_step=True, on_epoch=False)
         for name, value in self.model.training_metrics().items():
             self.log(f"train/{name}", float(value), on_step=True, on_epoch=False)
         return nats / num_bytes + auxiliary
