@@ -1,9 +1,15 @@
-"""Compute budgets: a run's step count derived from its own training FLOPs (or bytes) per step.
+"""Compute budgets: when a run stops, from the training FLOPs it actually spent (or its bytes).
 
 SpaceByte's protocol (reference/PAPERS.md): every run of a study gets the same training-FLOP budget
 C and trains for ``floor(C / FLOPs per step)`` steps, so it spends at most C and less than one step
 under it. FLOPs per step = 3 x forward FLOPs of one window x batch size x processes x gradient
-accumulation (DESIGN's convention); ByteLM counts the same quantity as it trains.
+accumulation (DESIGN's convention); ByteLM counts the same quantity as it trains (``train/flops``).
+
+``train/flops`` is the budget's truth: a model whose cost depends on the bytes (H-Net's chunks) spends
+more or less than ``forward_flops`` expects, so the run stops at the first step after which what is
+left of C no longer covers one more step at the expected cost. For a model whose cost the shape alone
+fixes, that is exactly step ``floor(C / FLOPs per step)``; the learning-rate schedule decays over
+those expected steps either way.
 """
 
 from __future__ import annotations
@@ -59,14 +65,16 @@ def steps_for_budget(budget: float, per_step: float, what: str = "flops") -> int
 class ComputeBudget(L.Callback):
     """Train for a FLOP budget (compute-controlled) and/or a byte budget (data-controlled).
 
-    At ``fit`` setup it derives the run's steps from the model's training FLOPs (and bytes) per step,
-    which depend on the world size and so are known only once the Trainer exists; with both budgets
-    the run stops at whichever runs out first. Without a budget it does nothing. It acts through
-    public hooks and attributes only:
+    At ``fit`` setup it derives the run's expected steps from the model's training FLOPs (and bytes)
+    per step, which depend on the world size and so are known only once the Trainer exists; with both
+    budgets the run stops at whichever runs out first. Without a budget it does nothing. It acts
+    through public hooks and attributes only:
 
-    - the last step sets ``trainer.should_stop``, so Lightning validates once more before it ends
-      the run: the final ``val/bpb`` is measured at the budget;
-    - ByteLM's learning-rate schedule decays over exactly those steps (``ByteLM.budget_steps``);
+    - after each step it compares the FLOPs actually spent (``ByteLM.flops_seen``, summed over the
+      ranks, so every rank decides alike) with the budget (:meth:`spent`); the last step sets
+      ``trainer.should_stop``, so Lightning validates once more before it ends the run: the final
+      ``val/bpb`` is measured at the budget;
+    - ByteLM's learning-rate schedule decays over the expected steps (``ByteLM.budget_steps``);
     - the budget replaces the Trainer's step limit, which must therefore not end the run first:
       ``bytelab fit`` builds its Trainer with :meth:`trainer_arguments` (no step limit); a Trainer
       built by hand needs ``max_steps=-1`` or at least the budget's steps.
@@ -86,7 +94,10 @@ class ComputeBudget(L.Callback):
         self.flops = flops
         self.bytes = bytes
         self.validations = validations
-        self.max_steps: int | None = None
+        self.max_steps: int | None = None  # expected steps (the schedule's): the fewer of the two below
+        self.flops_per_step: int | None = None  # expected training FLOPs of one step, all processes
+        self.byte_steps: int | None = None  # the steps the byte budget allows
+        self._checked_step = -1
 
     @property
     def active(self) -> bool:
@@ -108,9 +119,12 @@ class ComputeBudget(L.Callback):
             return
         limits = []
         if self.flops is not None:
-            limits.append(steps_for_budget(self.flops, training_flops_per_step(trainer, pl_module), "flops"))
+            self.flops_per_step = training_flops_per_step(trainer, pl_module)
+            limits.append(steps_for_budget(self.flops, self.flops_per_step, "flops"))
         if self.bytes is not None:
-            limits.append(steps_for_budget(self.bytes, training_bytes_per_step(trainer, pl_module), "bytes"))
+            per_step = training_bytes_per_step(trainer, pl_module)
+            self.byte_steps = steps_for_budget(self.bytes, per_step, "bytes")
+            limits.append(self.byte_steps)
         self.max_steps = min(limits)
         if trainer.max_steps != -1 and trainer.max_steps < self.max_steps:
             raise ValueError(
@@ -126,13 +140,29 @@ class ComputeBudget(L.Callback):
         """The budget as the run manifest records it."""
         return {"flops": self.flops, "bytes": self.bytes, "max_steps": self.max_steps}
 
+    def spent(self, step: int, flops_seen: int) -> bool:
+        """Whether a run that has taken ``step`` optimiser steps and spent ``flops_seen`` training FLOPs
+        (``ByteLM.flops_seen``, the same on every rank) has used its budget: the bytes of another step
+        would exceed the byte budget, or another step at the expected cost would exceed the FLOPs."""
+        if self.byte_steps is not None and step >= self.byte_steps:
+            return True
+        if self.flops is None:
+            return False
+        return math.floor((self.flops - flops_seen) / self.flops_per_step + _EPS) < 1
+
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # Resuming a run that has spent its budget trains no further step: stopping before the loop
         # starts skips training altogether.
-        if self.max_steps is not None and checkpoint.get("global_step", 0) >= self.max_steps:
+        flops_seen = checkpoint.get("bytelab", {}).get("flops_seen", 0)
+        if self.max_steps is not None and self.spent(checkpoint.get("global_step", 0), flops_seen):
             trainer.should_stop = True
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        # Stopping through should_stop makes Lightning validate once more before it ends the run.
-        if self.max_steps is not None and trainer.global_step >= self.max_steps:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        # Only once an optimiser step is complete (not between accumulated micro-batches). Stopping
+        # through should_stop makes Lightning validate once more before it ends the run.
+        step = trainer.global_step
+        if self.max_steps is None or step == self._checked_step:
+            return
+        self._checked_step = step
+        if self.spent(step, pl_module.flops_seen):
             trainer.should_stop = True

@@ -204,7 +204,7 @@ class RunManifest(L.Callback):
             return
         metrics = self._metrics(trainer)
         if trainer.state.fn == "fit":
-            point = {"step": trainer.global_step, **self._progress(pl_module), **metrics}
+            point = {"step": trainer.global_step, **self._progress(trainer, pl_module), **metrics}
             history = [h for h in self.data["history"] if h["step"] < trainer.global_step]
             self.data["history"] = [*history, point]
         self._record(metrics, trainer.global_step)
@@ -260,8 +260,16 @@ class RunManifest(L.Callback):
         names = ("train/bpb", "val/bpb", "test/bpb", "val/flops_per_byte", "test/flops_per_byte")
         return {k: float(v) for k, v in trainer.callback_metrics.items() if k in names}
 
-    def _progress(self, pl_module: L.LightningModule) -> dict[str, int]:
-        return {"bytes_seen": int(pl_module.bytes_seen), "flops_seen": int(pl_module.flops_seen)}
+    def _progress(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | None]:
+        """Bytes and FLOPs spent, and the FLOPs ``forward_flops`` expected of the steps taken (they
+        differ for a model whose cost depends on the bytes, such as H-Net's chunks)."""
+        per_step = self.data.get("model", {}).get("flops_per_step")
+        expected = None if per_step is None else trainer.global_step * per_step
+        return {
+            "bytes_seen": int(pl_module.bytes_seen),
+            "flops_seen": int(pl_module.flops_seen),
+            "flops_expected": expected,
+        }
 
     def _record(self, metrics: dict[str, float], step: int) -> None:
         final, best = self.data["metrics"]["final"], self.data["metrics"]["best"]
@@ -275,6 +283,6 @@ class RunManifest(L.Callback):
             updated_at=_now(),
             wall_time_s=round(self.earlier_wall_time + time.monotonic() - self.session_start, 3),
             step=trainer.global_step,
-            **self._progress(pl_module),
+            **self._progress(trainer, pl_module),
         )
         write_json_atomic(self.path, self.data)

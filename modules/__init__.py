@@ -1,10 +1,11 @@
-"""bytelab models: four byte-level transformers on shared blocks, and the LightningModule."""
+"""bytelab models: byte-level transformers on shared blocks, and the LightningModule."""
 
 from .base import ByteModel
 from .decoder import Decoder
+from .hnet import HNet
 from .hourglass import Hourglass
 from .lm import ByteLM
 from .megabyte import Megabyte
 from .perceiver_ar import PerceiverAR
 
-__all__ = ["ByteLM", "ByteModel", "Decoder", "Hourglass", "Megabyte", "PerceiverAR"]
+__all__ = ["ByteLM", "ByteModel", "Decoder", "HNet", "Hourglass", "Megabyte", "PerceiverAR"]

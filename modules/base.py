@@ -60,12 +60,25 @@ class ByteModel(nn.Module, ABC):
         """Analytic forward FLOPs of one window of ``seq_len`` bytes (DESIGN's FLOP convention);
         ``skip_masked``: what causal kernels execute instead (``modules/flops.py``)."""
 
-    def batch_flops(self, x: Tensor) -> int:
+    # Whether a forward's cost depends on the bytes (the chunks it forms), not on the shape alone: then
+    # ``batch_flops`` differs between ranks, and ByteLM sums it over them instead of multiplying.
+    data_dependent_flops = False
+
+    def batch_flops(self, x: Tensor, skip_masked: bool = False) -> int:
         """Forward FLOPs of the windows ``x[B, L]`` as this model ran them, called after its forward
         on ``x``: ``B * forward_flops(L)`` for a model whose cost the shape alone fixes. A model whose
         cost depends on the bytes (the chunks it forms from them) overrides this to count what its
         last forward formed, so that ``train/flops``, the budget's truth, is what was spent."""
-        return x.size(0) * self.forward_flops(x.size(1))
+        return x.size(0) * self.forward_flops(x.size(1), skip_masked)
+
+    def auxiliary_loss(self) -> Tensor | float:
+        """The model's extra training loss from its last forward, added to the cross-entropy by ByteLM
+        (bits per byte stay pure cross-entropy): 0 by default; H-Net's ratio loss."""
+        return 0.0
+
+    def training_metrics(self) -> dict[str, float]:
+        """Statistics of the last forward that ByteLM logs as ``train/<name>`` (H-Net: chunks per byte)."""
+        return {}
 
     def training_logits(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Logits of right-padded training windows: row b of ``x[B, L]`` holds ``lengths[b]`` real

@@ -132,3 +132,25 @@ def hourglass_flops(
         if linear_upsampling:
             total += linear_flops(length, d_model, factor * d_model)
     return total
+
+
+def hnet_flops(
+    seq_len: int,
+    chunks: int,
+    d_model: int,
+    d_main: int,
+    encoder_layers: int,
+    main_layers: int,
+    decoder_layers: int,
+    skip_masked: bool = False,
+) -> int:
+    """H-Net (one stage) on one window of ``seq_len`` bytes that formed ``chunks`` chunks: the encoder
+    stack over every byte, the routing module's W_q and W_k and the residual's W_res (three D x D
+    projections per byte), the main stack over the chunks only, the decoder stack and the head over
+    every byte. Smoothing, the straight-through estimator and the gathers are elementwise: 0 FLOPs."""
+    return (
+        stack_flops(seq_len, d_model, encoder_layers, skip_masked)
+        + 3 * linear_flops(seq_len, d_model, d_model)
+        + stack_flops(chunks, d_main, main_layers, skip_masked)
+        + decoder_flops(seq_len, d_model, decoder_layers, skip_masked)
+    )

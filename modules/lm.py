@@ -156,11 +156,26 @@ class ByteLM(L.LightningModule):
         self.train_bpb(nats, num_bytes)
         world = self.trainer.world_size
         self.bytes_seen += int(num_bytes) * world
-        self.flops_seen += round(3 * self.model.batch_flops(batch["x"])) * world
+        self.flops_seen += self.spent_flops(batch["x"])
+        auxiliary = self.model.auxiliary_loss()
         self.log("train/bpb", self.train_bpb, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/bytes", float(self.bytes_seen), on_step=True, on_epoch=False)
         self.log("train/flops", float(self.flops_seen), on_step=True, on_epoch=False)
-        return nats / num_bytes
+        self.log("train/aux_loss", torch.as_tensor(auxiliary).detach(), on_step=True, on_epoch=False)
+        for name, value in self.model.training_metrics().items():
+            self.log(f"train/{name}", float(value), on_step=True, on_epoch=False)
+        return nats / num_bytes + auxiliary
+
+    def spent_flops(self, x: Tensor) -> int:
+        """Training FLOPs of this step's batch over all ranks (3x the forward as it ran). A model whose
+        cost depends on the bytes spends different FLOPs on each rank: summed across them, so every
+        rank holds the same ``flops_seen`` and a FLOP budget stops them at the same step."""
+        local = round(3 * self.model.batch_flops(x))
+        world = self.trainer.world_size
+        if world == 1 or not self.model.data_dependent_flops:
+            return local * world
+        total = torch.tensor(float(local), dtype=torch.float64, device=x.device)
+        return round(float(self.trainer.strategy.reduce(total, reduce_op="sum")))
 
     def check_finite(self, nats: Tensor) -> None:
         """Stop a diverged run before the update: a NaN/inf loss raises FloatingPointError naming the

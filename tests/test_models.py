@@ -177,10 +177,12 @@ def test_executed_flops_leave_out_what_causal_kernels_skip(name, length, monkeyp
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     model = tiny_model(name).eval()
+    x = torch.randint(0, 256, (1, length))
     with torch.no_grad():
-        model(torch.randint(0, 256, (1, length)))  # one window (MEGABYTE batches its patches)
-    executed = model.forward_flops(length, skip_masked=True)
-    assert model.forward_flops(length) - executed == skipped
+        model(x)  # one window (MEGABYTE batches its patches)
+    # batch_flops: the window as it ran (H-Net: the chunks it formed), forward_flops for the others
+    executed = model.batch_flops(x, skip_masked=True)
+    assert model.batch_flops(x) - executed == skipped
     assert skipped > 0
 
 
