@@ -258,7 +258,12 @@ class RunManifest(L.Callback):
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
         names = ("train/bpb", "val/bpb", "test/bpb", "val/flops_per_byte", "test/flops_per_byte")
-        return {k: float(v) for k, v in trainer.callback_metrics.items() if k in names}
+        by_position = ("val/bpb_window/", "val/bpb_patch/", "test/bpb_window/", "test/bpb_patch/")
+        return {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k in names or k.startswith(by_position)
+        }
 
     def _progress(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | None]:
         """Bytes and FLOPs spent, and the FLOPs ``forward_flops`` expected of the steps taken (they

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .base import ByteModel, build_model
 from .checkpoint import describe_change, load_checkpoint, rng_states, set_rng_states
-from .metrics import BitsPerByte, FlopsPerByte
+from .metrics import BitsPerByte, FlopsPerByte, PositionBitsPerByte
 from .parallel import parallelize
 
 
@@ -43,6 +43,10 @@ class ByteLM(L.LightningModule):
             offset by P/2: :meth:`Megabyte.evaluation_logits`), for models that have it. Sliding-window
             evaluation is the data's ``score_len``; the two combine. ``val/flops_per_byte`` and
             ``test/flops_per_byte`` report what either costs.
+        position_bins: Also report bits per byte by where a scored byte sits: in ``position_bins``
+            equal bins of the window (``val/bpb_window/<first>-<last>``, positions in the data's
+            ``seq_len``) and, for a model with patches, by position inside its patch
+            (``val/bpb_patch/<j>``); the same for ``test/``. 0 (default) reports neither.
 
     Attributes:
         budget_steps: The optimiser steps a compute budget allows this run, set before the optimiser
@@ -63,6 +67,7 @@ class ByteLM(L.LightningModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         strided_inference: bool = False,
+        position_bins: int = 0,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -72,8 +77,20 @@ class ByteLM(L.LightningModule):
         # strided_inference is how a run is evaluated, not part of the trained model: kept out of the
         # checkpoint's hyperparameters, which `bytelab validate --ckpt_path` would otherwise restore
         # over the command line's choice.
-        self.save_hyperparameters(ignore=["model", "strided_inference"])
+        self.save_hyperparameters(ignore=["model", "strided_inference", "position_bins"])
         self.strided_inference = strided_inference
+        if position_bins < 0:
+            raise ValueError(f"position_bins={position_bins} must be 0 (off) or more")
+        self.position_bins = position_bins
+        patch = getattr(model, "patch_size", 0) if position_bins else 0
+        self.positions = torch.nn.ModuleDict(
+            {
+                f"{split}_{kind}": PositionBitsPerByte(n)
+                for split in ("val", "test")
+                for kind, n in (("window", position_bins), ("patch", patch))
+                if n
+            }
+        )
         self.model = model
         if strided_inference and not model.has_strided_inference:
             raise ValueError(
@@ -110,19 +127,24 @@ class ByteLM(L.LightningModule):
 
     def score(self, batch: dict[str, Tensor], strided: bool = False) -> tuple[Tensor, Tensor]:
         """Total nats and number of bytes scored in a batch (``strided``: the model's strided inference)."""
+        nats, mask = self.scored_nats(batch, strided)
+        return (nats * mask).sum(), mask.sum()
+
+    def scored_nats(self, batch: dict[str, Tensor], strided: bool = False) -> tuple[Tensor, Tensor]:
+        """Nats of every position the model predicts ``[B, S]`` (the last S of each window) and the
+        mask of those the batch scores (a window's last ``num_scored`` bytes; all without it)."""
         x = batch["x"]
         nats = self.position_nats(x, strided)
         scored = nats.size(1)
         num_scored = batch.get("num_scored")
         if num_scored is None:
-            return nats.sum(), torch.tensor(nats.numel(), device=x.device)
+            return nats, torch.ones_like(nats, dtype=torch.bool)
         if int(num_scored.max()) > scored:
             raise ValueError(
                 f"a window asks to score {int(num_scored.max())} bytes but the model predicts only "
                 f"the last {scored}: lower the data's score_len"
             )
-        mask = torch.arange(scored, device=x.device) >= scored - num_scored[:, None]
-        return (nats * mask).sum(), mask.sum()
+        return nats, torch.arange(scored, device=x.device) >= scored - num_scored[:, None]
 
     def position_nats(self, x: Tensor, strided: bool = False) -> Tensor:
         """Cross-entropy in nats of every position the model predicts: ``[B, S]``, the last S of x
@@ -191,20 +213,66 @@ class ByteLM(L.LightningModule):
             )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.evaluate(batch, self.val_bpb, self.val_cost)
+        self.evaluate(batch, self.val_bpb, self.val_cost, "val")
         self.log("val/bpb", self.val_bpb, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/flops_per_byte", self.val_cost, on_step=False, on_epoch=True)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.evaluate(batch, self.test_bpb, self.test_cost)
+        self.evaluate(batch, self.test_bpb, self.test_cost, "test")
         self.log("test/bpb", self.test_bpb, on_step=False, on_epoch=True)
         self.log("test/flops_per_byte", self.test_cost, on_step=False, on_epoch=True)
 
-    def evaluate(self, batch: dict[str, Tensor], bpb: BitsPerByte, cost: FlopsPerByte) -> None:
-        """Score an evaluation batch (strided if so configured) and count what it cost."""
-        nats, num_bytes = self.score(batch, strided=self.strided_inference)
-        bpb.update(nats, num_bytes)
+    def evaluate(
+        self, batch: dict[str, Tensor], bpb: BitsPerByte, cost: FlopsPerByte, split: str = "val"
+    ) -> None:
+        """Score an evaluation batch (strided if so configured), count what it cost, and, with
+        ``position_bins``, where in the window and in the patch the scored bytes sit."""
+        nats, mask = self.scored_nats(batch, strided=self.strided_inference)
+        num_bytes = mask.sum()
+        bpb.update((nats * mask).sum(), num_bytes)
         cost.update(self.evaluation_flops(batch["x"]), num_bytes)
+        if self.position_bins:
+            self.log_positions(batch["x"].size(1), nats, mask, split)
+
+    def log_positions(self, length: int, nats: Tensor, mask: Tensor, split: str) -> None:
+        """Count the scored bytes by window bin and by position inside the patch (``position_bins``);
+        logged at the end of the evaluation (``on_validation_epoch_end``)."""
+        position = torch.arange(length - nats.size(1), length, device=nats.device).expand_as(nats)
+        self.positions[f"{split}_window"].update(
+            nats, mask, (position // self.bin_width()).clamp(max=self.position_bins - 1)
+        )
+        if f"{split}_patch" in self.positions:
+            self.positions[f"{split}_patch"].update(nats, mask, position % self.model.patch_size)
+
+    def bin_width(self) -> int:
+        """Positions per window bin: the data's seq_len (the model's longest window without data) in bins."""
+        seq_len = getattr(getattr(self._trainer, "datamodule", None), "seq_len", self.model.max_seq_len)
+        return -(-seq_len // self.position_bins)
+
+    def position_metrics(self, split: str) -> dict[str, float]:
+        """``{split}/bpb_window/<first>-<last>`` and ``{split}/bpb_patch/<j>`` of the evaluation so far
+        (reduced over ranks), each group that scored at least one byte."""
+        values: dict[str, float] = {}
+        width = self.bin_width() if self.position_bins else 0
+        for kind in ("window", "patch"):
+            if f"{split}_{kind}" not in self.positions:
+                continue
+            metric = self.positions[f"{split}_{kind}"]
+            bits, counts = metric.compute(), metric.bytes
+            for i in range(metric.num_groups):
+                if counts[i] > 0:
+                    name = f"{i * width}-{(i + 1) * width - 1}" if kind == "window" else str(i)
+                    values[f"{split}/bpb_{kind}/{name}"] = float(bits[i])
+            metric.reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.position_metrics("val").items():
+            self.log(name, value, sync_dist=False)  # already summed over ranks
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.position_metrics("test").items():
+            self.log(name, value, sync_dist=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -49,3 +49,25 @@ class FlopsPerByte(Metric):
 
     def compute(self) -> Tensor:
         return self.flops / self.bytes
+
+
+class PositionBitsPerByte(Metric):
+    """Bits per byte of each of ``num_groups`` groups of scored positions (window bins, positions in a
+    patch): sums of nats and bytes per group, exact across batches and ranks like ``BitsPerByte``."""
+
+    full_state_update = False
+
+    def __init__(self, num_groups: int) -> None:
+        super().__init__()
+        self.num_groups = num_groups
+        self.add_state("nats", torch.zeros(num_groups, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("bytes", torch.zeros(num_groups, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, nats: Tensor, mask: Tensor, group: Tensor) -> None:
+        """``nats``, ``mask`` and ``group`` (each position's group index) of one batch, all ``[B, S]``."""
+        index = group[mask].long()
+        self.nats.index_add_(0, index, nats.detach()[mask].double())
+        self.bytes.index_add_(0, index, torch.ones_like(index))
+
+    def compute(self) -> Tensor:
+        return self.nats / self.bytes.clamp(min=1) / LN2

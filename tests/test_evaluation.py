@@ -204,3 +204,33 @@ def test_every_position_evaluation_scores_is_one_training_trains(
     assert scored_positions(model, evaluated) <= scored_positions(model, trained_windows)
     whole_windows_only = [(seq_len, seq_len)]
     assert not scored_positions(model, evaluated) <= scored_positions(model, whole_windows_only)
+
+
+@pytest.mark.parametrize("name", ["megabyte", "perceiver_ar"])
+def test_bits_per_byte_by_position_add_the_known_losses_of_each_position(name: str) -> None:
+    """With logits that make byte value v cost NATS[v], the bits per byte of each window bin and of
+    each position inside a patch are those of exactly the bytes scored there (a shifted position or
+    a byte counted twice moves them)."""
+    model = with_known_losses(name)
+    lm = ByteLM(model, position_bins=4)
+    x = torch.randint(0, 256, (3, 48), generator=torch.Generator().manual_seed(4))
+    num_scored = torch.tensor([16, 5, 16])
+    for split in ("val", "test"):
+        lm.evaluate({"x": x, "num_scored": num_scored}, lm.val_bpb, lm.val_cost, split)
+    values = lm.position_metrics("test")
+    scored = [(b, p) for b, n in enumerate(num_scored.tolist()) for p in range(48 - n, 48)]
+    for bin_ in range(4):
+        chosen = [float(NATS[x[b, p]]) for b, p in scored if p // 12 == bin_]
+        key = f"test/bpb_window/{bin_ * 12}-{bin_ * 12 + 11}"
+        if chosen:
+            assert values[key] == pytest.approx(sum(chosen) / len(chosen) / math.log(2), rel=1e-6)
+        else:
+            assert key not in values  # no scored byte there
+    patch = getattr(model, "patch_size", 0)
+    for j in range(patch):
+        chosen = [float(NATS[x[b, p]]) for b, p in scored if p % patch == j]
+        assert values[f"test/bpb_patch/{j}"] == pytest.approx(
+            sum(chosen) / len(chosen) / math.log(2), rel=1e-6
+        )
+    assert (name == "megabyte") == any("patch" in k for k in values)
+    assert lm.position_metrics("test") == {}  # reset after reading
