@@ -7,5 +7,6 @@ from .hourglass import Hourglass
 from .lm import ByteLM
 from .megabyte import Megabyte
 from .perceiver_ar import PerceiverAR
+from .spacebyte import SpaceByte
 
-__all__ = ["ByteLM", "ByteModel", "Decoder", "HNet", "Hourglass", "Megabyte", "PerceiverAR"]
+__all__ = ["ByteLM", "ByteModel", "Decoder", "HNet", "Hourglass", "Megabyte", "PerceiverAR", "SpaceByte"]

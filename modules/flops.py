@@ -31,16 +31,35 @@ def attention_flops(q_len: int, kv_len: int, d_model: int, skip_masked: bool = F
     return 2 * 2 * pairs * d_model
 
 
-def block_flops(q_len: int, kv_len: int, d_model: int, skip_masked: bool = False) -> int:
-    """One pre-norm block: q, kv and output projections, attention, and the 4x MLP."""
+def window_attention_flops(seq_len: int, window: int, d_model: int, skip_masked: bool = False) -> int:
+    """Causal self-attention over a sliding ``window`` (``layers.sliding_window_attention``): a window
+    that covers the sequence is plain causal attention; otherwise each block of ``window`` queries
+    computes ``2 * window`` keys under an explicit mask (executed in full)."""
+    if seq_len <= window:
+        return attention_flops(seq_len, seq_len, d_model, skip_masked)
+    padded = -(-seq_len // window) * window
+    return attention_flops(padded, 2 * window, d_model)
+
+
+def block_flops(
+    q_len: int, kv_len: int, d_model: int, skip_masked: bool = False, window: int | None = None
+) -> int:
+    """One pre-norm block: q, kv and output projections, attention (over a sliding ``window`` of
+    self-attention, if given), and the 4x MLP."""
     projections = linear_flops(q_len, d_model, d_model) * 2 + linear_flops(kv_len, d_model, 2 * d_model)
     mlp = 2 * linear_flops(q_len, d_model, 4 * d_model)
-    return projections + attention_flops(q_len, kv_len, d_model, skip_masked) + mlp
+    if window is None:
+        attention = attention_flops(q_len, kv_len, d_model, skip_masked)
+    else:
+        attention = window_attention_flops(q_len, window, d_model, skip_masked)
+    return projections + attention + mlp
 
 
-def stack_flops(seq_len: int, d_model: int, n_layers: int, skip_masked: bool = False) -> int:
+def stack_flops(
+    seq_len: int, d_model: int, n_layers: int, skip_masked: bool = False, window: int | None = None
+) -> int:
     """A causal self-attention stack over one sequence of ``seq_len`` positions."""
-    return n_layers * block_flops(seq_len, seq_len, d_model, skip_masked)
+    return n_layers * block_flops(seq_len, seq_len, d_model, skip_masked, window)
 
 
 def head_flops(tokens: int, d_model: int) -> int:
@@ -154,3 +173,21 @@ def hnet_flops(
         + stack_flops(chunks, d_main, main_layers, skip_masked)
         + decoder_flops(seq_len, d_model, decoder_layers, skip_masked)
     )
+
+
+def spacebyte_flops(
+    seq_len: int,
+    num_slots: int,
+    local_d_model: int,
+    local_layers: int,
+    global_d_model: int,
+    global_layers: int,
+    window: int,
+    skip_masked: bool = False,
+) -> int:
+    """SpaceByte: ``local_layers`` sliding-window blocks over every byte, ``global_layers`` causal
+    blocks over ``num_slots`` global positions, the head on every byte. Moving a byte's vector in
+    and out of the global width (zeros in front, the last d dims back) costs no matmul."""
+    local = stack_flops(seq_len, local_d_model, local_layers, skip_masked, window)
+    global_ = stack_flops(num_slots, global_d_model, global_layers, skip_masked)
+    return local + global_ + head_flops(seq_len, local_d_model)

@@ -17,15 +17,29 @@ from torch.nn.attention.bias import causal_lower_right
 from .base import VOCAB_SIZE
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+def causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, window: int | None = None
+) -> Tensor:
     """Scaled dot-product attention where query i sits at key position ``Lk - Lq + i``.
 
     q: [B, H, Lq, Dh], k and v: [B, H, Lk, Dh] with Lq <= Lk. The mask is aligned to the bottom
     right, so the same call serves self-attention (Lq == Lk), PerceiverAR's cross-attention from the
     last Lq positions, and cached decoding (new queries after Lk - Lq cached keys). Everything goes
     through ``F.scaled_dot_product_attention`` so GPUs get the flash / memory-efficient kernels.
+    ``window``: each query sees only its last ``window`` keys, itself included (SpaceByte's local
+    blocks); see :func:`sliding_window_attention`.
     """
     q_len, kv_len = q.size(-2), k.size(-2)
+    if window is not None and kv_len > window:
+        if q_len == 1:  # cached decoding: the last `window` keys are exactly the ones it sees
+            return F.scaled_dot_product_attention(
+                q, k[..., -window:, :], v[..., -window:, :], dropout_p=dropout_p
+            )
+        if q_len != kv_len:
+            raise ValueError(
+                f"windowed attention needs one query or as many queries as keys, got {q_len}, {kv_len}"
+            )
+        return sliding_window_attention(q, k, v, window, dropout_p)
     if q_len == kv_len:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if q_len == 1:  # one new query sees every cached key: no mask needed
@@ -35,6 +49,33 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) ->
     else:  # CausalBias cannot be built under tensor modes (meta device, FlopCounterMode)
         mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, dropout_p: float = 0.0) -> Tensor:
+    """Causal self-attention in which position t sees keys t - window + 1 .. t, in O(L * window).
+
+    The L positions are cut into blocks of ``window`` (the last one right-padded; causal, so the
+    padding reaches no real query); each block's queries attend to its own keys and the previous
+    block's under an explicit band mask: ``2 * window`` keys computed per query, ``window`` kept
+    (``modules/flops.py``'s ``window_attention_flops`` counts the computed ones).
+    """
+    length, heads = q.size(-2), q.size(1)
+    blocks = -(-length // window)
+    q, k, v = (
+        F.pad(t, (0, 0, 0, blocks * window - length)).unflatten(-2, (blocks, window)) for t in (q, k, v)
+    )
+    k, v = (
+        torch.cat([F.pad(t, (0, 0, 0, 0, 1, 0))[:, :, :-1], t], dim=-2) for t in (k, v)
+    )  # [B, H, n, 2W, Dh]
+    query = torch.arange(window, device=q.device)[:, None]
+    key = torch.arange(2 * window, device=q.device)[None]
+    band = (key > query) & (key <= query + window)  # key window + j is query j's own position
+    first = band & (key >= window)  # the first block has no block before it
+    mask = torch.cat([first[None], band.expand(blocks - 1, -1, -1)]).repeat(heads, 1, 1)
+    y = F.scaled_dot_product_attention(
+        q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), attn_mask=mask, dropout_p=dropout_p
+    )
+    return y.unflatten(1, (heads, blocks)).flatten(2, 3)[:, :, :length]
 
 
 def shift_right(h: Tensor, start: Tensor) -> Tensor:
@@ -101,14 +142,16 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """Multi-head causal attention; queries may come from a suffix of the key/value sequence."""
+    """Multi-head causal attention; queries may come from a suffix of the key/value sequence, and
+    each may see only its last ``window`` keys (None: all of them)."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, window: int | None = None) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         self.n_heads = n_heads
         self.dropout = dropout
+        self.window = window
         self.q = nn.Linear(d_model, d_model, bias=False)
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -130,7 +173,7 @@ class Attention(nn.Module):
             k, v = cache.extend(k, v)
         dropout = self.dropout if self.training else 0.0
         if mask is None:
-            y = causal_attention(q, k, v, dropout)
+            y = causal_attention(q, k, v, dropout, self.window)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out(y.transpose(1, 2).flatten(2))
@@ -153,12 +196,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``; ``window``: sliding
+    window attention (:class:`Attention`)."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, window: int | None = None) -> None:
         super().__init__()
         self.norm_attn = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads, dropout)
+        self.attn = Attention(d_model, n_heads, dropout, window)
         self.norm_mlp = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model, dropout)
         self.drop = nn.Dropout(dropout)
@@ -179,13 +223,23 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A causal stack of ``n_layers`` blocks followed by a final LayerNorm."""
+    """A causal stack of ``n_layers`` blocks followed by a final LayerNorm (``final_norm``; a stack
+    whose output joins a residual stream that continues elsewhere, as in SpaceByte, goes without).
+    ``window``: every block attends over a sliding window of that many positions."""
 
-    def __init__(self, d_model: int, n_layers: int, n_heads: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        dropout: float = 0.0,
+        window: int | None = None,
+        final_norm: bool = True,
+    ) -> None:
         super().__init__()
         self.d_model = d_model
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
-        self.norm = nn.LayerNorm(d_model)
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, window) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
 
     def forward(self, x: Tensor, caches: list[KVCache] | None = None) -> Tensor:
         for i, block in enumerate(self.blocks):

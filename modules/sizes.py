@@ -29,6 +29,7 @@ ARCHITECTURES = {  # sweep name -> model class
     "perceiver_ar": "modules.PerceiverAR",
     "hourglass": "modules.Hourglass",
     "hnet": "modules.HNet",
+    "spacebyte": "modules.SpaceByte",
 }
 
 # Table 14: (layers, width, heads).
@@ -103,6 +104,19 @@ def _hnet(
         "decoder_layers": outer_layers,
         "n_heads": n_heads,
         "main_n_heads": main_n_heads,
+    }
+
+
+def _spacebyte(local_width: int, layers: int, heads: int, window: int | None = None) -> dict[str, int]:
+    """The paper's defaults: global width D = 2d, as many local blocks (split evenly around the global
+    ones) as global blocks, local attention window W = d."""
+    return {
+        "local_d_model": local_width,
+        "local_layers": layers,
+        "global_d_model": 2 * local_width,
+        "global_layers": layers,
+        "attention_window": window or local_width,
+        "n_heads": heads,
     }
 
 
@@ -229,6 +243,26 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "bench": _hnet(256, 512, 1, 4, main_n_heads=8),
         "bench-tiny": _hnet(32, 64, 1, 1, n_heads=2, main_n_heads=2),
     },
+    # SpaceByte's cpu-* cost (at 1024-byte windows, the expected T/6 global positions) within 15% of the
+    # decoder's same-named size: 2.08 / 2.26 (xs), 5.75 / 5.68 (s), 9.99 / 11.21 (m) training MFLOPs per byte
+    # (tests/test_spacebyte.py). ``table3`` is the paper's Table 3 model (PG-19, arXiv), ``table3-github``
+    # its smallest published one (GitHub: 12 + 12 blocks, T = 8192 = 8 T_G).
+    "spacebyte": {
+        "test": {**_spacebyte(32, 2, 4, window=16), "patch_size": 6},
+        "cpu-xs": _spacebyte(80, 2, 4),
+        "cpu-s": _spacebyte(96, 4, 4),
+        "cpu-m": _spacebyte(128, 4, 4),
+        "table3": {**_spacebyte(512, 16, 16), "local_n_heads": 8, "max_seq_len": 6144},  # 201M + 50M
+        "table3-github": {
+            **_spacebyte(512, 12, 16),
+            "local_n_heads": 8,
+            "max_seq_len": 8192,
+            "patch_size": 8,
+        },
+        # The bench decoder's non-embedding parameters: 3 global blocks of 512 + 8 local blocks of 256.
+        "bench": {**_spacebyte(256, 8, 8), "global_layers": 3, "local_n_heads": 4},
+        "bench-tiny": {**_spacebyte(32, 2, 2, window=16), "global_layers": 1},
+    },
 }
 
 
@@ -247,6 +281,8 @@ TEST_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "nested": {"hierarchy": "1@1 1@2 1@6 1@2 1@1"},
         "average_repeat": {"pooling": "average", "upsampling": "repeat"},
     },
+    # SpaceByte's "fixed P" rule: a global position every P bytes, for images and audio.
+    "spacebyte": {"periodic": {"boundary": "periodic", "patch_size": 4}},
 }
 
 

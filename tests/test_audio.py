@@ -167,7 +167,15 @@ def test_embedded_speech(tmp_path: Path) -> None:
 
 @pytest.mark.cli
 @pytest.mark.parametrize(
-    "model", ["megabyte_audio_tiny", "decoder_tiny", "perceiver_ar_tiny", "hourglass_tiny", "hnet_tiny"]
+    "model",
+    [
+        "megabyte_audio_tiny",
+        "decoder_tiny",
+        "perceiver_ar_tiny",
+        "hourglass_tiny",
+        "hnet_tiny",
+        "spacebyte_audio_tiny",
+    ],
 )
 def test_fit_each_model_on_the_audio_default(model: str, tmp_path: Path) -> None:
     fit_modality_default("audio_default", model, tmp_path)

@@ -77,7 +77,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["megabyte", "decoder", "perceiver_ar", "hourglass"])
+@pytest.mark.parametrize("name", ["megabyte", "decoder", "perceiver_ar", "hourglass", "spacebyte"])
 def test_fit_each_model_through_the_cli(name, corpus, tmp_path):
     run = tmp_path / "run"
     result = bytelab(

@@ -322,7 +322,15 @@ def test_embedded_photos(tmp_path: Path) -> None:
 
 @pytest.mark.cli
 @pytest.mark.parametrize(
-    "model", ["megabyte_image_tiny", "decoder_tiny", "perceiver_ar_tiny", "hourglass_tiny", "hnet_tiny"]
+    "model",
+    [
+        "megabyte_image_tiny",
+        "decoder_tiny",
+        "perceiver_ar_tiny",
+        "hourglass_tiny",
+        "hnet_tiny",
+        "spacebyte_image_tiny",
+    ],
 )
 def test_fit_each_model_on_the_image_default(model: str, tmp_path: Path) -> None:
     fit_modality_default("image_default", model, tmp_path)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from lightning.fabric.utilities.throughput import measure_flops
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from modules import ByteLM, Decoder, Hourglass, Megabyte, PerceiverAR
 from modules.sizes import ARCHITECTURES
@@ -146,17 +147,20 @@ def test_megabyte_first_byte_of_each_patch_sees_previous_patches():
 
 @pytest.mark.parametrize("name", list(CONTRACT_MODELS))
 @pytest.mark.parametrize("length", [8, 24, 61, 96])
-def test_flops_match_the_counter(name, length):
-    """The analytic count equals torch's FlopCounterMode on the real module (meta device) exactly: every
-    count is an integer sum of matmul sizes, so a formula missing one projection, or counting the head on
-    the unpadded length, is off by a whole matmul. FLOPs per byte divide the counted FLOPs by the
-    positions the forward really returned."""
-    with torch.device("meta"):
-        model = tiny_model(name)
-    x = torch.randint(0, 256, (3, length), device="meta")
-    counted = measure_flops(model, lambda: model(x))
-    assert counted == 3 * model.forward_flops(length)
-    assert model.flops_per_byte(length) == counted / (3 * model(x).size(1))
+def test_flops_match_the_counter(name, length, one_thread):
+    """The FLOPs a model reports for the batch it just ran (``batch_flops``: ``B * forward_flops(L)``
+    unless its chunks depend on the bytes) equal torch's FlopCounterMode on the real module exactly:
+    every count is an integer sum of matmul sizes, so a formula missing one projection, or counting
+    the head on the unpadded length, is off by a whole matmul. The forward runs on real bytes (the
+    chunks a model forms may depend on them) with SDPA's math kernel, which the counter sees as the
+    matmuls it is made of. FLOPs per byte divide by the positions the forward really returned."""
+    torch.manual_seed(0)
+    model = tiny_model(name)
+    x = torch.randint(0, 256, (3, length))
+    with sdpa_kernel(SDPBackend.MATH):
+        counted = measure_flops(model, lambda: model(x))
+    assert counted == model.batch_flops(x)
+    assert model.flops_per_byte(length) == model.forward_flops(length) / model(x).size(1)
 
 
 @pytest.mark.parametrize("name", list(CONTRACT_MODELS))
