@@ -110,6 +110,7 @@ class SpaceByte(ByteModel):
         tie_embeddings: bool = False,
     ) -> None:
         super().__init__()
+        self._last_ratio: float | None = None  # global positions per byte of the last batch_flops
         local_n_heads = local_n_heads or n_heads
         check_positive(
             local_d_model=local_d_model,
@@ -238,8 +239,15 @@ class SpaceByte(ByteModel):
             skip_masked,
         )
 
+    def training_metrics(self) -> dict[str, float]:
+        """``global_ratio``: global positions per byte formed by the last training batch (the FLOP
+        formula's expectation is 1/patch_size), logged as ``train/global_ratio``."""
+        return {} if self._last_ratio is None else {"global_ratio": self._last_ratio}
+
     def batch_flops(self, x: Tensor, skip_masked: bool = False) -> int:
         """Forward FLOPs of the windows ``x[B, L]`` as the forward ran them: every row's global blocks
         over as many positions as the batch's row with the most formed."""
-        num_slots = int(self.global_positions(x).sum(dim=1).max())
+        formed = self.global_positions(x).sum(dim=1)
+        self._last_ratio = float(formed.sum()) / x.numel()
+        num_slots = int(formed.max())
         return x.size(0) * self.forward_flops(x.size(1), skip_masked, num_slots)

@@ -123,6 +123,7 @@ def test_batch_flops_count_the_global_positions_formed():
     assert int(model.global_positions(sparse).sum()) == 1 and int(model.global_positions(dense).sum()) == 12
     both = torch.cat([sparse, dense])
     assert model.batch_flops(both) == 2 * model.forward_flops(24, num_slots=12)
+    assert model.training_metrics() == {"global_ratio": 13 / 48}  # logged as train/global_ratio
     assert model.batch_flops(sparse) == model.forward_flops(24, num_slots=1) < model.forward_flops(24)
     assert model.forward_flops(24) == model.forward_flops(24, num_slots=4)  # P = 6
     periodic = tiny_model("spacebyte_periodic")
