@@ -54,8 +54,8 @@ def compare(
     device: Literal["cpu", "gpu"] = "cpu",
     runs: str | None = None,
     out: str = "results/compare",
-    jobs: int = 1,
-    threads: int = 1,
+    jobs: int | None = None,
+    threads: int | None = None,
 ) -> int:
     """Run a compute-matched comparison of Decoder, PerceiverAR and MEGABYTE, then its analysis.
 
@@ -69,14 +69,15 @@ def compare(
         device: ``gpu`` adds the one-GPU trainer config.
         runs: Folder of the run directories (default: the sweep's run_root).
         out: Folder for tables and plots.
-        jobs: Runs at a time in child processes (1: in this process).
-        threads: Torch CPU threads per run (1 suits small models).
+        jobs: Runs at a time in child processes (1: in this process); default: chosen from the
+            cores and the model sizes (``experiments.perf.choose_parallelism``), and printed.
+        threads: Torch CPU threads per run (default: chosen with ``jobs``; 1 for small models).
     """
     from analysis.report import analyze, describe  # pandas and matplotlib: only when analysing
 
     grid = configure(sweep, data, budgets, sizes, device, runs)
     start = time.monotonic()
-    failed = run_sweep(grid, jobs=jobs, inline=jobs == 1, threads=threads)
+    failed = run_sweep(grid, jobs=jobs, inline=jobs == 1, threads=threads or (1 if jobs == 1 else None))
     if failed:
         print(
             f"bytelab compare: {len(failed)} runs failed, see their log.txt: {failed[0].run_dir}",

@@ -9,10 +9,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ByteModel, build_model
+from .base import ByteModel, build_model, nats
 from .checkpoint import describe_change, load_checkpoint, rng_states, set_rng_states
 from .metrics import BitsPerByte, FlopsPerByte
 from .parallel import parallelize
@@ -37,6 +36,10 @@ class ByteLM(L.LightningModule):
         activation_checkpointing: Recompute each transformer block's activations in the backward
             pass instead of storing them (less memory, about a third more compute).
         compile: ``torch.compile`` each transformer block.
+        loss_chunk: Compute the head and the loss on this many positions at a time (0: all at once),
+            each chunk under activation checkpointing, so that a long window's logits never all
+            exist at once; MEGABYTE also runs its local model per chunk of patches
+            (:meth:`ByteModel.position_nats`). The loss is the same.
         strided_inference: Evaluate with MEGABYTE's strided inference (two passes per window,
             offset by P/2: :meth:`Megabyte.evaluation_logits`), for models that have it. Sliding-window
             evaluation is the data's ``score_len``; the two combine. ``val/flops_per_byte`` and
@@ -61,10 +64,13 @@ class ByteLM(L.LightningModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         strided_inference: bool = False,
+        loss_chunk: int = 0,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr={lr} must be positive")
+        if loss_chunk < 0:
+            raise ValueError(f"loss_chunk={loss_chunk} must be >= 0 (0: the whole window at once)")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
         # strided_inference is how a run is evaluated, not part of the trained model: kept out of the
@@ -125,10 +131,9 @@ class ByteLM(L.LightningModule):
     def position_nats(self, x: Tensor, strided: bool = False) -> Tensor:
         """Cross-entropy in nats of every position the model predicts: ``[B, S]``, the last S of x
         (``strided``: from the model's strided inference, :meth:`Megabyte.evaluation_logits`)."""
-        logits = self.model.evaluation_logits(x, strided)
-        targets = x[:, -logits.size(1) :]
-        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-        return nats.view_as(targets)
+        if not strided:
+            return self.model.position_nats(x, self.hparams.loss_chunk)
+        return nats(self.model.evaluation_logits(x, strided), x)
 
     def evaluation_flops(self, x: Tensor) -> float:
         """Forward FLOPs of evaluating the windows ``x[B, L]`` (both passes when strided)."""

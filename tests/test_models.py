@@ -261,6 +261,27 @@ def test_gradient_norm_at_initialisation_is_of_order_one(model):
     assert torch.isfinite(norm) and 0.05 < float(norm) < 20
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 16, 1000])
+def test_a_loss_in_chunks_equals_the_loss_at_once(model, chunk):
+    """``position_nats(x, chunk)`` runs the head (and MEGABYTE's local model) a chunk at a time under
+    checkpointing: the same nats and the same gradients as the whole window at once, for windows that
+    end mid-patch and chunks that do not divide them."""
+    model.train()
+    x = torch.randint(0, 256, (2, 61), generator=torch.Generator().manual_seed(5))
+    grads = []
+    for size in (0, chunk):
+        model.zero_grad()
+        values = model.position_nats(x, size)
+        values.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        if size == 0:
+            whole = values.detach()
+    assert torch.equal(values.detach(), whole)  # the same computation per position: bit for bit
+    assert values.shape == (2, model.scored_len(61))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def sample_markov_source(generator: torch.Generator, shape: tuple[int, int]) -> torch.Tensor:
     """A random walk over 16 byte values spread over 0..255: each byte moves 0-3 symbols on (mod 16)
     from the byte before it, the first is uniform. Entropy: 4 bits for a window's first byte, exactly
