@@ -334,3 +334,35 @@ def test_bad_sizes_are_one_line_errors():
         tiny_model("perceiver_ar").check_window(seq_len=96, score_len=64)
     with pytest.raises(ValueError, match="seq_len=128 exceeds the model's max_seq_len=96"):
         tiny_model("decoder").check_window(seq_len=128, score_len=128)
+
+
+@pytest.mark.parametrize("name", list(CONTRACT_MODELS))
+def test_compiled_blocks_train_like_eager_ones(name, monkeypatch, one_thread):
+    """``--model.compile true`` (``parallelize_blocks(compile=True)``) on every model: each block is
+    captured by TorchDynamo in one graph, without a graph break, and AOTAutograd's forward and backward
+    give the eager logits and gradients. The backend is aot_eager (COMPILE_BACKEND_ENV): inductor's
+    code generation, a C++ build per graph on a CPU, is left to the GPU check
+    (experiments/bench/gpu_check.py)."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from modules.parallel import COMPILE_BACKEND_ENV, parallelize_blocks
+
+    monkeypatch.setenv(COMPILE_BACKEND_ENV, "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    eager = tiny_model(name).train()
+    compiled = copy.deepcopy(eager)
+    blocks = parallelize_blocks(compiled, activation_checkpointing=False, compile=True)
+    x = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
+    results = []
+    for model in (eager, compiled):
+        nats = model.position_nats(x)
+        nats.mean().backward()
+        results.append((nats.detach(), [p.grad for p in model.parameters()]))
+    assert blocks and counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

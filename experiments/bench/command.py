@@ -22,6 +22,7 @@ def bench(
     models: list[str] | None = None,
     seq_lens: list[int] | None = None,
     reps: int | None = None,
+    max_seconds: float | None = None,
     batch: int = 1,
     device: str | None = None,
     dtype: Literal["float32", "bfloat16"] | None = None,
@@ -45,6 +46,8 @@ def bench(
             ``modules/sizes.py`` that has the preset's size (``bench``, or ``bench-tiny``) works too.
         seq_lens: Training lengths replacing the preset's.
         reps: Timed repetitions replacing the preset's.
+        max_seconds: Skip a training configuration estimated (at half the measured matmul peak) to
+            take longer than this, replacing the preset's cap.
         batch: Windows per training step.
         device: Torch device (default: cuda if there is one, else cpu).
         dtype: Default: bfloat16 on a GPU, else float32.
@@ -59,6 +62,7 @@ def bench(
             **asdict(PRESETS[preset]),
             **({"train_lens": seq_lens} if seq_lens else {}),
             **({"reps": reps} if reps else {}),
+            **({"max_seconds": max_seconds} if max_seconds else {}),
         }
     )
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -86,9 +90,12 @@ def bench(
         return 0
     torch_dtype = getattr(torch, precision)
     peak = matmul_peak_flops(where, torch_dtype, sizes=chosen.peak_sizes)
-    causal_cost = causal_attention_cost(where, torch_dtype, chosen.target_len)
     print(f"{machine}  matmul peak {peak / 1e9:.1f} GFLOP/s ({precision})", end="  ")
-    print(f"causal / full attention time at T={chosen.target_len}: {causal_cost:.2f}")
+    causal_cost = float("nan")  # only the targets need it (a full attention at T = 1M would take hours)
+    if chosen.train_lens and chosen.gen_bytes:
+        causal_cost = causal_attention_cost(where, torch_dtype, chosen.target_len)
+        print(f"causal / full attention time at T={chosen.target_len}: {causal_cost:.2f}", end="")
+    print(flush=True)
     train = bench_training(setup, chosen, peak) if chosen.train_lens else pd.DataFrame()
     if len(train):
         train.assign(**machine, matmul_peak_flops=peak).to_csv(

@@ -114,7 +114,7 @@ def bench_training(setup: Setup, preset: Preset, peak: float) -> pd.DataFrame:
             if result["status"] != "ok":
                 stopped = f"not run: stopped at T={seq_len} ({result['status'][:40]})"
             print(f"train {name:>12} T={seq_len:>7}  {rows[-1].get('bytes_per_s', 0):>10.0f} B/s", end="  ")
-            print(rows[-1]["status"])
+            print(rows[-1]["status"], rows[-1].get("peak_mem_bytes"), flush=True)
     return pd.DataFrame(rows)
 
 
