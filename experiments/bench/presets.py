@@ -36,7 +36,7 @@ PRESETS = {
     "full": Preset(train_lens=[1024, 2048, 4096, 8192, 16384, 32768, 65536], gen_bytes=8192, max_seconds=900),
     "smoke": Preset([32, 64], gen_bytes=24, reps=1, target_len=64, size="bench-tiny", peak_sizes=(256,)),
     # Generation by batch size: MEGABYTE against decoders of equal training FLOPs and equal parameters.
-    "generation": Preset([], gen_bytes=1024, reps=2, gen_batches=[1, 8, 64], uncached_points=[]),
+    "generation": Preset([], gen_bytes=512, reps=2, gen_batches=[1, 8, 64], uncached_points=[]),
     # One training step on up to a million bytes (gen_bytes=0: no generation, no issue-6 targets):
     # checkpointed blocks, the loss and MEGABYTE's local model 16K bytes at a time, every process
     # capped at 18 GiB of address space (this 24 GB machine is shared). Each model stops at its
