@@ -99,7 +99,10 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def check(smoke: bool, out: Path) -> dict[str, Any]:
+def check(smoke: bool, out: Path, budget_s: float = 330.0) -> dict[str, Any]:
+    """Every part in order; each model's long-window runs stop when its share of what is left of
+    ``budget_s`` seconds is spent (a share it leaves goes to the models after it)."""
+    start = time.perf_counter()
     device = torch.device("cpu" if smoke else "cuda")
     bf16 = not smoke
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -144,11 +147,16 @@ def check(smoke: bool, out: Path) -> dict[str, Any]:
     cap_s = 10.0 if smoke else 40.0
     chunk = 32 if smoke else 16384
     result["long"] = {}
-    for name in CLASS:
+    for i, name in enumerate(CLASS):
         rows, previous = [], None
+        left = budget_s - (time.perf_counter() - start)  # shared by the models still to run
+        deadline = time.perf_counter() + left / (len(CLASS) - i)
         for t in lengths:
             if previous and previous["step_s"] * (t / previous["T"]) ** 2 > cap_s:
                 rows.append({"T": t, "status": f"not run: a step estimated over {cap_s:.0f} s"})
+                break
+            if time.perf_counter() > deadline:
+                rows.append({"T": t, "status": f"not run: this model's share of {budget_s:.0f} s was spent"})
                 break
             reset_peak(device)
             try:
@@ -202,10 +210,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/bench/gpu", help="folder for gpu_check.json and .md")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (the test)")
+    parser.add_argument("--budget_s", type=float, default=330.0, help="stop long-window runs after this")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = check(args.smoke, out)
+    result = check(args.smoke, out, args.budget_s)
     print(f"gpu_check: {time.perf_counter() - start:.0f} s; wrote {out / 'gpu_check.json'} and gpu_check.md")
     return result
 
