@@ -175,7 +175,7 @@ def test_generation_at_a_batch_counts_every_rows_bytes():
     ratios = generation_ratios(gen)
     assert ratios.batch.tolist() == [1, 8]
     assert ratios.vs_equal_flops_decoder.tolist() == [0.6, 2.0]
-    assert ratios.vs_equal_params_decoder.tolist() == [3.0, 6.0]
+    assert ratios.vs_equal_size_decoder.tolist() == [3.0, 6.0]
 
 
 def test_a_model_stops_at_its_first_length_over_the_time_cap(one_thread):

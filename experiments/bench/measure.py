@@ -155,7 +155,7 @@ def generation_ratios(gen: pd.DataFrame) -> pd.DataFrame:
                 "megabyte_bytes_per_s": speed["megabyte"],
                 "vs_equal_flops_decoder": speed["megabyte"]
                 / speed.get("decoder_flops_matched", float("nan")),
-                "vs_equal_params_decoder": speed["megabyte"] / speed.get("decoder", float("nan")),
+                "vs_equal_size_decoder": speed["megabyte"] / speed.get("decoder", float("nan")),
             }
         )
     return pd.DataFrame(rows)
