@@ -87,8 +87,8 @@ def compare(
     seeds: list[int] | None = None,
     lrs: list[float] | None = None,
     out: str | None = None,
-    jobs: int = 1,
-    threads: int = 1,
+    jobs: int | None = None,
+    threads: int | None = None,
 ) -> int:
     """Run a compute-matched comparison of Decoder, PerceiverAR and MEGABYTE, then its analysis.
 
@@ -112,15 +112,16 @@ def compare(
             the sweep's ``model.lr`` for all).
         out: Folder for tables and plots (default: ``results`` inside the run folder, which git
             ignores; ``--out results/compare`` refreshes the committed results).
-        jobs: Runs at a time in child processes (1: in this process).
-        threads: Torch CPU threads per run (1 suits small models).
+        jobs: Runs at a time in child processes (1: in this process); default: chosen from the
+            cores and the model sizes (``experiments.perf.choose_parallelism``), and printed.
+        threads: Torch CPU threads per run (default: chosen with ``jobs``; 1 for small models).
     """
     from analysis.report import analyze, describe  # pandas and matplotlib: only when analysing
 
     grid = configure(sweep or PRESETS[preset], data, budgets, sizes, device, runs, architectures, seeds, lrs)
     out = out or str(Path(grid.run_root) / "results")
     start = time.monotonic()
-    failed = run_sweep(grid, jobs=jobs, inline=jobs == 1, threads=threads)
+    failed = run_sweep(grid, jobs=jobs, inline=jobs == 1, threads=threads or (1 if jobs == 1 else None))
     if failed:
         print(
             f"bytelab compare: {len(failed)} runs failed, see their log.txt: {failed[0].run_dir}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -10,6 +11,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+
+def choose_parallelism(cores: int, runs: int, params: int, gpus: int = 0) -> tuple[int, int]:
+    """How a sweep uses a machine: (runs at a time, torch threads per run), from its cores, the runs
+    to do and the largest model's parameters. A run gets the threads its model uses well (matmuls of
+    a small model are too small to split: 1 thread up to 20M parameters, 2 up to 100M, 4 up to 500M,
+    then 8) and as many runs as fit side by side; cores left over when there are few runs go to
+    their threads (up to 4x what the model wants). With GPUs, one run per GPU, the cores shared."""
+    cores, runs = max(cores, 1), max(runs, 1)
+    if gpus:
+        jobs = min(runs, gpus)
+        return jobs, max(cores // jobs, 1)
+    wanted = min(
+        next(t for limit, t in ((20e6, 1), (100e6, 2), (500e6, 4), (math.inf, 8)) if params < limit), cores
+    )
+    jobs = max(min(runs, cores // wanted), 1)
+    return jobs, max(wanted, min(cores // jobs, 4 * wanted))
 
 
 def machine_info(device: torch.device) -> dict[str, str | int]:

@@ -34,6 +34,7 @@ from modules.sizes import ARCHITECTURES, model_init_args
 
 from .callbacks import EXIT_PREEMPTED
 from .manifest import MANIFEST, SWEEP_INFO, read_manifest, write_json_atomic
+from .perf import choose_parallelism
 from .subcommand import DataConfig
 from .trainer_cli import run_lightning
 
@@ -411,15 +412,33 @@ def summary(run: Run) -> str:
     return f"val/bpb {val:.4f}  flops {manifest.get('flops_seen', 0):.3g}"
 
 
+def largest_model_params(runs: Sequence[Run]) -> int:
+    """Non-embedding parameters of the largest model among ``runs`` (built on the meta device)."""
+    from modules.base import build_model
+
+    largest = 0
+    for run in runs:
+        arch, size = run.info["architecture"], run.info["size"]
+        with torch.device("meta"):
+            model = build_model({"class_path": ARCHITECTURES[arch], "init_args": model_init_args(arch, size)})
+        largest = max(largest, model.num_params(non_embedding=True))
+    return largest
+
+
 def run_sweep(
     sweep: Sweep,
-    jobs: int = 1,
+    jobs: int | None = 1,
     inline: bool = False,
     launch: Callable[[Run], int] | None = None,
     echo: Callable[[str], None] = print,
     threads: int | None = None,
 ) -> list[Run]:
     """Run every unfinished run of the sweep (``jobs`` at a time); return the runs that failed.
+
+    ``jobs=None`` chooses runs at a time and threads per run from the machine's cores and the largest
+    model (``perf.choose_parallelism``; one run per GPU on a GPU machine) and prints the choice; a
+    single run at a time then runs in this process. Every run is seeded on its own, so the results
+    do not depend on how many run at once (tests/test_sweep.py).
 
     ``threads`` is torch's CPU threads per run (default: the cores shared among the jobs). Small
     models on a busy machine want 1: with 2 OpenMP threads on 2 loaded cores, a tiny model's step was
@@ -455,6 +474,16 @@ def _run_all(
             echo(f"  skip    {run.id:34}  ({summary(run)})")
             continue
         todo.append((run, action))
+    if jobs is None:
+        cores, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+        params = largest_model_params([run for run, _ in todo])
+        jobs, chosen = choose_parallelism(cores, len(todo), params, gpus)
+        threads = threads or chosen
+        inline = inline or jobs == 1
+        echo(
+            f"parallel: {jobs} runs at a time x {threads} threads ({cores} cores, {gpus} GPUs, "
+            f"largest model {params / 1e6:.1f}M parameters)"
+        )
     if launch is None:
         per_run = threads or (max((os.cpu_count() or 1) // jobs, 1) if jobs > 1 else None)
         launch = run_inline if inline else lambda r: run_subprocess(r, per_run)
@@ -531,7 +560,7 @@ def use_data(sweep: Sweep, data: DataConfig) -> None:
 def sweep(
     sweep: str,
     data: DataConfig | None = None,
-    jobs: int = 1,
+    jobs: int | None = None,
     inline: bool = False,
     threads: int | None = None,
     print_commands: bool = False,
@@ -544,13 +573,14 @@ def sweep(
         data: A DataModule config replacing the sweep's data config, read as ``bytelab fit --data``
             reads it: a YAML file with class_path and init_args, a class name, and/or
             ``--data.init_args.KEY=VALUE``, on fit's default (the embedded text).
-        jobs: Runs at a time (child processes share the cores).
+        jobs: Runs at a time (child processes share the cores); default: chosen from the cores and
+            the model sizes, and printed.
         inline: Run in this process, one at a time (no interpreter start-up).
         threads: Torch CPU threads per run (default: the cores shared among the jobs).
         print_commands: Print one ``bytelab fit`` line per run and exit.
         print_slurm: Print a SLURM array script and exit.
     """
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs={jobs} must be at least 1")
     grid = Sweep.from_yaml(sweep)
     if data is not None:

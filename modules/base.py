@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 VOCAB_SIZE = 256  # every byte value is a real symbol: no padding id, nothing ignored in the loss
 
@@ -102,6 +103,23 @@ class ByteModel(nn.Module, ABC):
         positions = torch.arange(seq_len - scored, seq_len, device=x.device).expand(batch, scored)
         return logits, positions
 
+    def head_input(self, x: Tensor) -> Tensor | None:
+        """The states ``[B, S, D]`` that ``self.head`` maps to the logits of ``forward(x)``, for a loss
+        computed in chunks (:meth:`position_nats`); None for a model without such a split."""
+        return None
+
+    def position_nats(self, x: Tensor, chunk: int = 0) -> Tensor:
+        """Cross-entropy in nats ``[B, S]`` of every position ``forward(x)`` predicts (the last S of x).
+
+        With ``chunk`` > 0 the head and the loss run on ``chunk`` positions at a time under activation
+        checkpointing, so the logits of all positions never exist at once (in the forward or the
+        backward): a million-byte window's 256 logits per byte would be GBs. The values are the
+        unchunked ones (each position's logits are the same function of its own state)."""
+        states = self.head_input(x) if chunk > 0 else None
+        if states is None:
+            return nats(self(x), x)
+        return chunked_nats(lambda h, t: nats(self.head(h), t), states, x[:, -states.size(1) :], chunk)
+
     has_strided_inference = False  # MEGABYTE's two-pass inference (its evaluation_logits)
 
     def evaluation_logits(self, x: Tensor, strided: bool = False) -> Tensor:
@@ -171,6 +189,26 @@ def build_model(config: dict[str, Any]) -> ByteModel:
     if not (isinstance(model_class, type) and issubclass(model_class, ByteModel)):
         raise ValueError(f"{config['class_path']} is not a bytelab ByteModel")
     return model_class(**config["init_args"])
+
+
+def nats(logits: Tensor, x: Tensor) -> Tensor:
+    """Cross-entropy in nats ``[B, S]`` of ``logits[B, S, 256]`` against the last S bytes of ``x``."""
+    targets = x[:, -logits.size(1) :]
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
+
+
+def chunked_nats(loss: Any, states: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """``loss(states[:, s], targets[:, s])`` over slices of ``chunk`` positions along dim 1, each under
+    activation checkpointing (only its nats are kept; its logits are recomputed in the backward),
+    concatenated. Without gradients the slices simply run one after the other."""
+    parts = []
+    for start in range(0, targets.size(1), chunk):
+        part = (states[:, start : start + chunk], targets[:, start : start + chunk])
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(loss, *part, use_reentrant=False))
+        else:
+            parts.append(loss(*part))
+    return torch.cat(parts, dim=1)
 
 
 def check_positive(**sizes: int) -> None:

@@ -46,7 +46,10 @@ class Decoder(ByteModel):
             self.head.weight = self.embed.byte_embed.weight
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.transformer(self.embed(x)))
+        return self.head(self.head_input(x))
+
+    def head_input(self, x: Tensor) -> Tensor:
+        return self.transformer(self.embed(x))
 
     def prefill(self, x: Tensor) -> tuple[Tensor, list[KVCache]]:
         """Cached decoding: one KV cache per block, filled by one forward over the prompt."""

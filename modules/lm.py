@@ -9,10 +9,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ByteModel, build_model
+from .base import ByteModel, build_model, nats
 from .checkpoint import describe_change, load_checkpoint, rng_states, set_rng_states
 from .metrics import BitsPerByte, FlopsPerByte, PositionBitsPerByte
 from .parallel import parallelize
@@ -39,6 +38,10 @@ class ByteLM(L.LightningModule):
         activation_checkpointing: Recompute each transformer block's activations in the backward
             pass instead of storing them (less memory, about a third more compute).
         compile: ``torch.compile`` each transformer block.
+        loss_chunk: Compute the head and the loss on this many positions at a time (0: all at once),
+            each chunk under activation checkpointing, so that a long window's logits never all
+            exist at once; MEGABYTE also runs its local model per chunk of patches
+            (:meth:`ByteModel.position_nats`). The loss is the same.
         strided_inference: Evaluate with MEGABYTE's strided inference (two passes per window,
             offset by P/2: :meth:`Megabyte.evaluation_logits`), for models that have it. Sliding-window
             evaluation is the data's ``score_len``; the two combine. ``val/flops_per_byte`` and
@@ -68,10 +71,13 @@ class ByteLM(L.LightningModule):
         compile: bool = False,
         strided_inference: bool = False,
         position_bins: int = 0,
+        loss_chunk: int = 0,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr={lr} must be positive")
+        if loss_chunk < 0:
+            raise ValueError(f"loss_chunk={loss_chunk} must be >= 0 (0: the whole window at once)")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
         # strided_inference is how a run is evaluated, not part of the trained model: kept out of the
@@ -149,10 +155,9 @@ class ByteLM(L.LightningModule):
     def position_nats(self, x: Tensor, strided: bool = False) -> Tensor:
         """Cross-entropy in nats of every position the model predicts: ``[B, S]``, the last S of x
         (``strided``: from the model's strided inference, :meth:`Megabyte.evaluation_logits`)."""
-        logits = self.model.evaluation_logits(x, strided)
-        targets = x[:, -logits.size(1) :]
-        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-        return nats.view_as(targets)
+        if not strided:
+            return self.model.position_nats(x, self.hparams.loss_chunk)
+        return nats(self.model.evaluation_logits(x, strided), x)
 
     def evaluation_flops(self, x: Tensor) -> float:
         """Forward FLOPs of evaluating the windows ``x[B, L]`` (both passes when strided)."""
@@ -166,11 +171,18 @@ class ByteLM(L.LightningModule):
         lengths = batch.get("lengths")
         if lengths is None:
             lengths = torch.full((x.size(0),), x.size(1), dtype=torch.long, device=x.device)
-        logits, positions = self.model.training_logits(x, lengths)
-        targets = x.gather(1, positions)
-        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-        real = (positions < lengths[:, None]).flatten()
-        return torch.where(real, nats, 0.0).sum(), real.sum()
+        seq_len = x.size(1)
+        chunk = self.hparams.loss_chunk
+        if chunk and (bool((lengths == seq_len).all()) or self.model.scored_len(seq_len) == seq_len):
+            # The head and the loss a chunk at a time (a million-byte window): padding, if any, after
+            # the bytes of a model that scores every position, as ByteModel.training_logits assumes.
+            values = self.model.position_nats(x, chunk)
+            positions = torch.arange(seq_len - values.size(1), seq_len, device=x.device).expand_as(values)
+        else:
+            logits, positions = self.model.training_logits(x, lengths)
+            values = nats(logits, x.gather(1, positions))
+        real = positions < lengths[:, None]
+        return torch.where(real, values, 0.0).sum(), real.sum()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         nats, num_bytes = self.training_nats(batch)

@@ -17,8 +17,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from .base import VOCAB_SIZE, ByteModel, check_positive
+from .base import VOCAB_SIZE, ByteModel, check_positive, chunked_nats, nats
 from .flops import megabyte_flops
 from .layers import KVCache, Transformer, init_weights, shift_right
 
@@ -218,6 +219,41 @@ class Megabyte(ByteModel):
         chunks = self.global_output(x)  # Eq. 1-4: [B, K, P, D_L]
         y = self.local_output(chunks, x.view(batch, -1, self.patch_size))  # Eq. 5-6: [B, K, P, D_L]
         return self.head(y).flatten(1, 2)[:, :length]
+
+    def position_nats(self, x: Tensor, chunk: int = 0) -> Tensor:
+        """Cross-entropy in nats ``[B, L]`` of every byte. With ``chunk`` > 0 only the global model runs
+        on the whole window: Eq. 4-6 and the head (the per-byte part, most of the memory of a long
+        window) run on ``chunk // P`` patches at a time under activation checkpointing, which the
+        independence of patches in the local model allows (with cross-patch attention a patch reads
+        the one before: the local model then runs whole and only the head and loss are chunked)."""
+        if chunk <= 0 or self.no_local:
+            return nats(self(x), x)
+        batch, length = x.shape
+        x = F.pad(x, (0, -length % self.patch_size))
+        patches = x.view(batch, -1, self.patch_size)
+        if self.cross_patch.r:
+            states = self.local_output(self.global_output(x), patches).flatten(1, 2)
+            return chunked_nats(lambda h, t: nats(self.head(h), t), states, x, chunk)[:, :length]
+        g = (
+            None
+            if self.no_global
+            else self.global_model(shift_right(self.patch_embedder(x), self.global_pad))
+        )
+
+        def patch_nats(g: Tensor | None, patches: Tensor) -> Tensor:
+            chunks = None if g is None else self.global_chunks(g)
+            return nats(self.head(self.local_output(chunks, patches)).flatten(1, 2), patches.flatten(1))
+
+        per = max(chunk // self.patch_size, 1)
+        parts = []
+        for k in range(0, patches.size(1), per):
+            part = (None if g is None else g[:, k : k + per], patches[:, k : k + per])
+            parts.append(
+                checkpoint(patch_nats, *part, use_reentrant=False)
+                if torch.is_grad_enabled()
+                else patch_nats(*part)
+            )
+        return torch.cat(parts, dim=1)[:, :length]
 
     def global_output(self, x: Tensor) -> Tensor | None:
         """Eq. 1-4 on whole patches ``x[B, K*P]``: patch embeddings behind the pad patch (so global

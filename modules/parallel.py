@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -10,6 +12,12 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from .layers import Block
+
+# The torch.compile backend of ``compile=True``: inductor (generated kernels) unless the environment
+# names another. The tests name ``aot_eager`` (TorchDynamo's graph capture and AOTAutograd's joint
+# forward/backward graph, run by eager kernels) to exercise the compiled path on every model without
+# a C++ build per model.
+COMPILE_BACKEND_ENV = "BYTELAB_COMPILE_BACKEND"
 
 
 def parallelize(
@@ -49,7 +57,7 @@ def parallelize_blocks(model: nn.Module, activation_checkpointing: bool, compile
         if activation_checkpointing:
             block = checkpoint_wrapper(block)
         if compile:
-            block.compile()
+            block.compile(backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, block)
         blocks.append(block)

@@ -85,9 +85,12 @@ class PerceiverAR(ByteModel):
 
     def forward(self, x: Tensor, num_latents: int | None = None) -> Tensor:
         """Logits for the last ``min(L, num_latents)`` positions (default: the model's N)."""
+        return self.head(self.head_input(x, num_latents))
+
+    def head_input(self, x: Tensor, num_latents: int | None = None) -> Tensor:
         h = self.embed(x)
         latents = self.cross_attention(h[:, -min(x.size(1), num_latents or self.num_latents) :], context=h)
-        return self.head(self.latent_model(latents))
+        return self.latent_model(latents)
 
     def training_logits(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Right-padded windows: row b's latents are the last ``min(lengths[b], N)`` positions of its

@@ -134,6 +134,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "135M": _flat(13, 768, 12),
         "bench": _flat(5, 512, 8),  # MEGABYTE's bench size's non-embedding parameters (15.8M)
         "bench-tiny": _flat(1, 64, 2),
+        "million": _flat(2, 512, 8),  # MEGABYTE's million size's global model (6.3M of its 6.7M)
     },
     "perceiver_ar": {
         "test": {**_flat(2, 32, 4), "num_latents": 24},
@@ -150,6 +151,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         # The bench decoder's five blocks: cross-attention + 4 latent blocks.
         "bench": {**_flat(4, 512, 8), "num_latents": 1024},
         "bench-tiny": {**_flat(1, 64, 2), "num_latents": 16},
+        "million": {**_flat(1, 512, 8), "num_latents": 1024},  # cross-attention + 1 latent block
     },
     "megabyte": {
         "test": _cpu_megabyte(2, 64, 32),
@@ -214,6 +216,17 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "local_n_heads": 4,
         },
         "bench-tiny": {**_cpu_megabyte(1, 64, 32), "n_heads": 2},
+        # `bytelab bench --preset million`: a 1,048,576-byte training step in minutes on 2 CPU cores.
+        # P = 32 keeps the global model's attention (K = 32,768 patches at 1M) from dominating.
+        "million": {
+            "patch_size": 32,
+            "global_d_model": 512,
+            "global_layers": 2,
+            "local_d_model": 128,
+            "local_layers": 2,
+            "n_heads": 8,
+            "local_n_heads": 4,
+        },
     },
     # cpu-*: within 6% of the decoder's same-named size in training FLOPs per byte at 1024-byte windows
     # (2.26, 5.36, 11.37 MFLOPs against 2.26, 5.68, 11.21). The paper's sizes use linear pooling and

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 
 import lightning as L
 import pandas as pd
@@ -11,8 +13,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from analysis.tables import to_markdown
-from experiments.bench.measure import flops_matched_decoder, generation_speed
-from experiments.bench.presets import PRESETS, model_configs
+from experiments.bench.measure import (
+    Setup,
+    bench_training,
+    flops_matched_decoder,
+    generation_ratios,
+    generation_speed,
+    reach,
+)
+from experiments.bench.presets import PRESETS, Preset, model_configs
 from experiments.bench.targets import targets
 from experiments.bench.workers import run_worker, train_worker
 from experiments.callbacks import PerfMonitor
@@ -130,3 +139,55 @@ def test_fit_logs_throughput_and_peak_memory():
     assert logged["perf/bytes_per_s"] > 0 and logged["perf/flops_per_s"] > 0
     assert logged["perf/peak_mem_bytes"] > 2**20
     assert "perf/mfu" not in logged  # a CPU has no spec-sheet peak
+
+
+def test_gpu_check_smoke_runs_every_part_on_the_cpu(tmp_path):
+    """The GPU check's --smoke mode (tiny models, CPU): every model trains with SDPA held to the
+    flash kernel, the compiled step runs, and each model's long-window steps come out with a time,
+    a peak memory and an MFU in (0, 1), written as JSON and markdown."""
+    from experiments.bench.gpu_check import main
+
+    result = main(["--smoke", "--out", str(tmp_path)])
+    assert {row["status"] for row in result["flash"].values()} == {"ok (flash only)"}
+    assert result["compile"]["compiled_step_s"] > 0
+    for name, rows in result["long"].items():
+        assert [row["T"] for row in rows] == [64, 128, 256], name
+        assert all(row["status"] == "ok" and 0 < row["mfu"] < 1 and row["peak_mem_bytes"] > 0 for row in rows)
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert (
+        saved["long"]["megabyte"][-1]["T"] == 256
+        and "| long | decoder | 256 |" in (tmp_path / "gpu_check.md").read_text()
+    )
+
+
+def test_generation_at_a_batch_counts_every_rows_bytes():
+    model = build_model(model_configs("bench-tiny", 24)["megabyte"]).eval()
+    row = generation_speed(model, PRESETS["smoke"], torch.device("cpu"), batch=8)
+    assert row["cached_bytes_per_s"] == pytest.approx(8 * 24 / row["cached_median_s"])
+    assert math.isnan(row["uncached_bytes_per_s"])  # uncached: batch 1 only
+    gen = pd.DataFrame(
+        {
+            "model": ["megabyte", "decoder", "decoder_flops_matched"] * 2,
+            "batch": [1, 1, 1, 8, 8, 8],
+            "cached_bytes_per_s": [300.0, 100.0, 500.0, 2400.0, 400.0, 1200.0],
+        }
+    )
+    ratios = generation_ratios(gen)
+    assert ratios.batch.tolist() == [1, 8]
+    assert ratios.vs_equal_flops_decoder.tolist() == [0.6, 2.0]
+    assert ratios.vs_equal_size_decoder.tolist() == [3.0, 6.0]
+
+
+def test_a_model_stops_at_its_first_length_over_the_time_cap(one_thread):
+    """The million preset's rule: a length estimated over max_seconds is skipped and the longer ones
+    are not run (no process starts); the reach table says where the model stopped."""
+    preset = Preset(**{**asdict(PRESETS["million-smoke"]), "train_lens": [64, 128, 256], "max_seconds": 5.0})
+    setup = Setup(["megabyte"], 1, torch.device("cpu"), "float32", False, 1, True, 32, None)
+    with torch.device("meta"):
+        model = build_model(model_configs("bench-tiny", 256)["megabyte"])
+    peak = 3 * model.forward_flops(64) / 0.5 / 6.0  # T=64 is estimated at 6 s, over the 5 s cap
+    train = bench_training(setup, preset, peak)
+    assert train.status.iloc[0] == "skipped: ~6s > 5s"
+    assert train.status.iloc[1:].tolist() == ["not run: stopped at T=64 (time)"] * 2
+    (row,) = reach(train).to_dict("records")
+    assert row["longest_T"] == 0 and row["stopped"] == "T=64: skipped: ~6s > 5s"

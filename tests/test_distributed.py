@@ -105,7 +105,13 @@ SPLITS: dict[str, tuple[str | None, int, int, int, str | None]] = {
     "accumulate": (None, 1, 4, 2, "flops"),
     "ddp": ("ddp", 2, 4, 1, "flops"),
     "fsdp": ("fsdp", 2, 2, 2, "bytes"),
+    "fsdp_compile": ("fsdp", 2, 2, 2, "bytes"),  # --model.compile=true (COMPILED below)
 }
+# The compiled FSDP run's blocks go through torch.compile with the aot_eager backend: TorchDynamo
+# traces each block under FSDP2's hooks and AOTAutograd builds its forward/backward graphs, as on a
+# GPU; only inductor's code generation (a C++ build per graph on a CPU) is left out.
+COMPILED = {"fsdp_compile": ["--model.compile=true"]}
+COMPILED_ENV = {"BYTELAB_COMPILE_BACKEND": "aot_eager"}
 # Largest weight difference from "one" measured after 6 steps (float32 on a 2-core CPU): accumulate
 # 2.8e-6, ddp 3.7e-6, fsdp 3.5e-6, where weights are ~5e-2 and AdamW moves each by up to lr = 2e-3
 # a step. Summing a gradient in another order changes it by ~1e-7 relative, but AdamW divides by
@@ -134,6 +140,7 @@ def split_args(name: str) -> list[str]:
     args = [*EXACT, f"--data.init_args.batch_size={batch}", steps]
     if trainer is not None:
         args = [f"--config={TRAINERS / f'{trainer}.yaml'}", *args, *TWO_CPUS]
+    args += COMPILED.get(name, [])
     model = megabyte_tiny()
     if budget == "flops":
         args.append(f"--budget.flops={(STEPS + 0.5) * WINDOWS * 3 * model.forward_flops(SEQ_LEN)}")
@@ -159,7 +166,12 @@ def trained(corpus: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory)
         if name not in runs:
             run = tmp_path_factory.mktemp(name)
             result = bytelab(
-                "fit", *split_args(name), f"--data.init_args.paths={corpus}", f"--run_dir={run}", cache=cache
+                "fit",
+                *split_args(name),
+                f"--data.init_args.paths={corpus}",
+                f"--run_dir={run}",
+                cache=cache,
+                env=COMPILED_ENV if name in COMPILED else None,
             )
             assert result.returncode == 0, result.stderr[-3000:]
             runs[name] = run
@@ -202,11 +214,12 @@ def test_every_split_trains_each_step_on_the_same_windows(corpus: Path, tmp_path
         assert [sorted(samples) for samples in steps] == expected, name
 
 
-@pytest.mark.parametrize("name", ["accumulate", "ddp", "fsdp"])
+@pytest.mark.parametrize("name", ["accumulate", "ddp", "fsdp", "fsdp_compile"])
 def test_split_training_equals_one_process(name: str, trained: Callable[[str], Path]) -> None:
     """1 process x 4 windows x 2 micro-batches, DDP 2 x 4 and FSDP 2 x 2 x 2 reach the weights of one
     process training on batches of 8, after 6 steps of AdamW with gradient clipping and a decaying
-    learning rate in float32, to within float reduction order (WEIGHT_ATOL)."""
+    learning rate in float32, to within float reduction order (WEIGHT_ATOL); so does FSDP with
+    ``--model.compile=true`` (its blocks traced and compiled, COMPILED)."""
     reference, split = last(trained("one")), last(trained(name))
     assert split["global_step"] == reference["global_step"] == STEPS
     assert split["state_dict"].keys() == reference["state_dict"].keys()

@@ -303,6 +303,34 @@ def test_gradient_norm_at_initialisation_is_of_order_one(model):
     assert torch.isfinite(norm) and 0.05 < float(norm) < 20
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 16, 1000])
+def test_a_loss_in_chunks_equals_the_loss_at_once(model, chunk):
+    """``position_nats(x, chunk)`` runs the head (and MEGABYTE's local model) a chunk at a time under
+    checkpointing: the same nats and the same gradients as the whole window at once, for windows that
+    end mid-patch and chunks that do not divide them."""
+    model.train()
+    x = torch.randint(0, 256, (2, 61), generator=torch.Generator().manual_seed(5))
+    grads = []
+    for size in (0, chunk):
+        model.zero_grad()
+        values = model.position_nats(x, size)
+        values.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        if size == 0:
+            whole = values.detach()
+    # The same computation per position; a BLAS may block a matmul of fewer rows differently, so
+    # equal to float rounding (measured: bit for bit on most models, 1 ulp on a few).
+    torch.testing.assert_close(values.detach(), whole, rtol=1e-6, atol=1e-6)
+    assert values.shape == (2, model.scored_len(61))
+    with torch.no_grad():  # ByteLM's --model.loss_chunk: the same total as the whole window
+        chunked, at_once = (float(ByteLM(model, loss_chunk=c).score({"x": x})[0]) for c in (chunk, 0))
+    assert chunked == pytest.approx(at_once, rel=1e-6)
+    with pytest.raises(ValueError, match="loss_chunk=-1 must be >= 0"):
+        ByteLM(model, loss_chunk=-1)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def sample_markov_source(generator: torch.Generator, shape: tuple[int, int]) -> torch.Tensor:
     """A random walk over 16 byte values spread over 0..255: each byte moves 0-3 symbols on (mod 16)
     from the byte before it, the first is uniform. Entropy: 4 bits for a window's first byte, exactly
@@ -365,3 +393,35 @@ def test_bad_sizes_are_one_line_errors():
         tiny_model("perceiver_ar").check_window(seq_len=96, score_len=64)
     with pytest.raises(ValueError, match="seq_len=128 exceeds the model's max_seq_len=96"):
         tiny_model("decoder").check_window(seq_len=128, score_len=128)
+
+
+@pytest.mark.parametrize("name", list(CONTRACT_MODELS))
+def test_compiled_blocks_train_like_eager_ones(name, monkeypatch, one_thread):
+    """``--model.compile true`` (``parallelize_blocks(compile=True)``) on every model: each block is
+    captured by TorchDynamo in one graph, without a graph break, and AOTAutograd's forward and backward
+    give the eager logits and gradients. The backend is aot_eager (COMPILE_BACKEND_ENV): inductor's
+    code generation, a C++ build per graph on a CPU, is left to the GPU check
+    (experiments/bench/gpu_check.py)."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from modules.parallel import COMPILE_BACKEND_ENV, parallelize_blocks
+
+    monkeypatch.setenv(COMPILE_BACKEND_ENV, "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    eager = tiny_model(name).train()
+    compiled = copy.deepcopy(eager)
+    blocks = parallelize_blocks(compiled, activation_checkpointing=False, compile=True)
+    x = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
+    results = []
+    for model in (eager, compiled):
+        nats = model.position_nats(x)
+        nats.mean().backward()
+        results.append((nats.detach(), [p.grad for p in model.parameters()]))
+    assert blocks and counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

@@ -14,7 +14,7 @@ import yaml
 
 from experiments.cli import main
 from experiments.manifest import SWEEP_INFO, write_json_atomic
-from experiments.sweep import Sweep, budget_tag, expand, expand_tuning, plan, run_sweep, tuned_lrs
+from experiments.sweep import REPO, Sweep, budget_tag, expand, expand_tuning, plan, run_sweep, tuned_lrs
 from modules.sizes import SIZES
 
 SPEC = {
@@ -219,3 +219,42 @@ def test_data_and_config_read_as_bytelab_fit_reads_them(tmp_path, capsys):
     assert args.index(f"--data={json.dumps(given)}") < args.index("--data.init_args.seq_len=256")
     assert main(["sweep", str(path), "--print-commands", "--data.init_args.paths=corpus"]) == 0
     assert '"paths": "corpus"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "cores,runs,params,gpus,expected",
+    [
+        (2, 18, 1e6, 0, (2, 1)),  # this VM, bytelab compare's tiny models: both cores, one thread each
+        (1, 18, 1e6, 0, (1, 1)),
+        (2, 1, 1e6, 0, (1, 2)),  # one run left: it gets the idle core
+        (64, 18, 1e6, 0, (18, 3)),  # a node: every run at once, the spare cores as threads
+        (64, 100, 1e6, 0, (64, 1)),
+        (64, 100, 50e6, 0, (32, 2)),
+        (64, 18, 300e6, 0, (16, 4)),
+        (8, 4, 2e9, 0, (1, 8)),  # a big model takes the whole laptop
+        (64, 18, 300e6, 8, (8, 8)),  # one run per GPU
+    ],
+)
+def test_parallelism_is_chosen_from_cores_runs_and_model_size(cores, runs, params, gpus, expected):
+    from experiments.perf import choose_parallelism
+
+    jobs, threads = choose_parallelism(cores, runs, int(params), gpus)
+    assert (jobs, threads) == expected and jobs * threads <= max(cores, threads)
+
+
+@pytest.mark.slow  # four child `bytelab fit` runs: 94 s measured on the loaded 2-core VM
+def test_runs_side_by_side_give_the_numbers_of_runs_one_after_another(tmp_path, monkeypatch):
+    """The same two seeded runs, one at a time in this process and two at a time in child processes
+    (one thread each): the same final bits per byte and FLOPs, to the last digit."""
+    monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
+    smoke = yaml.safe_load((REPO / "experiments" / "sweeps" / "compare_smoke.yaml").read_text())
+    smoke["architectures"] = {"decoder": smoke["architectures"]["decoder"]}
+    smoke |= {"budgets": [2.0e8], "seeds": [0, 1]}
+    results = []
+    for jobs in (1, 2):
+        grid = Sweep.from_dict({**smoke, "run_root": str(tmp_path / f"jobs{jobs}")})
+        grid.configs = [str(REPO / c) for c in grid.configs]
+        assert run_sweep(grid, jobs=jobs, inline=jobs == 1, threads=1, echo=lambda line: None) == []
+        manifests = [json.loads((run.run_dir / "run.json").read_text()) for run in expand(grid)]
+        results.append([(m["metrics"]["final"]["val/bpb"], m["flops_seen"]) for m in manifests])
+    assert results[0] == results[1] and results[0][0] != results[0][1]  # seeds differ, jobs do not

@@ -25,12 +25,45 @@ class Preset:
     peak_sizes: tuple[int, ...] = (1024, 2048, 4096)  # square matmuls that measure the peak
     size: str = "bench"  # the models' named size (modules/sizes.py): "bench", or "bench-tiny" (tests)
     uncached_points: list[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.5, 0.75, 1.0])
+    gen_batches: list[int] = field(default_factory=lambda: [1])  # generation batch sizes
+    checkpointing: bool = False  # every transformer block recomputes its activations in the backward
+    loss_chunk: int = 0  # bytes per chunk of the loss (and of MEGABYTE's local model); 0: all at once
+    memory_limit: int | None = None  # address-space cap of each training process (bytes)
 
 
 PRESETS = {
     "quick": Preset(train_lens=[2048, 8192], gen_bytes=2048, reps=3, max_seconds=600),
     "full": Preset(train_lens=[1024, 2048, 4096, 8192, 16384, 32768, 65536], gen_bytes=8192, max_seconds=900),
     "smoke": Preset([32, 64], gen_bytes=24, reps=1, target_len=64, size="bench-tiny", peak_sizes=(256,)),
+    # Generation by batch size: MEGABYTE against decoders of equal training FLOPs and equal parameters.
+    "generation": Preset([], gen_bytes=512, reps=2, gen_batches=[1, 8, 64], uncached_points=[]),
+    # One training step on up to a million bytes (gen_bytes=0: no generation, no issue-6 targets):
+    # checkpointed blocks, the loss and MEGABYTE's local model 16K bytes at a time, every process
+    # capped at 18 GiB of address space (this 24 GB machine is shared). Each model stops at its
+    # first length that runs out of memory or is estimated over max_seconds.
+    "million": Preset(
+        train_lens=[8192, 32768, 131072, 262144, 524288, 1048576],
+        gen_bytes=0,
+        reps=1,
+        warmup=0,
+        target_len=1048576,
+        max_seconds=1200,
+        size="million",
+        checkpointing=True,
+        loss_chunk=16384,
+        memory_limit=18 * 2**30,
+    ),
+    "million-smoke": Preset(
+        [64, 128, 256],
+        gen_bytes=0,
+        reps=1,
+        warmup=0,
+        target_len=256,
+        size="bench-tiny",
+        peak_sizes=(256,),
+        checkpointing=True,
+        loss_chunk=32,
+    ),
 }
 
 
