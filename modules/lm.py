@@ -198,7 +198,12 @@ class ByteLM(L.LightningModule):
         self.log("train/aux_loss", torch.as_tensor(auxiliary).detach(), on_step=True, on_epoch=False)
         for name, value in self.model.training_metrics().items():
             self.log(f"train/{name}", float(value), on_step=True, on_epoch=False)
-        return nats / num_bytes + auxiliary
+        # Per byte of the batch's windows as if none were short: a constant for every micro-batch and
+        # rank, so that each real byte weighs the same in the step's gradient however the padding
+        # falls (a mean over each micro-batch's own bytes would weigh the bytes of a batch with short
+        # windows more, and accumulation or DDP would then differ from one process).
+        positions = batch["x"].size(0) * self.model.scored_len(batch["x"].size(1))
+        return nats / positions + auxiliary
 
     def spent_flops(self, x: Tensor) -> int:
         """Training FLOPs of this step's batch over all ranks (3x the forward as it ran). A model whose
