@@ -59,7 +59,12 @@ class TrainWindows(Dataset):
 
 class TrainSampler(Sampler[int]):
     """The sample numbers one process trains on in the current epoch (see
-    ``protocol.train_sample_numbers``)."""
+    ``protocol.train_sample_numbers``).
+
+    The stream is counted in samples, not in Lightning's epochs: a run resumed from a checkpoint goes
+    on with the sample after the last one trained, whatever epoch number Lightning resumes at (it
+    starts a new epoch after a run that ended at ``max_steps`` mid-epoch, which would otherwise jump
+    the stream ahead by a whole epoch of samples)."""
 
     def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
         self.length = length
@@ -67,22 +72,27 @@ class TrainSampler(Sampler[int]):
         self.world_size = world_size
         self.epoch = 0
         self.skip = 0
+        self.offset = 0  # epochs of the stream before Lightning's epoch 0 (negative after a resume)
+        self.resume: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at the start of every training epoch."""
         self.epoch = epoch
 
     def resume_at(self, samples_done: int) -> None:
-        """Start the next pass ``samples_done`` samples into the epoch: after a resume the stream goes
+        """Start the next pass ``samples_done`` samples into the stream: after a resume the stream goes
         on with the first sample that was not trained on, so no window is repeated or skipped."""
         self.skip = samples_done % self.length
+        self.resume = samples_done // self.length
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self) -> Iterator[int]:
         skip, self.skip = self.skip, 0
-        return train_sample_numbers(self.epoch, self.length, self.rank, self.world_size, skip)
+        if self.resume is not None:  # this epoch continues the stream's epoch `resume`
+            self.offset, self.resume = self.resume - self.epoch, None
+        return train_sample_numbers(self.epoch + self.offset, self.length, self.rank, self.world_size, skip)
 
 
 class EvaluationWindows(Dataset):

@@ -232,14 +232,20 @@ def test_split_training_equals_one_process(name: str, trained: Callable[[str], P
 
 
 @pytest.mark.parametrize("name", ["accumulate", "ddp", "fsdp"])
-def test_budget_counts_every_process_and_micro_batch(name: str, trained: Callable[[str], Path]) -> None:
+def test_budget_counts_every_process_and_micro_batch(
+    name: str, trained: Callable[[str], Path], corpus: Path, tmp_path: Path
+) -> None:
     """ComputeBudget with 2 processes and/or 2 micro-batches per optimizer step (FLOP budgets for
     accumulate and ddp, a byte budget for fsdp, 2 x 2 x 2): a budget of 6.5 steps of 8 windows
     stops the run after 6, and the FLOPs and bytes it counts are those of the 48 windows of 64 bytes
-    trained on, every rank and micro-batch included."""
+    trained on, every rank and micro-batch included (the windows' own bytes: those that end less than
+    64 bytes into a document are shorter)."""
     checkpoint = last(trained(name))
     assert checkpoint["global_step"] == STEPS
-    assert checkpoint["bytelab"]["bytes_seen"] == STEPS * WINDOWS * SEQ_LEN
+    data = TextBytes(str(corpus), seq_len=SEQ_LEN, cache_dir=str(tmp_path))
+    data.setup()
+    windows = data.train_dataset()
+    assert checkpoint["bytelab"]["bytes_seen"] == sum(len(windows[i]) for i in range(STEPS * WINDOWS))
     assert checkpoint["bytelab"]["flops_seen"] == STEPS * WINDOWS * 3 * megabyte_tiny().forward_flops(SEQ_LEN)
 
 
