@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,3 +37,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """Five small text documents (a test module may define its own ``corpus`` instead)."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i in range(5):
+        (root / f"doc{i}.txt").write_bytes(b"to be, or not to be, that is the question:\n" * (20 + 5 * i))
+    return root

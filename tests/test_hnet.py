@@ -3,8 +3,6 @@ formed, the ratio loss reaches training, and a FLOP budget stops on the FLOPs ac
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import pandas as pd
 import pytest
@@ -109,15 +107,6 @@ def test_bad_options_are_one_line_errors():
     with pytest.raises(ValueError, match="boundaries must be a"):
         no_first = torch.zeros(1, 8, dtype=torch.bool)
         tiny_model("hnet")(torch.zeros(1, 8, dtype=torch.long), boundaries=no_first)
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    root = tmp_path / "corpus"
-    root.mkdir()
-    for i in range(5):
-        (root / f"doc{i}.txt").write_bytes(b"to be, or not to be, that is the question:\n" * (20 + 5 * i))
-    return root
 
 
 class SpentPerStep(L.Callback):

@@ -21,15 +21,6 @@ from modules.base import build_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    root = tmp_path / "corpus"
-    root.mkdir()
-    for i in range(5):
-        (root / f"doc{i}.txt").write_bytes(b"to be, or not to be, that is the question:\n" * (20 + 5 * i))
-    return root
-
-
 def fit(
     tmp_path: Path,
     corpus: Path,
