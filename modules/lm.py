@@ -188,8 +188,11 @@ class ByteLM(L.LightningModule):
         nats, num_bytes = self.training_nats(batch)
         self.check_finite(nats)
         self.train_bpb(nats, num_bytes)
-        world = self.trainer.world_size
-        self.bytes_seen += int(num_bytes) * world
+        # Every rank's own bytes (windows at a document's start are short, so ranks differ), summed.
+        seen = num_bytes.detach()
+        if self.trainer.world_size > 1:
+            seen = self.trainer.strategy.reduce(seen.clone(), reduce_op="sum")
+        self.bytes_seen += int(seen)
         self.flops_seen += self.spent_flops(batch["x"])
         auxiliary = self.model.auxiliary_loss()
         self.log("train/bpb", self.train_bpb, on_step=True, on_epoch=False, prog_bar=True)

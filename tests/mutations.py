@@ -145,8 +145,8 @@ MUTATIONS = {
     "bytes_seen_counts_one_rank": Mutation(
         why="the bytes a run has trained on count one rank's share only",
         path="modules/lm.py",
-        old="self.bytes_seen += int(num_bytes) * world",
-        new="self.bytes_seen += int(num_bytes)",
+        old='seen = self.trainer.strategy.reduce(seen.clone(), reduce_op="sum")',
+        new="seen = seen.clone()",
         caught_by=("tests/test_distributed.py::test_budget_counts_every_process_and_micro_batch",),
         select="ddp",
         two_processes=True,
