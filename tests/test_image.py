@@ -247,7 +247,7 @@ def test_official_split_keeps_the_held_out_files_as_test(tmp_path: Path, monkeyp
         (folder / name).write_bytes(pickle.dumps({"data": batches[name], "labels": [0, 1, 0, 1]}))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"]}))
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
-    options = {"cache_dir": str(tmp_path / "c"), "scan": "raster", "seq_len": 8, "val_fraction": 0.1}
+    options = {"cache_dir": str(tmp_path / "c"), "scan": "raster", "seq_len": 9, "val_fraction": 0.1}
     dm = ImageBytes(str(tmp_path), format="cifar10", split="official", **options)
     dm.setup()
     test = sorted(dm.splits["test"].document(i).tobytes() for i in range(len(dm.splits["test"])))
@@ -263,7 +263,7 @@ def test_official_split_keeps_the_held_out_files_as_test(tmp_path: Path, monkeyp
     train = rng.integers(0, 256, (9, 3 * 8 * 8), dtype=np.uint8)
     val = rng.integers(0, 256, (3, 3 * 8 * 8), dtype=np.uint8)
     np.savez(npz / "train_data_batch_1.npz", data=train, labels=np.arange(9))
-    options = {"cache_dir": str(tmp_path / "c"), "resolution": 8, "seq_len": 8, "scan": "raster"}
+    options = {"cache_dir": str(tmp_path / "c"), "resolution": 8, "seq_len": 9, "scan": "raster"}
     with pytest.raises(ValueError, match=r"split='official': .* holds no val_data.npz"):
         ImageBytes(str(npz), format="npz", split="official", **options)
     np.savez(npz / "val_data.npz", data=val, labels=np.arange(3))
