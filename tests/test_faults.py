@@ -405,7 +405,9 @@ def test_ctrl_c_on_a_sweep_marks_its_run_interrupted_and_the_next_call_resumes_i
     spec["options"]["trainer.callbacks+"] = ctrl_c
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
-    interrupted = bytelab("sweep", str(path), cache=tmp_path / "cache")
+    # --jobs 1: the run trains in a child process, the one whose parent (the sweep) gets the Ctrl-C
+    # (with one run the automatic choice would train it inside the sweep's own process).
+    interrupted = bytelab("sweep", str(path), "--jobs", "1", cache=tmp_path / "cache")
     assert interrupted.returncode == 130 and not flag.exists(), interrupted.stderr[-3000:]
     assert stderr_errors(interrupted) == [
         "bytelab sweep: interrupted; the runs in progress are marked interrupted in their run.json, "
@@ -418,7 +420,7 @@ def test_ctrl_c_on_a_sweep_marks_its_run_interrupted_and_the_next_call_resumes_i
     )
     saved = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
     assert saved == record["step"] == 2
-    rerun = bytelab("sweep", str(path), cache=tmp_path / "cache")
+    rerun = bytelab("sweep", str(path), "--jobs", "1", cache=tmp_path / "cache")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"  resume  {run.name}" in rerun.stdout
     finished = json.loads((run / "run.json").read_text())
