@@ -98,8 +98,8 @@ MUTATIONS = {
     "score_one_byte_early": Mutation(
         why="a sliding window scores the byte before its range and skips its own first byte",
         path="modules/lm.py",
-        old="mask = torch.arange(scored, device=x.device) >= scored - num_scored[:, None]",
-        new="mask = torch.arange(scored, device=x.device).roll(1) >= scored - num_scored[:, None]",
+        old="return nats, torch.arange(scored, device=x.device) >= scored - num_scored[:, None]",
+        new="return nats, torch.arange(scored, device=x.device).roll(1) >= scored - num_scored[:, None]",
         caught_by=(
             "tests/test_evaluation.py::test_every_byte_of_the_split_is_scored_once",
             "tests/test_models.py::test_score_adds_the_known_losses_of_the_requested_bytes",
