@@ -128,7 +128,8 @@ def compare(
             file=sys.stderr,
         )
         return 1
-    report = analyze([run.run_dir for run in expand(grid)], Path(out))
+    runs_done = expand(grid)  # reads the tuning runs' manifests: once
+    report = analyze([run.run_dir for run in runs_done], Path(out))
     print(describe(report))
-    print(f"bytelab compare: {len(expand(grid))} runs and the analysis in {time.monotonic() - start:.0f} s")
+    print(f"bytelab compare: {len(runs_done)} runs and the analysis in {time.monotonic() - start:.0f} s")
     return 0

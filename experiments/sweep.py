@@ -445,6 +445,7 @@ def run_sweep(
     measured 100x slower than with 1, the threads spinning while they wait for each other.
     """
     tuning = expand_tuning(sweep)
+    chosen = None
     if tuning:
         echo(f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}")
         failed = _run_all(sweep, tuning, jobs, inline, launch, echo, threads)
@@ -452,9 +453,7 @@ def run_sweep(
             return failed
         chosen = tuned_lrs(sweep)
         echo("  learning rates: " + ", ".join(f"{a} {s}: {lr:g}" for (a, s), lr in chosen.items()))
-    return _run_all(
-        sweep, expand_main(sweep, tuned_lrs(sweep) if tuning else None), jobs, inline, launch, echo, threads
-    )
+    return _run_all(sweep, expand_main(sweep, chosen), jobs, inline, launch, echo, threads)
 
 
 def _run_all(
