@@ -20,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -259,11 +260,14 @@ def expand_tuning(sweep: Sweep) -> list[Run]:
     ]
 
 
-def tuned_lrs(sweep: Sweep) -> dict[tuple[str, str], float]:
-    """The learning rate of each tuned (architecture, size): its tuning run with the lowest final
-    validation bits per byte. Every tuning run must have finished."""
+def tuned_lrs(sweep: Sweep, only: tuple[str, str] | None = None) -> dict[tuple[str, str], float]:
+    """The learning rate of each tuned (architecture, size), or of ``only`` that one: its tuning run
+    with the lowest final validation bits per byte. Every tuning run it reads must have finished."""
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for run in expand_tuning(sweep):
+        key = (run.info["variant"], run.info["size"])
+        if only is not None and key != only:
+            continue
         try:
             manifest = read_manifest(run.run_dir)
         except (FileNotFoundError, ValueError):
@@ -274,7 +278,6 @@ def tuned_lrs(sweep: Sweep) -> dict[tuple[str, str], float]:
                 f"learning-rate tuning run {run.run_dir} is {manifest['status']}: run the sweep to finish "
                 "its tuning runs before its grid"
             )
-        key = (run.info["variant"], run.info["size"])
         if key not in best or val < best[key][0]:
             best[key] = (val, run.info["lr"])
     return {key: lr for key, (_, lr) in best.items()}
@@ -425,6 +428,11 @@ def largest_model_params(runs: Sequence[Run]) -> int:
     return largest
 
 
+def group(run: Run) -> tuple[str, str]:
+    """The (architecture label, size) a run belongs to: the unit whose learning rate is tuned."""
+    return run.info["variant"], run.info["size"]
+
+
 def run_sweep(
     sweep: Sweep,
     jobs: int | None = 1,
@@ -440,43 +448,93 @@ def run_sweep(
     single run at a time then runs in this process. Every run is seeded on its own, so the results
     do not depend on how many run at once (tests/test_sweep.py).
 
+    With ``lrs``, the tuning runs go first, and each (architecture, size)'s grid runs join the queue
+    as soon as its own tuning runs have finished, with the rate they chose: no core waits for the
+    slowest architecture's tuning. A failed tuning run leaves its grid unrun (it is reported).
+
     ``threads`` is torch's CPU threads per run (default: the cores shared among the jobs). Small
     models on a busy machine want 1: with 2 OpenMP threads on 2 loaded cores, a tiny model's step was
     measured 100x slower than with 1, the threads spinning while they wait for each other.
     """
     tuning = expand_tuning(sweep)
-    chosen = None
-    if tuning:
-        echo(f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}")
-        failed = _run_all(sweep, tuning, jobs, inline, launch, echo, threads)
-        if failed:
-            return failed
-        chosen = tuned_lrs(sweep)
-        echo("  learning rates: " + ", ".join(f"{a} {s}: {lr:g}" for (a, s), lr in chosen.items()))
-    return _run_all(sweep, expand_main(sweep, chosen), jobs, inline, launch, echo, threads)
+    if not tuning:
+        return _run_all(sweep, expand_main(sweep), jobs, inline, launch, echo, threads)
+    echo(
+        f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}; "
+        "its grid starts once its rates are tuned"
+    )
+    left = {}
+    for run in tuning:
+        left.setdefault(group(run), set()).add(run.id)
+
+    def follow(run: Run) -> list[Run]:
+        """The grid runs that ``run`` (finished, failed or skipped) makes ready."""
+        key = group(run)
+        if run.info["stage"] != "tune" or key not in left:
+            return []
+        left[key].discard(run.id)
+        if left[key]:
+            return []
+        del left[key]
+        try:
+            lr = tuned_lrs(sweep, only=key)[key]
+        except ValueError:
+            return []  # a tuning run failed: reported with the failures, its grid is not run
+        echo(f"  learning rate of {key[0]} {key[1]}: {lr:g} (lowest val bpb of {len(sweep.lrs)} runs)")
+        return [r for r in expand_main(sweep, {key: lr}) if group(r) == key]
+
+    untuned = [run for run in expand_main(sweep) if group(run) not in left]
+    total = len(tuning) + len(expand_main(sweep))
+    return _run_all(sweep, tuning + untuned, jobs, inline, launch, echo, threads, follow, total)
 
 
 def _run_all(
     sweep: Sweep,
     runs: list[Run],
-    jobs: int,
+    jobs: int | None,
     inline: bool,
     launch: Callable[[Run], int] | None,
     echo: Callable[[str], None],
     threads: int | None,
+    follow: Callable[[Run], list[Run]] = lambda run: [],
+    total: int | None = None,
 ) -> list[Run]:
-    """Run every unfinished run of ``runs`` (``jobs`` at a time); return the runs that failed."""
-    todo = []
-    for run in runs:
-        action = plan(run)
-        if action == "skip":
-            echo(f"  skip    {run.id:34}  ({summary(run)})")
-            continue
-        todo.append((run, action))
+    """Run every unfinished run of ``runs`` (``jobs`` at a time) and every run ``follow`` adds when
+    one ends; return the runs that failed.
+
+    The next run is the first waiting tuning run, else the waiting run of the largest budget (the
+    longest, so that the last runs to finish are short ones and no core idles long at the end),
+    else the first in order."""
+    ready: list[tuple[Run, str]] = []
+    finished = 0
+
+    def admit(new: list[Run]) -> None:
+        nonlocal finished
+        queue = list(new)
+        while queue:
+            run = queue.pop(0)
+            action = plan(run)
+            if action == "skip":
+                echo(f"  skip    {run.id:34}  ({summary(run)})")
+                finished += 1
+                queue += follow(run)
+            else:
+                ready.append((run, action))
+
+    def take() -> tuple[Run, str]:
+        def priority(item: tuple[Run, str]) -> tuple[int, float]:
+            run = item[0]
+            return (run.info["stage"] != "tune", -(run.info["budget_flops"] or run.info["budget_bytes"] or 0))
+
+        best = min(range(len(ready)), key=lambda i: priority(ready[i]))  # min keeps the first of equals
+        return ready.pop(best)
+
+    admit(runs)
+    total = total if total is not None else len(runs)
     if jobs is None:
         cores, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-        params = largest_model_params([run for run, _ in todo])
-        jobs, chosen = choose_parallelism(cores, len(todo), params, gpus)
+        params = largest_model_params([run for run, _ in ready])
+        jobs, chosen = choose_parallelism(cores, total - finished, params, gpus)
         threads = threads or chosen
         inline = inline or jobs == 1
         echo(
@@ -486,10 +544,10 @@ def _run_all(
     if launch is None:
         per_run = threads or (max((os.cpu_count() or 1) // jobs, 1) if jobs > 1 else None)
         launch = run_inline if inline else lambda r: run_subprocess(r, per_run)
-    failed = []
+    failed: list[Run] = []
+    echo(f"sweep {sweep.name}: {total} runs, {finished} finished, {total - finished} to run")
 
-    def one(item: tuple[Run, str]) -> None:
-        run, action = item
+    def one(run: Run, action: str) -> list[Run]:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run.run_dir / SWEEP_INFO, run.info)
         start = time.monotonic()
@@ -497,26 +555,69 @@ def _run_all(
         if code != 0:
             failed.append(run)
         echo(f"  {action:7} {run.id:34} {time.monotonic() - start:5.0f} s  {summary(run)}")
+        return follow(run)
 
-    echo(f"sweep {sweep.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
     if jobs > 1 and not inline:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            try:
-                list(pool.map(one, todo))
-            except KeyboardInterrupt:
-                for child in list(RUNNING):  # they save their step and end; their threads then return
-                    child.send_signal(signal.SIGTERM)
-                pool.shutdown(cancel_futures=True)  # and no further run starts
-                raise
+        _run_parallel(jobs, ready, take, one, admit)
         return failed
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)  # in-process runs share this process's setting
     try:
-        for item in todo:
-            one(item)
+        while ready:
+            admit(one(*take()))
     finally:
         torch.set_num_threads(previous)
     return failed
+
+
+def _run_parallel(
+    jobs: int,
+    ready: list[tuple[Run, str]],
+    take: Callable[[], tuple[Run, str]],
+    one: Callable[[Run, str], list[Run]],
+    admit: Callable[[list[Run]], None],
+) -> None:
+    """``jobs`` threads, each taking the next ready run (``take``) and launching it (``one``) until
+    none is ready and none is running (a running one may make more ready)."""
+    state = threading.Condition()
+    running = 0
+    stopping = False
+
+    def go_on() -> bool:
+        return stopping or bool(ready) or running == 0
+
+    def worker() -> None:
+        nonlocal running
+        while True:
+            with state:
+                state.wait_for(go_on)
+                if stopping or not ready:
+                    state.notify_all()
+                    return
+                item = take()
+                running += 1
+            new: list[Run] = []
+            try:
+                new = one(*item)
+            finally:
+                with state:
+                    running -= 1
+                    if not stopping:
+                        admit(new)
+                    state.notify_all()
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(worker) for _ in range(jobs)]
+        try:
+            for future in futures:
+                future.result()
+        except KeyboardInterrupt:
+            with state:
+                stopping = True  # no further run starts
+                state.notify_all()
+            for child in list(RUNNING):  # they save their step and end; their threads then return
+                child.send_signal(signal.SIGTERM)
+            raise
 
 
 def slurm_script(sweep: Sweep, runs: Sequence[Run]) -> str:

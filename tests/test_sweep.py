@@ -6,6 +6,7 @@ import json
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,17 @@ import yaml
 
 from experiments.cli import main
 from experiments.manifest import SWEEP_INFO, write_json_atomic
-from experiments.sweep import REPO, Sweep, budget_tag, expand, expand_tuning, plan, run_sweep, tuned_lrs
+from experiments.sweep import (
+    REPO,
+    Sweep,
+    budget_tag,
+    expand,
+    expand_tuning,
+    group,
+    plan,
+    run_sweep,
+    tuned_lrs,
+)
 from modules.sizes import SIZES
 
 SPEC = {
@@ -87,7 +98,7 @@ def test_skip_finished_resume_interrupted_start_new(tmp_path):
     launched = []
     failed = run_sweep(sweep, launch=lambda run: launched.append(run.id) or 0, echo=lambda line: None)
     assert failed == [] and finished.id not in launched
-    assert launched[:2] == [interrupted.id, new.id] and len(launched) == len(expand(sweep)) - 1
+    assert {interrupted.id, new.id} <= set(launched) and len(launched) == len(expand(sweep)) - 1
     assert json.loads((new.run_dir / SWEEP_INFO).read_text())["args"] == new.args
 
 
@@ -128,7 +139,30 @@ def test_learning_rates_are_tuned_per_architecture_before_the_grid(tmp_path):
     assert len(grid) == 12 and all("--model.lr=0.003" in r.args and r.info["lr_tuned"] for r in decoder)
     megabyte = [r for r in grid if r.info["variant"] == "megabyte"]
     assert all(r.info["lr"] == 0.002 and not r.info["lr_tuned"] for r in megabyte)
-    assert launched[6:] == [r.id for r in grid]
+    assert sorted(launched[6:]) == sorted(r.id for r in grid)
+    budgets = [next(r.info["budget_flops"] for r in grid if r.id == run_id) for run_id in launched[6:]]
+    assert budgets == sorted(budgets, reverse=True)  # the longest runs first: no core idles at the end
+
+
+def test_a_tuned_grid_starts_without_waiting_for_other_architectures_tuning(tmp_path):
+    """With 2 jobs, decoder cpu-s's last tuning run holds until a decoder cpu-xs grid run starts:
+    that happens only if cpu-xs's grid joins the queue when its own tuning ends (before, every grid
+    waited for all tuning, and this sweep would stop with the flag unset after the timeout)."""
+    sweep = make(tmp_path, lrs=[1e-3, 3e-3], seeds=[0], budgets=[1e12])
+    grid_started = threading.Event()
+    record = fake_run({1e-3: 3.1, 3e-3: 2.9, 0.002: 3.0})
+    last_tuning = [r for r in expand_tuning(sweep) if r.info["size"] == "cpu-s"][-1].id
+
+    def launch(run):
+        if run.id == last_tuning:
+            grid_started.wait(timeout=30)
+        elif run.info["stage"] == "main" and group(run) == ("decoder", "cpu-xs"):
+            grid_started.set()
+        return record(run)
+
+    assert run_sweep(sweep, jobs=2, launch=launch, echo=lambda line: None) == []
+    assert grid_started.is_set()
+    assert all((r.run_dir / "run.json").is_file() for r in expand(sweep))
 
 
 def test_seeds_are_distinct(tmp_path):
