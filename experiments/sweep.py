@@ -321,35 +321,83 @@ def plan(run: Run) -> str:
     return "resume" if (run.run_dir / "checkpoints" / "last.ckpt").is_file() else "start"
 
 
-def bytelab_entry() -> list[str]:
-    """How to start the ``bytelab`` command with this interpreter."""
-    script = Path(sys.executable).with_name("bytelab")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "experiments.cli"]
-
-
-def run_subprocess(run: Run, threads: int | None = None) -> int:
-    """Run one ``bytelab fit`` as a child process, its output in ``<run_dir>/log.txt``.
+class Worker:
+    """A child process (``experiments/worker.py``) that runs this sweep's runs one after another, each
+    with its output in ``<run_dir>/log.txt``: Python, torch and Lightning start once per worker, not
+    once per run.
 
     The child runs in its own process group, so a Ctrl-C in the terminal reaches this process only
     (a SIGINT lands wherever the child happens to be, mid-step); this process then sends the child
-    SIGTERM, on which it saves its current step and exits (``Preemption``), so the next call of the
-    sweep resumes exactly there. Its run is marked ``interrupted``."""
-    env = dict(os.environ)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    with open(run.run_dir / LOG, "a") as log:
-        child = subprocess.Popen(
-            [*bytelab_entry(), *run.args], stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0
+    SIGTERM, on which its run saves its current step and exits (``Preemption``), so the next call of
+    the sweep resumes exactly there. The run is marked ``interrupted`` and the worker ends."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        env = dict(os.environ)
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "experiments.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            process_group=0,
         )
-        RUNNING.add(child)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def run(self, run: Run) -> int:
+        """Run one ``bytelab fit`` in the worker; its exit status."""
+        request = {"args": run.args, "log": str(run.run_dir / LOG)}
+        RUNNING.add(self.process)
         try:
-            return child.wait()
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            reply = self.process.stdout.readline()
         except KeyboardInterrupt:
-            stop_child(child)
+            stop_child(self.process)
             mark_interrupted(run)
             raise
+        except BrokenPipeError:
+            reply = ""
         finally:
-            RUNNING.discard(child)
+            RUNNING.discard(self.process)
+        if not reply:  # the worker died (killed, out of memory): the run failed, the next gets a new one
+            code = self.process.wait()
+            with open(run.run_dir / LOG, "a") as log:
+                print(f"bytelab sweep: the worker running this run ended with status {code}", file=log)
+            return code or 1
+        return json.loads(reply)["code"]
+
+    def close(self) -> None:
+        """End the worker (at the end of its input) once its run is over."""
+        alive = self.alive()
+        with contextlib.suppress(BrokenPipeError):  # a dead worker's pipe may hold an unsent request
+            self.process.stdin.close()
+        if alive:
+            try:
+                self.process.wait(timeout=CHILD_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+
+def worker_launcher(threads: int | None) -> tuple[Callable[[Run], int], list[Worker]]:
+    """A launch function that runs each run in a worker process of its own thread (one per job,
+    started at its first run, replaced if it died), and the list of workers it started."""
+    workers: list[Worker] = []
+    local = threading.local()
+
+    def launch(run: Run) -> int:
+        worker = getattr(local, "worker", None)
+        if worker is None or not worker.alive():
+            worker = local.worker = Worker(threads)
+            workers.append(worker)
+        return worker.run(run)
+
+    return launch, workers
 
 
 def stop_child(child: subprocess.Popen) -> None:
@@ -541,9 +589,10 @@ def _run_all(
             f"parallel: {jobs} runs at a time x {threads} threads ({cores} cores, {gpus} GPUs, "
             f"largest model {params / 1e6:.1f}M parameters)"
         )
+    workers: list[Worker] = []
     if launch is None:
         per_run = threads or (max((os.cpu_count() or 1) // jobs, 1) if jobs > 1 else None)
-        launch = run_inline if inline else lambda r: run_subprocess(r, per_run)
+        launch, workers = (run_inline, []) if inline else worker_launcher(per_run)
     failed: list[Run] = []
     echo(f"sweep {sweep.name}: {total} runs, {finished} finished, {total - finished} to run")
 
@@ -557,16 +606,18 @@ def _run_all(
         echo(f"  {action:7} {run.id:34} {time.monotonic() - start:5.0f} s  {summary(run)}")
         return follow(run)
 
-    if jobs > 1 and not inline:
-        _run_parallel(jobs, ready, take, one, admit)
-        return failed
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)  # in-process runs share this process's setting
     try:
+        if jobs > 1 and not inline:
+            _run_parallel(jobs, ready, take, one, admit)
+            return failed
+        torch.set_num_threads(threads or previous)  # in-process runs share this process's setting
         while ready:
             admit(one(*take()))
     finally:
         torch.set_num_threads(previous)
+        for worker in workers:
+            worker.close()
     return failed
 
 

@@ -25,6 +25,7 @@ from experiments.sweep import (
     plan,
     run_sweep,
     tuned_lrs,
+    worker_launcher,
 )
 from modules.sizes import SIZES
 
@@ -276,19 +277,53 @@ def test_parallelism_is_chosen_from_cores_runs_and_model_size(cores, runs, param
     assert (jobs, threads) == expected and jobs * threads <= max(cores, threads)
 
 
-@pytest.mark.slow  # four child `bytelab fit` runs: 94 s measured on the loaded 2-core VM
-def test_runs_side_by_side_give_the_numbers_of_runs_one_after_another(tmp_path, monkeypatch):
-    """The same two seeded runs, one at a time in this process and two at a time in child processes
-    (one thread each): the same final bits per byte and FLOPs, to the last digit."""
-    monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
+def smoke_grid(tmp_path: Path, name: str, seeds: list[int]) -> Sweep:
     smoke = yaml.safe_load((REPO / "experiments" / "sweeps" / "compare_smoke.yaml").read_text())
     smoke["architectures"] = {"decoder": smoke["architectures"]["decoder"]}
-    smoke |= {"budgets": [2.0e8], "seeds": [0, 1]}
+    smoke |= {"budgets": [2.0e8], "seeds": seeds, "run_root": str(tmp_path / name)}
+    grid = Sweep.from_dict(smoke)
+    grid.configs = [str(REPO / c) for c in grid.configs]
+    return grid
+
+
+def final_numbers(grid: Sweep) -> list[tuple[float, float]]:
+    manifests = [json.loads((run.run_dir / "run.json").read_text()) for run in expand(grid)]
+    return [(m["metrics"]["final"]["val/bpb"], m["flops_seen"]) for m in manifests]
+
+
+@pytest.mark.slow  # six tiny `bytelab fit` runs, three in worker processes
+def test_runs_side_by_side_give_the_numbers_of_runs_one_after_another(tmp_path, monkeypatch):
+    """The same three seeded runs, one at a time in this process and two at a time in worker
+    processes (one thread each; one worker runs two runs one after the other): the same final bits
+    per byte and FLOPs, to the last digit."""
+    monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
     results = []
     for jobs in (1, 2):
-        grid = Sweep.from_dict({**smoke, "run_root": str(tmp_path / f"jobs{jobs}")})
-        grid.configs = [str(REPO / c) for c in grid.configs]
+        grid = smoke_grid(tmp_path, f"jobs{jobs}", [0, 1, 2])
         assert run_sweep(grid, jobs=jobs, inline=jobs == 1, threads=1, echo=lambda line: None) == []
-        manifests = [json.loads((run.run_dir / "run.json").read_text()) for run in expand(grid)]
-        results.append([(m["metrics"]["final"]["val/bpb"], m["flops_seen"]) for m in manifests])
-    assert results[0] == results[1] and results[0][0] != results[0][1]  # seeds differ, jobs do not
+        results.append(final_numbers(grid))
+    assert results[0] == results[1] and len(set(results[0])) == 3  # seeds differ, jobs do not
+
+
+@pytest.mark.slow  # four tiny `bytelab fit` runs and two worker start-ups
+def test_a_worker_is_reused_and_a_dead_one_replaced(tmp_path, monkeypatch):
+    """One job's runs share one worker process; a worker that died (killed between runs) is replaced
+    by a new one for the next run, which gives the numbers it gives in a fresh process."""
+    monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
+    grid = smoke_grid(tmp_path, "workers", [0, 1, 2])
+    runs = expand(grid)
+    launch, workers = worker_launcher(threads=1)
+    try:
+        for run in runs:
+            run.run_dir.mkdir(parents=True)
+        assert launch(runs[0]) == 0 and launch(runs[1]) == 0 and len(workers) == 1
+        workers[0].process.kill()
+        workers[0].process.wait()
+        assert launch(runs[2]) == 0 and len(workers) == 2 and workers[1].alive()
+    finally:
+        for worker in workers:
+            worker.close()
+    assert not workers[1].alive()  # closed at the end of its input
+    inline = smoke_grid(tmp_path, "inline", [0, 1, 2])
+    assert run_sweep(inline, jobs=1, inline=True, threads=1, echo=lambda line: None) == []
+    assert final_numbers(grid) == final_numbers(inline)
