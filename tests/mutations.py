@@ -17,8 +17,8 @@ class Mutation:
     """Replace ``old`` by ``new`` in ``path``; every test in ``caught_by`` must then fail.
 
     ``caught_by`` holds pytest node ids without parameters (``file::test``); ``select`` narrows the
-    run to some parameters (a ``-k`` expression) to keep it short. ``two_processes`` mutations take
-    20-35 s each: they run under ``pytest -m mutations`` but not in the default ``pytest``.
+    run to some parameters (a ``-k`` expression) to keep it short. Every mutation runs under
+    ``pytest -m mutations`` (a pytest process each, 5-35 s), not in the default ``pytest``.
     """
 
     why: str
@@ -27,7 +27,6 @@ class Mutation:
     new: str
     caught_by: tuple[str, ...]
     select: str = ""
-    two_processes: bool = False  # the tests train with 2 processes: left to `pytest -m mutations`
 
 
 MUTATIONS = {
@@ -129,7 +128,6 @@ MUTATIONS = {
         new='    if mesh is None:\n        return\n    mesh = mesh["data_parallel"]\n',
         caught_by=("tests/test_distributed.py::test_split_training_equals_one_process",),
         select="fsdp",
-        two_processes=True,
     ),
     "budget_ignores_the_world_size": Mutation(
         why="the FLOP budget's steps are computed as if one process trained",
@@ -140,7 +138,6 @@ MUTATIONS = {
         "datamodule.batch_size * trainer.accumulate_grad_batches",
         caught_by=("tests/test_distributed.py::test_budget_counts_every_process_and_micro_batch",),
         select="ddp",
-        two_processes=True,
     ),
     "bytes_seen_counts_one_rank": Mutation(
         why="the bytes a run has trained on count one rank's share only",
@@ -149,7 +146,6 @@ MUTATIONS = {
         new="seen = seen.clone()",
         caught_by=("tests/test_distributed.py::test_budget_counts_every_process_and_micro_batch",),
         select="ddp",
-        two_processes=True,
     ),
     # 6. Fits and thresholds a broken implementation also meets.
     "fit_rmse_not_averaged": Mutation(

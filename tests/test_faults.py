@@ -28,6 +28,7 @@ from analysis.plots import _save as save_plot
 from analysis.tables import write_table
 from datamodules import TextBytes
 from datamodules.cache import cache_problem
+from experiments.cli import main
 from experiments.manifest import write_json_atomic
 from modules import ByteLM, Decoder
 from modules.checkpoint import CheckpointError, checkpoint_problem, load_checkpoint
@@ -212,29 +213,23 @@ def test_run_manifest_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
-def test_checkpoint_of_another_architecture_is_refused(corpus, tmp_path):
-    run = tmp_path / "decoder"
-    fit = bytelab(
-        "fit",
-        *RUN,
-        "--trainer.max_steps=6",
-        f"--data.init_args.paths={corpus}",
-        f"--run_dir={run}",
-        cache=tmp_path / "cache",
+def test_checkpoint_of_another_architecture_is_refused(corpus, trained_run, tmp_path, capsys, monkeypatch):
+    """The decoder run's checkpoint under a MEGABYTE config (in this process): one line naming both."""
+    monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
+    code = main(
+        [
+            "validate",
+            f"--config={CONFIGS / 'megabyte_tiny.yaml'}",
+            "--data.init_args.seq_len=64",
+            f"--data.init_args.paths={corpus}",
+            f"--ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+            f"--run_dir={tmp_path / 'other'}",
+        ]
     )
-    assert fit.returncode == 0, fit.stderr[-2000:]
-    result = bytelab(
-        "validate",
-        f"--config={CONFIGS / 'megabyte_tiny.yaml'}",
-        "--data.init_args.seq_len=64",
-        f"--data.init_args.paths={corpus}",
-        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-        f"--run_dir={tmp_path / 'other'}",
-        cache=tmp_path / "cache",
-    )
-    assert result.returncode == 2
+    assert code == 2
     assert (
-        result.stderr.strip()
+        capsys.readouterr()
+        .err.strip()
         .splitlines()[-1]
         .startswith(
             "bytelab: error: the checkpoint holds a different model: "
@@ -266,22 +261,29 @@ def test_checkpoint_of_another_architecture_is_refused(corpus, tmp_path):
         "unwritable run directory",
     ],
 )
-def test_bad_configuration_is_one_line_and_leaves_nothing(args, message, corpus, tmp_path):
+def test_bad_configuration_is_one_line_and_leaves_nothing(
+    args, message, corpus, tmp_path, capsys, monkeypatch
+):
+    """In this process (the same ``bytelab`` main as the console script, without 5 s of start-up per
+    case; tests/test_cli.py's bad-input cases run the real entry point)."""
+    monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "a_file").write_text("not a directory")
     paths = {"empty_dir": tmp_path / "empty_dir", "a_file": tmp_path / "a_file"}
     run = tmp_path / "run"
-    result = bytelab(
-        "fit",
-        f"--config={CONFIGS / 'decoder_tiny.yaml'}",
-        "--data.init_args.seq_len=64",
-        f"--data.init_args.paths={corpus}",
-        f"--run_dir={run}",
-        *[a.format(**paths) for a in args],
-        cache=tmp_path / "cache",
+    code = main(
+        [
+            "fit",
+            f"--config={CONFIGS / 'decoder_tiny.yaml'}",
+            "--data.init_args.seq_len=64",
+            f"--data.init_args.paths={corpus}",
+            f"--run_dir={run}",
+            *[a.format(**paths) for a in args],
+        ]
     )
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert code == 2 and "Traceback" not in stderr, stderr[-2000:]
     assert lines[-1].startswith("bytelab: error: ") and message in lines[-1], lines[-1]
     assert not run.exists()
 

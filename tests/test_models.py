@@ -403,7 +403,13 @@ def test_bad_sizes_are_one_line_errors():
         tiny_model("decoder").check_window(seq_len=128, score_len=128)
 
 
-@pytest.mark.parametrize("name", list(CONTRACT_MODELS))
+# Every family in the default run; the variants (same blocks, other options) under `pytest -m slow`.
+COMPILE_CASES = [
+    name if name in ARCHITECTURES else pytest.param(name, marks=pytest.mark.slow) for name in CONTRACT_MODELS
+]
+
+
+@pytest.mark.parametrize("name", COMPILE_CASES)
 def test_compiled_blocks_train_like_eager_ones(name, monkeypatch, one_thread):
     """``--model.compile true`` (``parallelize_blocks(compile=True)``) on every model: each block is
     captured by TorchDynamo in one graph, without a graph break, and AOTAutograd's forward and backward
