@@ -240,9 +240,10 @@ def configure(
     options: list[str],
     budgets: list[float] | None = None,
     data: DataConfig | None = None,
+    seeds: list[int] | None = None,
 ) -> None:
-    """Apply ``--runs``, ``--set``, ``--budgets`` and ``--data`` to every part of the chosen variant,
-    in place."""
+    """Apply ``--runs``, ``--set``, ``--budgets``, ``--seeds`` and ``--data`` to every part of the
+    chosen variant, in place."""
     extra = {}
     for item in options:
         key, sep, value = item.partition("=")
@@ -255,6 +256,10 @@ def configure(
         p.sweep.options = {**p.sweep.options, **extra}
         if budgets:
             p.sweep.budgets = sorted(budgets)
+        if seeds:
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"--seeds {seeds}: give distinct seeds")
+            p.sweep.seeds = list(seeds)
         if runs:
             p.sweep.run_root = str(Path(runs) / f"{i}-{p.column}")
 
@@ -268,6 +273,7 @@ def study(
     set: list[str] | None = None,
     columns: list[str] | None = None,
     budgets: list[float] | None = None,
+    seeds: list[int] | None = None,
     jobs: int = 1,
     threads: int | None = None,
     print_commands: bool = False,
@@ -286,6 +292,7 @@ def study(
             data.init_args.paths=data/pg19.
         columns: Run only these columns of the paper's table (default: all).
         budgets: Training-FLOP budgets replacing every part's.
+        seeds: Seeds replacing every part's (the tables give the mean and spread over them).
         jobs: Runs at a time in child processes (1: in this process).
         threads: Torch CPU threads per run (default: the cores shared among the jobs; 1 suits the
             minis).
@@ -294,7 +301,7 @@ def study(
     chosen = Study.load(name)
     if columns:
         chosen.keep_columns(mini, columns)
-    configure(chosen, mini, runs, set or [], budgets, data)
+    configure(chosen, mini, runs, set or [], budgets, data, seeds)
     if print_commands:
         for p in chosen.parts(mini):
             print("\n".join(run.command for run in expand(p.sweep)))
