@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,12 @@ import torch
 
 from modules.base import ByteModel, build_model
 from modules.sizes import ARCHITECTURES, TEST_VARIANTS, model_config
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: N test processes share the cores, so each (and every process it starts) runs torch
+    # on one thread; two OpenMP threads per process on busy cores spin and slow everything down.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # Every registered architecture at its ``test`` size, and each of its test variants
 # (``megabyte_no_local`` ...): the models the contract tests run on.

@@ -58,7 +58,8 @@ def test_every_mutation_still_applies(name):
 def test_the_suite_catches_the_mutation(name, tmp_path):
     mutation = MUTATIONS[name]
     copy = mutated_copy(mutation, tmp_path)
-    command = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *mutation.caught_by]
+    command = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "-n", "0"]
+    command += mutation.caught_by
     if mutation.select:
         command += ["-k", mutation.select]
     env = {**os.environ, "PYTHONPATH": str(copy), "BYTELAB_CACHE": str(tmp_path / "cache")}
