@@ -172,6 +172,7 @@ class HNet(ByteModel):
         self._aux: Tensor | None = None
         self.last_boundaries: Tensor | None = None  # b of the last forward [B, L] (bool)
         self.last_probabilities: Tensor | None = None  # p of the last forward [B, L]
+        self._real: Tensor | None = None  # training's real (unpadded) positions, when some were padding
 
     def forward(self, x: Tensor, boundaries: Tensor | None = None, cache: HNetCache | None = None) -> Tensor:
         """Logits ``[B, L, 256]``. ``boundaries[B, L]`` (bool, first column True) replaces the routing
@@ -180,7 +181,7 @@ class HNet(ByteModel):
         h = self.encoder(self.embed(x), None if cache is None else cache.encoder)  # ĥ
         p = self.routing(h)
         b = self.decide(p, boundaries)
-        self.last_boundaries, self.last_probabilities = b, p
+        self.last_boundaries, self.last_probabilities, self._real = b, p, None
         self._aux = self.ratio_loss_weight * ratio_loss(b.to(p.device), p, self.target_ratio)
         z = self.smoothed_chunks(h, p, b, cache)  # z̄ of the chunk each position belongs to
         c = torch.maximum(p, 1 - p)
@@ -189,6 +190,18 @@ class HNet(ByteModel):
         if cache is not None:
             cache.previous, cache.smoothed = h[:, -1], z[:, -1]
         return self.head(out)
+
+    def training_logits(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """As every model (the padding cannot move a real byte's prediction), with the ratio loss and
+        ``chunk_ratio`` over each row's real bytes only: the padding's boundaries would otherwise pull
+        the compression of the bytes that are trained."""
+        logits, positions = super().training_logits(x, lengths)
+        real = torch.arange(x.size(1), device=x.device) < lengths.to(x.device)[:, None]
+        if not bool(real.all()):
+            b, p = self.last_boundaries[real], self.last_probabilities[real]
+            self._aux = self.ratio_loss_weight * ratio_loss(b.to(p.device), p, self.target_ratio)
+            self._real = real
+        return logits, positions
 
     def decide(self, p: Tensor, boundaries: Tensor | None) -> Tensor:
         """b_t = [p_t > 0.5] (b_0 = 1 since p_0 = 1), or the given / expected boundaries."""
@@ -237,7 +250,9 @@ class HNet(ByteModel):
 
     def training_metrics(self) -> dict[str, float]:
         """``chunk_ratio``: chunks per byte of the last forward (the target is 1/N)."""
-        return {"chunk_ratio": sum(self.chunk_counts()) / self.last_boundaries.numel()}
+        if self._real is None:
+            return {"chunk_ratio": sum(self.chunk_counts()) / self.last_boundaries.numel()}
+        return {"chunk_ratio": int(self.last_boundaries[self._real].sum()) / int(self._real.sum())}
 
     def prefill(self, x: Tensor) -> tuple[Tensor, HNetCache]:
         """Cached decoding: the forward over the prompt fills the encoder, decoder and per-row main caches."""

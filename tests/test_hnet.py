@@ -58,6 +58,23 @@ def test_right_padding_leaves_the_real_bytes_predictions():
     torch.testing.assert_close(padded[:, :37], short, rtol=0, atol=1e-6)
 
 
+def test_the_ratio_loss_counts_the_real_bytes_of_padded_training_windows():
+    """A short training window right-padded in a batch: its ratio loss and chunk ratio are those of
+    the window alone (the padding's boundaries count for nothing)."""
+    torch.manual_seed(0)
+    model = tiny_model("hnet").eval()
+    x = torch.randint(0, 256, (1, 30))
+    with torch.no_grad():
+        model(x)
+        alone, ratio = model.auxiliary_loss(), model.training_metrics()["chunk_ratio"]
+        model.training_logits(torch.nn.functional.pad(x, (0, 34), value=32), torch.tensor([30]))
+    torch.testing.assert_close(model.auxiliary_loss(), alone, rtol=0, atol=1e-7)
+    assert model.training_metrics()["chunk_ratio"] == ratio
+    with torch.no_grad():
+        model(torch.nn.functional.pad(x, (0, 34), value=32))  # the whole padded window: another loss
+    assert abs(float(model.auxiliary_loss()) - float(alone)) > 1e-4
+
+
 def test_chunks_start_at_the_boundaries_and_the_first_position_is_one():
     torch.manual_seed(0)
     model = tiny_model("hnet").eval()
