@@ -356,7 +356,7 @@ class Worker:
             self.process.stdin.flush()
             reply = self.process.stdout.readline()
         except KeyboardInterrupt:
-            stop_child(self.process)
+            self.stop()
             mark_interrupted(run)
             raise
         except BrokenPipeError:
@@ -370,8 +370,15 @@ class Worker:
             return code or 1
         return json.loads(reply)["code"]
 
+    def stop(self) -> None:
+        """SIGTERM: its run saves its step and ends; with its input closed the worker then ends too,
+        even if the run had already finished when the signal came (killed after the grace period)."""
+        self.process.send_signal(signal.SIGTERM)
+        self.close()
+
     def close(self) -> None:
-        """End the worker (at the end of its input) once its run is over."""
+        """End the worker (at the end of its input) once its run is over; kill it after the grace
+        period."""
         alive = self.alive()
         with contextlib.suppress(BrokenPipeError):  # a dead worker's pipe may hold an unsent request
             self.process.stdin.close()
@@ -398,16 +405,6 @@ def worker_launcher(threads: int | None) -> tuple[Callable[[Run], int], list[Wor
         return worker.run(run)
 
     return launch, workers
-
-
-def stop_child(child: subprocess.Popen) -> None:
-    """Ask a child run to stop at its next step boundary (SIGTERM), and kill it if it does not."""
-    child.send_signal(signal.SIGTERM)
-    try:
-        child.wait(timeout=CHILD_GRACE_S)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
 
 
 def mark_interrupted(run: Run) -> None:

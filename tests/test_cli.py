@@ -34,10 +34,25 @@ TINY = [  # a few steps on 96-byte windows, whatever the config's own sizes
 ]
 
 
-def bytelab(*args: str, cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+# Starts a command with SIGINT at its default: a shell's background job (a CI runner's, `cmd &`)
+# starts its children with SIGINT ignored, and a Python started so never turns Ctrl-C into
+# KeyboardInterrupt, which a test that sends one needs.
+SIGINT_DEFAULT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
+def bytelab(
+    *args: str, cache: Path, env: dict[str, str] | None = None, sigint: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the console script; ``sigint``: with Ctrl-C handled even where this process ignores it."""
     # PYTHONPATH lets a run load test-only callbacks (tests/faults.py) by class path.
     env = {**os.environ, "BYTELAB_CACHE": str(cache), "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([*ENTRY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    entry = [*SIGINT_DEFAULT, *ENTRY] if sigint else ENTRY
+    return subprocess.run([*entry, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def fit_modality_default(data_config: str, model_config: str, tmp_path: Path) -> None:

@@ -409,7 +409,7 @@ def test_ctrl_c_on_a_sweep_marks_its_run_interrupted_and_the_next_call_resumes_i
     path.write_text(yaml.safe_dump(spec))
     # --jobs 1: the run trains in a child process, the one whose parent (the sweep) gets the Ctrl-C
     # (with one run the automatic choice would train it inside the sweep's own process).
-    interrupted = bytelab("sweep", str(path), "--jobs", "1", cache=tmp_path / "cache")
+    interrupted = bytelab("sweep", str(path), "--jobs", "1", cache=tmp_path / "cache", sigint=True)
     assert interrupted.returncode == 130 and not flag.exists(), interrupted.stderr[-3000:]
     assert stderr_errors(interrupted) == [
         "bytelab sweep: interrupted; the runs in progress are marked interrupted in their run.json, "
