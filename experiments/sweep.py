@@ -528,8 +528,9 @@ def run_sweep(
         echo(f"  learning rate of {key[0]} {key[1]}: {lr:g} (lowest val bpb of {len(sweep.lrs)} runs)")
         return [r for r in expand_main(sweep, {key: lr}) if group(r) == key]
 
-    untuned = [run for run in expand_main(sweep) if group(run) not in left]
-    total = len(tuning) + len(expand_main(sweep))
+    grid = expand_main(sweep)  # the tuned groups' runs join, with their rates, through follow
+    untuned = [run for run in grid if group(run) not in left]
+    total = len(tuning) + len(grid)
     return _run_all(sweep, tuning + untuned, jobs, inline, launch, echo, threads, follow, total)
 
 

@@ -182,7 +182,7 @@ class HNet(ByteModel):
         p = self.routing(h)
         b = self.decide(p, boundaries)
         self.last_boundaries, self.last_probabilities, self._real = b, p, None
-        self._aux = self.ratio_loss_weight * ratio_loss(b.to(p.device), p, self.target_ratio)
+        self._aux = self.weighted_ratio_loss(b, p)
         z = self.smoothed_chunks(h, p, b, cache)  # z̄ of the chunk each position belongs to
         c = torch.maximum(p, 1 - p)
         decoder_in = z * straight_through(c)[..., None] + self.residual(h)
@@ -198,10 +198,13 @@ class HNet(ByteModel):
         logits, positions = super().training_logits(x, lengths)
         real = torch.arange(x.size(1), device=x.device) < lengths.to(x.device)[:, None]
         if not bool(real.all()):
-            b, p = self.last_boundaries[real], self.last_probabilities[real]
-            self._aux = self.ratio_loss_weight * ratio_loss(b.to(p.device), p, self.target_ratio)
+            self._aux = self.weighted_ratio_loss(self.last_boundaries[real], self.last_probabilities[real])
             self._real = real
         return logits, positions
+
+    def weighted_ratio_loss(self, b: Tensor, p: Tensor) -> Tensor:
+        """alpha x the ratio loss of boundaries ``b`` and probabilities ``p``."""
+        return self.ratio_loss_weight * ratio_loss(b.to(p.device), p, self.target_ratio)
 
     def decide(self, p: Tensor, boundaries: Tensor | None) -> Tensor:
         """b_t = [p_t > 0.5] (b_0 = 1 since p_0 = 1), or the given / expected boundaries."""
@@ -249,10 +252,10 @@ class HNet(ByteModel):
         return [int(n) for n in self.last_boundaries.sum(dim=1).tolist()]
 
     def training_metrics(self) -> dict[str, float]:
-        """``chunk_ratio``: chunks per byte of the last forward (the target is 1/N)."""
-        if self._real is None:
-            return {"chunk_ratio": sum(self.chunk_counts()) / self.last_boundaries.numel()}
-        return {"chunk_ratio": int(self.last_boundaries[self._real].sum()) / int(self._real.sum())}
+        """``chunk_ratio``: chunks per byte of the last forward (the target is 1/N), over the real bytes
+        of padded training windows."""
+        b = self.last_boundaries if self._real is None else self.last_boundaries[self._real]
+        return {"chunk_ratio": int(b.sum()) / b.numel()}
 
     def prefill(self, x: Tensor) -> tuple[Tensor, HNetCache]:
         """Cached decoding: the forward over the prompt fills the encoder, decoder and per-row main caches."""
