@@ -84,6 +84,13 @@ def describe(report: Report) -> str:
         if len(report.tuning)
         else []
     )
+    if len(report.tuning):
+        edges = report.tuning[report.tuning["at the edge"] != ""]
+        tuning += [
+            f"- {r.architecture} {r.size} ({r.dataset}): chose the {r['at the edge']} rate tried, {r.lr:g}; "
+            "its best rate may lie past it (widen lrs or raise lr_extend)"
+            for _, r in edges.iterrows()
+        ]
     return "\n".join(
         [
             "",

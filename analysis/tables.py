@@ -213,7 +213,9 @@ def lr_tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Learning-rate tuning runs (``stage == "tune"``): val bpb per dataset, architecture, size and lr.
 
     ``chosen`` marks the lr of lowest val bpb (mean over its runs) per dataset, architecture and
-    size; ``used by main runs`` says whether the main runs of that architecture and size ran at it.
+    size; ``at the edge`` says "lowest" or "highest" when that lr is an end of the rates tried (the
+    optimum may lie past it: widen ``lrs`` or raise ``lr_extend``); ``used by main runs`` says
+    whether the main runs of that architecture and size ran at it.
     """
     if "stage" not in runs.columns:
         return pd.DataFrame()
@@ -223,6 +225,10 @@ def lr_tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
     table = table.rename(columns={"mean": "val_bpb", "count": "runs"})
     best = table.dropna(subset=["val_bpb"]).sort_values(["val_bpb", "lr"]).groupby(key).head(1)
     table["chosen"] = table.index.isin(best.index)
+    low = table.groupby(key)["lr"].transform("min")
+    high = table.groupby(key)["lr"].transform("max")
+    edge = np.where(table["lr"] == low, "lowest", np.where(table["lr"] == high, "highest", ""))
+    table["at the edge"] = np.where(table["chosen"] & (low < high), edge, "")
     main_lrs = main_runs(runs).groupby(key)["lr"].apply(set)
     table["used by main runs"] = [
         lr in main_lrs.get(tuple(k), set())

@@ -79,6 +79,10 @@ class Sweep:
             rate at ``tune_budget`` with the first seed; every run of the grid then uses the rate
             whose run reached the lowest validation bits per byte (recorded in its run.json). An
             architecture whose options set ``model.lr`` keeps that rate. Empty: no tuning.
+        lr_extend: How many rates tuning may add beyond each end of ``lrs``: while the best rate
+            of an architecture and size is the lowest (highest) it has tried, one more run a grid
+            step below (above) it, the step being the ratio of the two end rates of ``lrs`` (2 for
+            one rate). 0: ``lrs`` only, whose chosen rate may then sit at an edge of the grid.
         tune_budget: The FLOP budget of the tuning runs (default: the smallest of ``budgets``).
         validations: Evenly spaced validations per run, the last at the budget.
         configs: ``--config`` files every run composes (data, trainer), before any option.
@@ -93,6 +97,7 @@ class Sweep:
     seeds: list[int] = field(default_factory=lambda: [0])
     lrs: list[float] = field(default_factory=list)
     tune_budget: float | None = None
+    lr_extend: int = 0
     validations: int | None = 4
     configs: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
@@ -152,6 +157,10 @@ class Sweep:
             raise ValueError(f"{source}: lrs must be distinct positive learning rates, got {sweep.lrs}")
         if sweep.tune_budget is not None:
             sweep.tune_budget = float(sweep.tune_budget)
+        if not isinstance(sweep.lr_extend, int) or sweep.lr_extend < 0:
+            raise ValueError(
+                f"{source}: lr_extend must be a whole number of rates >= 0, got {sweep.lr_extend!r}"
+            )
         if sweep.lrs and sweep.tune_budget is None and not sweep.budgets:
             raise ValueError(f"{source}: learning-rate tuning (lrs) needs a tune_budget or FLOP budgets")
         return sweep
@@ -247,35 +256,72 @@ def tuned(sweep: Sweep, label: str) -> bool:
     return bool(sweep.lrs) and "model.lr" not in sweep.architectures[label].options
 
 
+def tuning_val(run: Run) -> float | None:
+    """A tuning run's final validation bits per byte, or None while it has not finished."""
+    try:
+        manifest = read_manifest(run.run_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+    if manifest["status"] != "finished":
+        return None
+    return manifest.get("metrics", {}).get("final", {}).get("val/bpb")
+
+
+def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> list[float]:
+    """The rates one (architecture, size) is tuned at: ``lrs``, then, while every run so far has
+    finished and the best is the lowest (highest) rate tried, one grid step further down (up), at
+    most ``lr_extend`` times each way. It reads the finished tuning runs, so it grows as they end."""
+    rates = list(sweep.lrs)
+    ordered = sorted(rates)
+    down = ordered[1] / ordered[0] if len(ordered) > 1 else 2.0
+    up = ordered[-1] / ordered[-2] if len(ordered) > 1 else 2.0
+    added = {"down": 0, "up": 0}
+    while added["down"] < sweep.lr_extend or added["up"] < sweep.lr_extend:
+        vals = [
+            tuning_val(_run(sweep, label, size, budget, sweep.seeds[0], lr, stage="tune")) for lr in rates
+        ]
+        if any(v is None for v in vals):
+            break
+        best = rates[vals.index(min(vals))]
+        if best == min(rates) and added["down"] < sweep.lr_extend:
+            rates.append(float(f"{best / down:.6g}"))
+            added["down"] += 1
+        elif best == max(rates) and added["up"] < sweep.lr_extend:
+            rates.append(float(f"{best * up:.6g}"))
+            added["up"] += 1
+        else:
+            break
+    return rates
+
+
 def expand_tuning(sweep: Sweep) -> list[Run]:
-    """The learning-rate tuning runs: each tuned architecture and size at every rate of ``lrs``, at
-    ``tune_budget`` (default the smallest budget), with the first seed."""
+    """The learning-rate tuning runs: each tuned architecture and size at every rate of ``lrs``
+    (and of its extensions past the grid's edges so far: ``tuning_rates``), at ``tune_budget``
+    (default the smallest budget), with the first seed."""
     budget = sweep.tune_budget if sweep.tune_budget is not None else min(sweep.budgets, default=None)
     return [
         _run(sweep, label, size, budget, sweep.seeds[0], lr, stage="tune")
         for label, spec in sweep.architectures.items()
         if tuned(sweep, label)
         for size in spec.sizes
-        for lr in sweep.lrs
+        for lr in tuning_rates(sweep, label, size, budget)
     ]
 
 
 def tuned_lrs(sweep: Sweep, only: tuple[str, str] | None = None) -> dict[tuple[str, str], float]:
     """The learning rate of each tuned (architecture, size), or of ``only`` that one: its tuning run
-    with the lowest final validation bits per byte. Every tuning run it reads must have finished."""
+    with the lowest final validation bits per byte. Every tuning run it reads must have finished
+    (including any extension past the grid's edge that the finished ones call for)."""
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for run in expand_tuning(sweep):
-        key = (run.info["variant"], run.info["size"])
+        key = group(run)
         if only is not None and key != only:
             continue
-        try:
-            manifest = read_manifest(run.run_dir)
-        except (FileNotFoundError, ValueError):
-            manifest = {"status": "not started"}
-        val = manifest.get("metrics", {}).get("final", {}).get("val/bpb")
-        if manifest["status"] != "finished" or val is None:
+        val = tuning_val(run)
+        if val is None:
+            status = "not started" if not (run.run_dir / MANIFEST).is_file() else "not finished"
             raise ValueError(
-                f"learning-rate tuning run {run.run_dir} is {manifest['status']}: run the sweep to finish "
+                f"learning-rate tuning run {run.run_dir} is {status}: run the sweep to finish "
                 "its tuning runs before its grid"
             )
         if key not in best or val < best[key][0]:
@@ -508,9 +554,10 @@ def run_sweep(
         f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}; "
         "its grid starts once its rates are tuned"
     )
-    left = {}
+    left: dict[tuple[str, str], set[str]] = {}
     for run in tuning:
         left.setdefault(group(run), set()).add(run.id)
+    tried = {key: set(ids) for key, ids in left.items()}
 
     def follow(run: Run) -> list[Run]:
         """The grid runs that ``run`` (finished, failed or skipped) makes ready."""
@@ -520,12 +567,19 @@ def run_sweep(
         left[key].discard(run.id)
         if left[key]:
             return []
+        mine = [r for r in expand_tuning(sweep) if group(r) == key]
+        more = [r for r in mine if r.id not in tried[key]]
+        if more:  # the best rate so far is at an edge: one more rate past it
+            echo(f"  learning rate of {key[0]} {key[1]}: best at an edge, also trying {more[0].info['lr']:g}")
+            left[key] = {r.id for r in more}
+            tried[key] |= left[key]
+            return more
         del left[key]
         try:
             lr = tuned_lrs(sweep, only=key)[key]
         except ValueError:
             return []  # a tuning run failed: reported with the failures, its grid is not run
-        echo(f"  learning rate of {key[0]} {key[1]}: {lr:g} (lowest val bpb of {len(sweep.lrs)} runs)")
+        echo(f"  learning rate of {key[0]} {key[1]}: {lr:g} (lowest val bpb of {len(mine)} runs)")
         return [r for r in expand_main(sweep, {key: lr}) if group(r) == key]
 
     grid = expand_main(sweep)  # the tuned groups' runs join, with their rates, through follow

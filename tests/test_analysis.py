@@ -435,6 +435,9 @@ def test_lr_tuning_picks_the_lowest_bpb_and_stays_out_of_the_main_table():
     table = lr_tuning_table(runs)
     chosen = table[table["chosen"]].set_index("architecture")["lr"]
     assert chosen.to_dict() == {"Decoder": 3e-3, "Megabyte": 1e-2}
+    edges = table[table["chosen"]].set_index("architecture")["at the edge"]
+    assert edges.to_dict() == {"Decoder": "", "Megabyte": "highest"}  # 1e-2 is the top rate tried
+    assert (table.loc[~table["chosen"], "at the edge"] == "").all()
     assert len(table) == 6 and table["used by main runs"].sum() == 2  # Megabyte's main runs used 1e-3
     paper = paper_table(runs).set_index("architecture")  # the 0.5 tuning run is not a main result
     assert (

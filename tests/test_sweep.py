@@ -145,6 +145,52 @@ def test_learning_rates_are_tuned_per_architecture_before_the_grid(tmp_path):
     assert budgets == sorted(budgets, reverse=True)  # the longest runs first: no core idles at the end
 
 
+def test_tuning_goes_past_the_edge_of_the_grid_while_the_best_rate_sits_there(tmp_path):
+    """lr_extend=2: decoder's loss falls with the rate past the grid's top, so tuning adds 4e-3 and
+    8e-3 (one grid step each, after the runs before them) and stops at the limit; megabyte's best
+    is the grid's bottom once, so it adds 5e-4 and stops when 1e-3 wins again. Without lr_extend
+    the grid is tuned as given."""
+    sweep = make(tmp_path, lrs=[1e-3, 2e-3], seeds=[0], budgets=[1e12], lr_extend=2)
+    sweep.architectures["megabyte"].options.pop("model.lr")
+    vals = {
+        ("decoder", 1e-3): 3.3,
+        ("decoder", 2e-3): 3.2,
+        ("decoder", 4e-3): 3.1,
+        ("decoder", 8e-3): 3.0,
+        ("megabyte", 1e-3): 2.9,
+        ("megabyte", 2e-3): 3.0,
+        ("megabyte", 5e-4): 2.95,
+    }
+    launched = []
+
+    def launch(run):
+        launched.append(run.id)
+        lr = run.info["lr"]
+        val = vals[(run.info["variant"], lr)]
+        write_json_atomic(
+            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val}}}
+        )
+        return 0
+
+    assert run_sweep(sweep, launch=launch, echo=lambda line: None) == []
+    tuning = [r for r in expand_tuning(sweep) if r.info["size"] == "cpu-xs"]
+    rates = {
+        label: [r.info["lr"] for r in tuning if r.info["variant"] == label]
+        for label in ("decoder", "megabyte")
+    }
+    assert rates == {"decoder": [1e-3, 2e-3, 4e-3, 8e-3], "megabyte": [1e-3, 2e-3, 5e-4]}
+    order = [i for i in launched if "decoder-cpu-xs" in i]
+    assert order[:4] == [r.id for r in tuning if r.info["variant"] == "decoder"]  # each after the last
+    assert (
+        tuned_lrs(sweep)[("decoder", "cpu-xs")] == 8e-3 and tuned_lrs(sweep)[("megabyte", "cpu-xs")] == 1e-3
+    )
+    assert all("--model.lr=0.008" in r.args for r in expand(sweep) if r.id.startswith("decoder-cpu-xs"))
+    sweep.lr_extend = 0
+    assert len([r for r in expand_tuning(sweep) if r.info["size"] == "cpu-xs"]) == 4  # 2 rates x 2 models
+    with pytest.raises(ValueError, match="lr_extend must be a whole number of rates >= 0"):
+        make(tmp_path, lrs=[1e-3], lr_extend=-1)
+
+
 def test_a_tuned_grid_starts_without_waiting_for_other_architectures_tuning(tmp_path):
     """With 2 jobs, decoder cpu-s's last tuning run holds until a decoder cpu-xs grid run starts:
     that happens only if cpu-xs's grid joins the queue when its own tuning ends (before, every grid
