@@ -9,7 +9,7 @@ count neither way); otherwise the table says how many pairs agree.
 
 from __future__ import annotations
 
-from itertools import combinations
+from itertools import combinations, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,13 @@ def over_seeds(ours: pd.DataFrame) -> pd.DataFrame:
     )
     means = ours.groupby(keys, sort=False)[numbers].mean()
     first = ours.groupby(keys, sort=False)[["label", "run_dir"]].first()
-    return pd.concat([first, means, spread], axis=1).reset_index()
+    parts = [first, means, spread]
+    if "seed" in ours:  # each seed's number, to pair rows seed by seed in the orderings
+        by_seed = ours.groupby(keys, sort=False)[["seed", "bpb"]].apply(
+            lambda g: dict(zip(g["seed"], g["bpb"], strict=True))
+        )
+        parts.append(by_seed.rename("bpb_by_seed"))
+    return pd.concat(parts, axis=1).reset_index()
 
 
 def ordering(long: pd.DataFrame, column: str) -> str:
@@ -79,7 +85,22 @@ def ordering(long: pd.DataFrame, column: str) -> str:
         if abs(a.bpb - b.bpb) < max(getattr(a, "bpb_std", 0) or 0, getattr(b, "bpb_std", 0) or 0)
     ]
     within = f" Within the spread over seeds (a tie, not a ranking): {', '.join(ties)}." if ties else ""
-    return f"- {column}: ordering {verdict}. Ours: {ours}. Paper: {theirs}.{within}"
+    return f"- {column}: ordering {verdict}. Ours: {ours}. Paper: {theirs}.{within}{seed_pairs(group)}"
+
+
+def seed_pairs(group: pd.DataFrame) -> str:
+    """Each neighbour pair of our order, paired seed by seed: "a < b in 2/3 seeds" (the seeds both
+    rows ran); empty where no pair has two seeds in common."""
+    if "bpb_by_seed" not in group:
+        return ""
+    ranked = list(group.sort_values("bpb").itertuples())
+    words = []
+    for a, b in pairwise(ranked):
+        seeds = sorted(set(a.bpb_by_seed) & set(b.bpb_by_seed)) if isinstance(a.bpb_by_seed, dict) else []
+        if len(seeds) >= 2:
+            wins = sum(a.bpb_by_seed[s] < b.bpb_by_seed[s] for s in seeds)
+            words.append(f"{a.row} < {b.row} in {wins}/{len(seeds)}")
+    return f" Seed by seed: {', '.join(words)} seeds." if words else ""
 
 
 def wide(long: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +145,7 @@ def write_study(
     out.mkdir(parents=True, exist_ok=True)
     long = compare_with_paper(study, rows)
     with atomic_path(out / "table.csv") as tmp:
-        long.drop(columns=["label"]).to_csv(tmp, index=False)
+        long.drop(columns=["label", "bpb_by_seed"], errors="ignore").to_csv(tmp, index=False)
     lines = [
         f"# {study.name} ({variant}): {study.reproduces}",
         "",

@@ -202,3 +202,4 @@ def test_study_tables_select_and_report_means_over_seeds():
     assert long.loc[a, "size"] == "steady" and long.loc[a, "bpb"] == pytest.approx(1.22)
     assert long.loc[a, "bpb_std"] == pytest.approx(0.02) and long.loc[a, "seeds"] == 3
     assert f"{a} ~ {b}" in ordering(long.reset_index(), "arXiv")
+    assert f"Seed by seed: {a} < {b} in 2/3 seeds." in ordering(long.reset_index(), "arXiv")
