@@ -550,8 +550,9 @@ def run_sweep(
     tuning = expand_tuning(sweep)
     if not tuning:
         return _run_all(sweep, expand_main(sweep), jobs, inline, launch, echo, threads)
+    extend = f" (and up to {sweep.lr_extend} more each way past an edge)" if sweep.lr_extend else ""
     echo(
-        f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}; "
+        f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}{extend}; "
         "its grid starts once its rates are tuned"
     )
     left: dict[tuple[str, str], set[str]] = {}

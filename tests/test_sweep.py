@@ -172,7 +172,10 @@ def test_tuning_goes_past_the_edge_of_the_grid_while_the_best_rate_sits_there(tm
         )
         return 0
 
-    assert run_sweep(sweep, launch=launch, echo=lambda line: None) == []
+    lines = []
+    assert run_sweep(sweep, launch=launch, echo=lines.append) == []
+    assert "(and up to 2 more each way past an edge)" in lines[0]
+    assert "  learning rate of megabyte cpu-xs: best at an edge, also trying 0.0005" in lines
     tuning = [r for r in expand_tuning(sweep) if r.info["size"] == "cpu-xs"]
     rates = {
         label: [r.info["lr"] for r in tuning if r.info["variant"] == label]
