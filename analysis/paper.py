@@ -96,7 +96,7 @@ def seed_pairs(group: pd.DataFrame) -> str:
     ranked = list(group.sort_values("bpb").itertuples())
     words = []
     for a, b in pairwise(ranked):
-        seeds = sorted(set(a.bpb_by_seed) & set(b.bpb_by_seed)) if isinstance(a.bpb_by_seed, dict) else []
+        seeds = sorted(set(a.bpb_by_seed) & set(b.bpb_by_seed))
         if len(seeds) >= 2:
             wins = sum(a.bpb_by_seed[s] < b.bpb_by_seed[s] for s in seeds)
             words.append(f"{a.row} < {b.row} in {wins}/{len(seeds)}")

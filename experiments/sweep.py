@@ -271,39 +271,40 @@ def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> l
     """The rates one (architecture, size) is tuned at: ``lrs``, then, while every run so far has
     finished and the best is the lowest (highest) rate tried, one grid step further down (up), at
     most ``lr_extend`` times each way. It reads the finished tuning runs, so it grows as they end."""
-    rates = list(sweep.lrs)
-    ordered = sorted(rates)
+    if not sweep.lr_extend:
+        return list(sweep.lrs)
+    ordered = sorted(sweep.lrs)
     down = ordered[1] / ordered[0] if len(ordered) > 1 else 2.0
     up = ordered[-1] / ordered[-2] if len(ordered) > 1 else 2.0
-    added = {"down": 0, "up": 0}
-    while added["down"] < sweep.lr_extend or added["up"] < sweep.lr_extend:
-        vals = [
-            tuning_val(_run(sweep, label, size, budget, sweep.seeds[0], lr, stage="tune")) for lr in rates
-        ]
-        if any(v is None for v in vals):
-            break
-        best = rates[vals.index(min(vals))]
-        if best == min(rates) and added["down"] < sweep.lr_extend:
-            rates.append(float(f"{best / down:.6g}"))
-            added["down"] += 1
-        elif best == max(rates) and added["up"] < sweep.lr_extend:
-            rates.append(float(f"{best * up:.6g}"))
-            added["up"] += 1
+
+    def val(lr: float) -> float | None:
+        return tuning_val(_run(sweep, label, size, budget, sweep.seeds[0], lr, stage="tune"))
+
+    vals = {lr: val(lr) for lr in sweep.lrs}  # in the order tried (dicts keep insertion order)
+    below = above = 0
+    while None not in vals.values():
+        best = min(vals, key=vals.__getitem__)
+        if best == min(vals) and below < sweep.lr_extend:
+            lr, below = float(f"{best / down:.6g}"), below + 1
+        elif best == max(vals) and above < sweep.lr_extend:
+            lr, above = float(f"{best * up:.6g}"), above + 1
         else:
             break
-    return rates
+        vals[lr] = val(lr)
+    return list(vals)
 
 
-def expand_tuning(sweep: Sweep) -> list[Run]:
-    """The learning-rate tuning runs: each tuned architecture and size at every rate of ``lrs``
-    (and of its extensions past the grid's edges so far: ``tuning_rates``), at ``tune_budget``
-    (default the smallest budget), with the first seed."""
+def expand_tuning(sweep: Sweep, only: tuple[str, str] | None = None) -> list[Run]:
+    """The learning-rate tuning runs: each tuned architecture and size (or ``only`` that one) at
+    every rate of ``lrs`` (and of its extensions past the grid's edges so far: ``tuning_rates``), at
+    ``tune_budget`` (default the smallest budget), with the first seed."""
     budget = sweep.tune_budget if sweep.tune_budget is not None else min(sweep.budgets, default=None)
     return [
         _run(sweep, label, size, budget, sweep.seeds[0], lr, stage="tune")
         for label, spec in sweep.architectures.items()
         if tuned(sweep, label)
         for size in spec.sizes
+        if only is None or (label, size) == only
         for lr in tuning_rates(sweep, label, size, budget)
     ]
 
@@ -313,13 +314,14 @@ def tuned_lrs(sweep: Sweep, only: tuple[str, str] | None = None) -> dict[tuple[s
     with the lowest final validation bits per byte. Every tuning run it reads must have finished
     (including any extension past the grid's edge that the finished ones call for)."""
     best: dict[tuple[str, str], tuple[float, float]] = {}
-    for run in expand_tuning(sweep):
+    for run in expand_tuning(sweep, only):
         key = group(run)
-        if only is not None and key != only:
-            continue
         val = tuning_val(run)
         if val is None:
-            status = "not started" if not (run.run_dir / MANIFEST).is_file() else "not finished"
+            try:
+                status = read_manifest(run.run_dir)["status"]
+            except (FileNotFoundError, ValueError):
+                status = "not started"
             raise ValueError(
                 f"learning-rate tuning run {run.run_dir} is {status}: run the sweep to finish "
                 "its tuning runs before its grid"
@@ -568,7 +570,7 @@ def run_sweep(
         left[key].discard(run.id)
         if left[key]:
             return []
-        mine = [r for r in expand_tuning(sweep) if group(r) == key]
+        mine = expand_tuning(sweep, only=key)
         more = [r for r in mine if r.id not in tried[key]]
         if more:  # the best rate so far is at an edge: one more rate past it
             echo(f"  learning rate of {key[0]} {key[1]}: best at an edge, also trying {more[0].info['lr']:g}")
