@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ class KillOnce(KillAtStep):
 class SignalAtStep(L.Callback):
     """Send the signal ``name`` (SIGTERM, SIGUSR1, SIGINT) at the end of training step ``step``: to
     this process, or with ``parent=True`` to the process that started it (a Ctrl-C to a sweep), then
-    wait in that step for the parent's SIGTERM. With
+    wait in that step for the parent's SIGTERM and pass it on to Lightning. With
     ``flag``, only while that file exists (it is removed first), so a rerun is not signalled."""
 
     def __init__(self, step: int, name: str, parent: bool = False, flag: str | None = None) -> None:
@@ -67,12 +68,17 @@ class SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signum)
             return
         # Stay in this step until the parent answers with SIGTERM, so the step the run stops at does
-        # not depend on how fast the parent reacts: block SIGTERM, signal, wait for it, deliver it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        # not depend on how fast the parent reacts; then hand the signal to Lightning's handler.
+        # A Python handler, not sigwait: the kernel may give a process-wide signal to any thread that
+        # does not block it (TensorBoard's writer thread), and sigwait in the main thread would then
+        # wait forever; a Python handler always runs in the main thread.
+        answered = threading.Event()
+        lightnings = signal.signal(signal.SIGTERM, lambda signum, frame: answered.set())
         os.kill(os.getppid(), self.signum)
-        signal.sigwait({signal.SIGTERM})
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        os.kill(os.getpid(), signal.SIGTERM)  # now to Lightning's handler
+        while not answered.wait(0.05):  # the timeout lets the main thread run a handler that is due
+            pass
+        signal.signal(signal.SIGTERM, lightnings)
+        lightnings(signal.SIGTERM, None)
 
 
 class PauseAtStep(L.Callback):
