@@ -588,7 +588,10 @@ def run_sweep(
     grid = expand_main(sweep)  # the tuned groups' runs join, with their rates, through follow
     untuned = [run for run in grid if group(run) not in left]
     total = len(tuning) + len(grid)
-    return _run_all(sweep, tuning + untuned, jobs, inline, launch, echo, threads, follow, total)
+    # Past one edge only, the one holding the best (both ways from a grid of one rate).
+    extra = sweep.lr_extend * len(left) * (2 if len(sweep.lrs) == 1 else 1)
+    more = f" (and up to {extra} tuning runs past the grids' edges)" if extra else ""
+    return _run_all(sweep, tuning + untuned, jobs, inline, launch, echo, threads, follow, total, more)
 
 
 def _run_all(
@@ -601,13 +604,15 @@ def _run_all(
     threads: int | None,
     follow: Callable[[Run], list[Run]] = lambda run: [],
     total: int | None = None,
+    more: str = "",
 ) -> list[Run]:
     """Run every unfinished run of ``runs`` (``jobs`` at a time) and every run ``follow`` adds when
     one ends; return the runs that failed.
 
     The next run is the first waiting tuning run, else the waiting run of the largest budget (the
     longest, so that the last runs to finish are short ones and no core idles long at the end),
-    else the first in order."""
+    else the first in order. ``total`` is the count to announce (``len(runs)`` by default), ``more``
+    what may join it."""
     ready: list[tuple[Run, str]] = []
     finished = 0
 
@@ -649,7 +654,7 @@ def _run_all(
         per_run = threads or (max((os.cpu_count() or 1) // jobs, 1) if jobs > 1 else None)
         launch, workers = (run_inline, []) if inline else worker_launcher(per_run)
     failed: list[Run] = []
-    echo(f"sweep {sweep.name}: {total} runs, {finished} finished, {total - finished} to run")
+    echo(f"sweep {sweep.name}: {total} runs, {finished} finished, {total - finished} to run{more}")
 
     def one(run: Run, action: str) -> list[Run]:
         run.run_dir.mkdir(parents=True, exist_ok=True)

@@ -175,6 +175,8 @@ def test_tuning_goes_past_the_edge_of_the_grid_while_the_best_rate_sits_there(tm
     lines = []
     assert run_sweep(sweep, launch=launch, echo=lines.append) == []
     assert "(and up to 2 more each way past an edge)" in lines[0]
+    # 3 (architecture, size) groups x 2 rates, then their grids of 1 run; each group may add 2 rates.
+    assert "sweep demo: 9 runs, 0 finished, 9 to run (and up to 6 tuning runs past the grids' edges)" in lines
     assert "  learning rate of megabyte cpu-xs: best at an edge, also trying 0.0005" in lines
     tuning = [r for r in expand_tuning(sweep) if r.info["size"] == "cpu-xs"]
     rates = {
