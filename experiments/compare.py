@@ -54,6 +54,7 @@ def configure(
             spec.sizes = list(sizes)
     if seeds:
         grid.seeds = list(seeds)
+        grid.tune_seeds = min(grid.tune_seeds, len(seeds))  # tuning runs with the first of them
     if lrs is not None:
         grid.lrs = list(lrs)
     if runs:
@@ -107,7 +108,8 @@ def compare(
         architectures: The architectures to compare (default: the sweep's), e.g.
             ``[decoder,megabyte,spacebyte,hourglass,hnet]``; one the sweep does not list takes the
             sizes of its first.
-        seeds: Seeds replacing the sweep's (every point runs once per seed).
+        seeds: Seeds replacing the sweep's (every point runs once per seed; learning-rate tuning
+            with the first ``tune_seeds`` of them, or all if fewer).
         lrs: Learning rates each architecture is tuned over, replacing the sweep's (``[]``: no tuning,
             the sweep's ``model.lr`` for all).
         out: Folder for tables and plots (default: ``results`` inside the run folder, which git

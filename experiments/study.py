@@ -260,6 +260,7 @@ def configure(
             if len(set(seeds)) != len(seeds):
                 raise ValueError(f"--seeds {seeds}: give distinct seeds")
             p.sweep.seeds = list(seeds)
+            p.sweep.tune_seeds = min(p.sweep.tune_seeds, len(seeds))
         if runs:
             p.sweep.run_root = str(Path(runs) / f"{i}-{p.column}")
 
@@ -292,7 +293,8 @@ def study(
             data.init_args.paths=data/pg19.
         columns: Run only these columns of the paper's table (default: all).
         budgets: Training-FLOP budgets replacing every part's.
-        seeds: Seeds replacing every part's (the tables give the mean and spread over them).
+        seeds: Seeds replacing every part's (the tables give the mean and spread over them;
+            learning-rate tuning with at most that many: ``tune_seeds``).
         jobs: Runs at a time in child processes (1: in this process).
         threads: Torch CPU threads per run (default: the cores shared among the jobs; 1 suits the
             minis).

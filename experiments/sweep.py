@@ -76,9 +76,12 @@ class Sweep:
             at whichever runs out first).
         seeds: One run per seed (model initialisation and training windows).
         lrs: Learning rates to tune each architecture and size on before the grid runs: one run per
-            rate at ``tune_budget`` with the first seed; every run of the grid then uses the rate
-            whose run reached the lowest validation bits per byte (recorded in its run.json). An
+            rate and tuning seed at ``tune_budget``; every run of the grid then uses the rate whose
+            runs reached the lowest mean validation bits per byte (recorded in their run.json). An
             architecture whose options set ``model.lr`` keeps that rate. Empty: no tuning.
+        tune_seeds: How many of ``seeds`` (the first ones) each tuning rate runs with; a rate's
+            score is the mean over them. 1 ranks rates by one seed's noise where the seeds of an
+            architecture spread as much as its rates differ.
         lr_extend: How many rates tuning may add beyond each end of ``lrs``: while the best rate
             of an architecture and size is the lowest (highest) it has tried, one more run a grid
             step below (above) it, the step being the ratio of the two end rates of ``lrs`` (2 for
@@ -97,6 +100,7 @@ class Sweep:
     seeds: list[int] = field(default_factory=lambda: [0])
     lrs: list[float] = field(default_factory=list)
     tune_budget: float | None = None
+    tune_seeds: int = 1
     lr_extend: int = 0
     validations: int | None = 4
     configs: list[str] = field(default_factory=list)
@@ -160,6 +164,11 @@ class Sweep:
         if not isinstance(sweep.lr_extend, int) or sweep.lr_extend < 0:
             raise ValueError(
                 f"{source}: lr_extend must be a whole number of rates >= 0, got {sweep.lr_extend!r}"
+            )
+        if not isinstance(sweep.tune_seeds, int) or not 1 <= sweep.tune_seeds <= len(sweep.seeds):
+            raise ValueError(
+                f"{source}: tune_seeds must be a whole number from 1 to the number of seeds "
+                f"({len(sweep.seeds)}), got {sweep.tune_seeds!r}"
             )
         if sweep.lrs and sweep.tune_budget is None and not sweep.budgets:
             raise ValueError(f"{source}: learning-rate tuning (lrs) needs a tune_budget or FLOP budgets")
@@ -267,10 +276,25 @@ def tuning_val(run: Run) -> float | None:
     return manifest.get("metrics", {}).get("final", {}).get("val/bpb")
 
 
+def tuning_seeds(sweep: Sweep) -> list[int]:
+    """The seeds each tuning rate runs with: the first ``tune_seeds`` of ``seeds``."""
+    return sweep.seeds[: sweep.tune_seeds]
+
+
+def rate_val(sweep: Sweep, label: str, size: str, budget: float | None, lr: float) -> float | None:
+    """A tuning rate's score: the mean final validation bits per byte of its runs (one per tuning
+    seed), or None while one of them has not finished."""
+    vals = [
+        tuning_val(_run(sweep, label, size, budget, seed, lr, stage="tune")) for seed in tuning_seeds(sweep)
+    ]
+    return None if None in vals else sum(vals) / len(vals)
+
+
 def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> list[float]:
     """The rates one (architecture, size) is tuned at: ``lrs``, then, while every run so far has
-    finished and the best is the lowest (highest) rate tried, one grid step further down (up), at
-    most ``lr_extend`` times each way. It reads the finished tuning runs, so it grows as they end."""
+    finished and the best (``rate_val``) is the lowest (highest) rate tried, one grid step further
+    down (up), at most ``lr_extend`` times each way. It reads the finished tuning runs, so it grows
+    as they end."""
     if not sweep.lr_extend:
         return list(sweep.lrs)
     ordered = sorted(sweep.lrs)
@@ -278,7 +302,7 @@ def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> l
     up = ordered[-1] / ordered[-2] if len(ordered) > 1 else 2.0
 
     def val(lr: float) -> float | None:
-        return tuning_val(_run(sweep, label, size, budget, sweep.seeds[0], lr, stage="tune"))
+        return rate_val(sweep, label, size, budget, lr)
 
     vals = {lr: val(lr) for lr in sweep.lrs}  # in the order tried (dicts keep insertion order)
     below = above = 0
@@ -297,25 +321,26 @@ def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> l
 def expand_tuning(sweep: Sweep, only: tuple[str, str] | None = None) -> list[Run]:
     """The learning-rate tuning runs: each tuned architecture and size (or ``only`` that one) at
     every rate of ``lrs`` (and of its extensions past the grid's edges so far: ``tuning_rates``), at
-    ``tune_budget`` (default the smallest budget), with the first seed."""
+    ``tune_budget`` (default the smallest budget), with each tuning seed (``tune_seeds``)."""
     budget = sweep.tune_budget if sweep.tune_budget is not None else min(sweep.budgets, default=None)
     return [
-        _run(sweep, label, size, budget, sweep.seeds[0], lr, stage="tune")
+        _run(sweep, label, size, budget, seed, lr, stage="tune")
         for label, spec in sweep.architectures.items()
         if tuned(sweep, label)
         for size in spec.sizes
         if only is None or (label, size) == only
         for lr in tuning_rates(sweep, label, size, budget)
+        for seed in tuning_seeds(sweep)
     ]
 
 
 def tuned_lrs(sweep: Sweep, only: tuple[str, str] | None = None) -> dict[tuple[str, str], float]:
-    """The learning rate of each tuned (architecture, size), or of ``only`` that one: its tuning run
-    with the lowest final validation bits per byte. Every tuning run it reads must have finished
-    (including any extension past the grid's edge that the finished ones call for)."""
-    best: dict[tuple[str, str], tuple[float, float]] = {}
+    """The learning rate of each tuned (architecture, size), or of ``only`` that one: the rate whose
+    tuning runs reached the lowest mean final validation bits per byte (the first such rate in the
+    order tried on a tie). Every tuning run it reads must have finished (including any extension
+    past the grid's edge that the finished ones call for)."""
+    vals: dict[tuple[str, str], dict[float, list[float]]] = {}
     for run in expand_tuning(sweep, only):
-        key = group(run)
         val = tuning_val(run)
         if val is None:
             try:
@@ -326,9 +351,8 @@ def tuned_lrs(sweep: Sweep, only: tuple[str, str] | None = None) -> dict[tuple[s
                 f"learning-rate tuning run {run.run_dir} is {status}: run the sweep to finish "
                 "its tuning runs before its grid"
             )
-        if key not in best or val < best[key][0]:
-            best[key] = (val, run.info["lr"])
-    return {key: lr for key, (_, lr) in best.items()}
+        vals.setdefault(group(run), {}).setdefault(run.info["lr"], []).append(val)
+    return {key: min(rates, key=lambda lr: sum(rates[lr]) / len(rates[lr])) for key, rates in vals.items()}
 
 
 def expand_main(sweep: Sweep, lrs: dict[tuple[str, str], float] | None = None) -> list[Run]:
@@ -553,9 +577,10 @@ def run_sweep(
     if not tuning:
         return _run_all(sweep, expand_main(sweep), jobs, inline, launch, echo, threads)
     extend = f" (and up to {sweep.lr_extend} more each way past an edge)" if sweep.lr_extend else ""
+    seeds = f", each rate with seeds {tuning_seeds(sweep)}" if sweep.tune_seeds > 1 else ""
     echo(
-        f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}{extend}; "
-        "its grid starts once its rates are tuned"
+        f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}{extend}"
+        f"{seeds}; its grid starts once its rates are tuned"
     )
     left: dict[tuple[str, str], set[str]] = {}
     for run in tuning:
@@ -582,14 +607,15 @@ def run_sweep(
             lr = tuned_lrs(sweep, only=key)[key]
         except ValueError:
             return []  # a tuning run failed: reported with the failures, its grid is not run
-        echo(f"  learning rate of {key[0]} {key[1]}: {lr:g} (lowest val bpb of {len(mine)} runs)")
+        how = f"mean val bpb over {sweep.tune_seeds} seeds," if sweep.tune_seeds > 1 else "val bpb of"
+        echo(f"  learning rate of {key[0]} {key[1]}: {lr:g} (lowest {how} {len(mine)} runs)")
         return [r for r in expand_main(sweep, {key: lr}) if group(r) == key]
 
     grid = expand_main(sweep)  # the tuned groups' runs join, with their rates, through follow
     untuned = [run for run in grid if group(run) not in left]
     total = len(tuning) + len(grid)
     # Past one edge only, the one holding the best (both ways from a grid of one rate).
-    extra = sweep.lr_extend * len(left) * (2 if len(sweep.lrs) == 1 else 1)
+    extra = sweep.lr_extend * len(left) * (2 if len(sweep.lrs) == 1 else 1) * sweep.tune_seeds
     more = f" (and up to {extra} tuning runs past the grids' edges)" if extra else ""
     return _run_all(sweep, tuning + untuned, jobs, inline, launch, echo, threads, follow, total, more)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from experiments.cli import main
 from experiments.compare import compare, configure
@@ -61,6 +62,11 @@ def test_compare_chooses_architectures_seeds_and_learning_rates(tmp_path):
     assert grid.lrs == [1e-3, 2e-3] and grid.architectures["megabyte"].options  # the sweep's entry
     with pytest.raises(ValueError, match="--architectures: unknown transformer; known: "):
         configure(SMOKE, architectures=["transformer"])
+    # A sweep that tunes with 2 seeds, given 1 on the command line, tunes with that one.
+    spec = yaml.safe_load(SMOKE.read_text()) | {"seeds": [0, 1, 2], "tune_seeds": 2}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(spec))
+    assert configure(tmp_path / "two.yaml", seeds=[5, 6]).tune_seeds == 2
+    assert configure(tmp_path / "two.yaml", seeds=[5]).tune_seeds == 1
 
 
 def test_the_main_job_writes_no_tracked_file(tmp_path, data_config, monkeypatch):

@@ -15,7 +15,7 @@ import yaml
 from analysis.paper import compare_with_paper, ordering
 from analysis.paper_numbers import PAPER
 from experiments.cli import main
-from experiments.study import STUDIES, Study
+from experiments.study import STUDIES, Study, configure
 from experiments.sweep import expand
 from modules.base import build_model
 from modules.sizes import paper_counts
@@ -148,6 +148,16 @@ def test_orderings_are_compared_pair_by_pair():
         == "- x: ordering differs (2 of 3 pairs agree). Ours: a < b < c. Paper: a < c < b."
     )
     assert "ordering matches" in ordering(long.assign(paper=[0.5, 0.6, 0.7]), "x")
+
+
+def test_seeds_from_the_command_line_replace_every_parts_and_bound_its_tuning_seeds():
+    study = Study.load("table2_text")
+    for p in study.parts(mini=True):
+        p.sweep.seeds, p.sweep.tune_seeds = [0, 1, 2], 2
+    configure(study, mini=True, runs=None, options=[], seeds=[7])
+    assert all(p.sweep.seeds == [7] and p.sweep.tune_seeds == 1 for p in study.parts(mini=True))
+    with pytest.raises(ValueError, match=r"--seeds \[1, 1\]: give distinct seeds"):
+        configure(study, mini=True, runs=None, options=[], seeds=[1, 1])
 
 
 def test_mini_inference_study_end_to_end(tmp_path, monkeypatch, capsys):

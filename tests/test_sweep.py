@@ -17,6 +17,7 @@ from experiments.cli import main
 from experiments.manifest import SWEEP_INFO, write_json_atomic
 from experiments.sweep import (
     REPO,
+    Architecture,
     Sweep,
     budget_tag,
     expand,
@@ -194,6 +195,53 @@ def test_tuning_goes_past_the_edge_of_the_grid_while_the_best_rate_sits_there(tm
     assert len([r for r in expand_tuning(sweep) if r.info["size"] == "cpu-xs"]) == 4  # 2 rates x 2 models
     with pytest.raises(ValueError, match="lr_extend must be a whole number of rates >= 0"):
         make(tmp_path, lrs=[1e-3], lr_extend=-1)
+
+
+def test_tuning_with_several_seeds_ranks_rates_by_their_mean(tmp_path):
+    """tune_seeds=2: every rate runs with seeds 0 and 1 and the rate of the lowest mean wins. Seed 0
+    alone ranks 1e-3 first (3.00 < 3.10) and seed 1 disagrees by more (3.40 > 3.05), so a choice
+    made on one seed would pick 1e-3; the mean picks 3e-3. The extension past the edge uses the
+    mean too: 3e-3 is the top of the grid, so 9e-3 runs with both seeds and loses (mean 3.25)."""
+    sweep = make(tmp_path, lrs=[1e-3, 3e-3], seeds=[0, 1, 2], budgets=[1e12], tune_seeds=2, lr_extend=1)
+    sweep.architectures = {"decoder": Architecture(sizes=["cpu-xs"])}
+    vals = {
+        (1e-3, 0): 3.00,
+        (1e-3, 1): 3.40,
+        (3e-3, 0): 3.10,
+        (3e-3, 1): 3.05,
+        (9e-3, 0): 3.2,
+        (9e-3, 1): 3.3,
+    }
+
+    def launch(run):
+        val = vals.get((run.info["lr"], run.info["seed"]), 3.0)  # the grid's runs: any value
+        write_json_atomic(
+            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val}}}
+        )
+        return 0
+
+    lines = []
+    assert run_sweep(sweep, launch=launch, echo=lines.append) == []
+    tuning = expand_tuning(sweep)
+    assert [(r.info["lr"], r.info["seed"]) for r in tuning] == [
+        (1e-3, 0),
+        (1e-3, 1),
+        (3e-3, 0),
+        (3e-3, 1),
+        (9e-3, 0),
+        (9e-3, 1),
+    ]  # seed 2 only in the grid
+    assert tuned_lrs(sweep) == {("decoder", "cpu-xs"): 3e-3}
+    assert "  learning rate of decoder cpu-xs: 0.003 (lowest mean val bpb over 2 seeds, 6 runs)" in lines
+    assert "each rate with seeds [0, 1]" in lines[0]
+    assert all("--model.lr=0.003" in r.args for r in expand(sweep) if r.info["stage"] == "main")
+    sweep.tune_seeds, sweep.lr_extend = 1, 0
+    assert tuned_lrs(sweep) == {("decoder", "cpu-xs"): 1e-3}  # what seed 0 alone would have chosen
+    for bad in (0, 4, 1.5):
+        with pytest.raises(
+            ValueError, match=r"tune_seeds must be a whole number from 1 to the number of seeds \(3\)"
+        ):
+            make(tmp_path, seeds=[0, 1, 2], tune_seeds=bad)
 
 
 def test_a_tuned_grid_starts_without_waiting_for_other_architectures_tuning(tmp_path):
