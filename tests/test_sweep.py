@@ -21,6 +21,7 @@ from experiments.sweep import (
     Sweep,
     budget_tag,
     expand,
+    expand_main,
     expand_tuning,
     group,
     plan,
@@ -64,6 +65,23 @@ def test_expansion_ids_and_arguments(tmp_path):
         f"--run_dir={runs[-1].run_dir}",
         "--ckpt_path=last",
     ]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "experiments" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_shipped_sweep_file_reads_and_expands(path, tmp_path):
+    """The sweep files the README runs parse, and expand into distinct runs whose configs exist
+    (in an empty run root: no finished tuning run extends the rates)."""
+    sweep = Sweep.from_yaml(path)
+    sweep.run_root = str(tmp_path)
+    runs = expand_tuning(sweep) + expand_main(sweep)  # the grid before its rates are tuned
+    assert runs and len({r.run_dir for r in runs}) == len(runs)
+    for config in (a.split("=", 1)[1] for a in runs[0].args if a.startswith("--config=")):
+        assert Path(config).is_file(), config
+    assert len(expand_tuning(sweep)) == len(sweep.lrs) * sweep.tune_seeds * sum(
+        len(spec.sizes) for label, spec in sweep.architectures.items() if "model.lr" not in spec.options
+    )
 
 
 def test_budget_tags():
