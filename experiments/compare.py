@@ -16,7 +16,7 @@ from typing import Literal
 from modules.sizes import ARCHITECTURES
 
 from .subcommand import DataConfig
-from .sweep import REPO, Architecture, Sweep, expand, run_sweep, use_data
+from .sweep import REPO, Architecture, Sweep, expand, run_sweep, use_data, use_seeds
 
 DEFAULT_SWEEP = REPO / "experiments" / "sweeps" / "compare.yaml"
 # --preset NAME: experiments/sweeps/compare_NAME.yaml (default: compare.yaml, the main job).
@@ -53,8 +53,7 @@ def configure(
         for spec in grid.architectures.values():
             spec.sizes = list(sizes)
     if seeds:
-        grid.seeds = list(seeds)
-        grid.tune_seeds = min(grid.tune_seeds, len(seeds))  # tuning runs with the first of them
+        use_seeds(grid, seeds)
     if lrs is not None:
         grid.lrs = list(lrs)
     if runs:

@@ -23,7 +23,7 @@ import yaml
 
 from .manifest import MANIFEST, read_manifest, write_json_atomic
 from .subcommand import DataConfig
-from .sweep import REPO, Run, Sweep, expand, flag, run_inline, run_sweep, use_data
+from .sweep import REPO, Run, Sweep, expand, flag, run_inline, run_sweep, use_data, use_seeds
 
 STUDIES = REPO / "experiments" / "sweeps" / "paper"
 EVALUATIONS = "evaluations"  # <run_dir>/evaluations/<name>: one `bytelab validate` each
@@ -259,8 +259,7 @@ def configure(
         if seeds:
             if len(set(seeds)) != len(seeds):
                 raise ValueError(f"--seeds {seeds}: give distinct seeds")
-            p.sweep.seeds = list(seeds)
-            p.sweep.tune_seeds = min(p.sweep.tune_seeds, len(seeds))
+            use_seeds(p.sweep, seeds)
         if runs:
             p.sweep.run_root = str(Path(runs) / f"{i}-{p.column}")
 

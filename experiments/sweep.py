@@ -300,11 +300,8 @@ def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> l
     ordered = sorted(sweep.lrs)
     down = ordered[1] / ordered[0] if len(ordered) > 1 else 2.0
     up = ordered[-1] / ordered[-2] if len(ordered) > 1 else 2.0
-
-    def val(lr: float) -> float | None:
-        return rate_val(sweep, label, size, budget, lr)
-
-    vals = {lr: val(lr) for lr in sweep.lrs}  # in the order tried (dicts keep insertion order)
+    # The rates in the order tried (dicts keep insertion order) and their scores.
+    vals = {lr: rate_val(sweep, label, size, budget, lr) for lr in sweep.lrs}
     below = above = 0
     while None not in vals.values():
         best = min(vals, key=vals.__getitem__)
@@ -314,7 +311,7 @@ def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> l
             lr, above = float(f"{best * up:.6g}"), above + 1
         else:
             break
-        vals[lr] = val(lr)
+        vals[lr] = rate_val(sweep, label, size, budget, lr)
     return list(vals)
 
 
@@ -792,6 +789,13 @@ def use_data(sweep: Sweep, data: DataConfig) -> None:
     (those under a ``data/`` folder), in place; the sweep's ``data.*`` options still apply on top."""
     sweep.configs = [c for c in sweep.configs if "/data/" not in c.replace("\\", "/")]
     sweep.options = {"data": data, **sweep.options}
+
+
+def use_seeds(sweep: Sweep, seeds: list[int]) -> None:
+    """Give the sweep these seeds instead of its own, in place; its learning-rate tuning then runs
+    with at most that many (the first of them)."""
+    sweep.seeds = list(seeds)
+    sweep.tune_seeds = min(sweep.tune_seeds, len(sweep.seeds))
 
 
 def sweep(
