@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
-import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 from .bytes import ByteDataModule
 from .files import encoded_files, files_with_suffix
+from .native import require
 
 SPEECH = Path(__file__).parent / "data" / "speech.tar"
 # Formats libsndfile reads (soundfile's backend); torchaudio.load would need FFmpeg.
@@ -21,12 +21,23 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".a
 BYTES_PER_SAMPLE = {"mulaw8": 1, "pcm16": 2}
 
 
+def torchaudio_functional() -> ModuleType:
+    """``torchaudio.functional`` (mu-law, resampling), imported on first use: text and images never
+    load torchaudio's native library."""
+    return require("torchaudio.functional", "audio")
+
+
+def soundfile() -> ModuleType:
+    """``soundfile`` (libsndfile), imported on first use."""
+    return require("soundfile", "audio")
+
+
 def encode(samples: torch.Tensor, encoding: str) -> np.ndarray:
     """Float samples in [-1, 1] as uint8 bytes: 8-bit mu-law codes, or 16-bit little-endian PCM
     (round(x * 32768), the convention of soundfile and WAV files)."""
     samples = samples.clamp(-1.0, 1.0)
     if encoding == "mulaw8":
-        return AF.mu_law_encoding(samples, 256).to(torch.uint8).numpy()
+        return torchaudio_functional().mu_law_encoding(samples, 256).to(torch.uint8).numpy()
     pcm = torch.round(samples.double() * 32768).clamp(-32768, 32767).numpy().astype("<i2")
     return pcm.view(np.uint8)
 
@@ -35,7 +46,7 @@ def decode(data: np.ndarray, encoding: str) -> torch.Tensor:
     """The float32 samples in [-1, 1] of `encode`'s bytes; a trailing odd byte (half a pcm16 sample)
     is dropped."""
     if encoding == "mulaw8":
-        return AF.mu_law_decoding(torch.from_numpy(data.astype(np.int64)), 256).float()
+        return torchaudio_functional().mu_law_decoding(torch.from_numpy(data.astype(np.int64)), 256).float()
     whole = data[: len(data) // 2 * 2].astype(np.uint8)
     return torch.from_numpy(whole.view("<i2").astype(np.float32) / 32768)
 
@@ -70,6 +81,7 @@ class AudioBytes(ByteDataModule):
                 skipped and counted ("skip").
             **kwargs: the options of ByteDataModule.
         """
+        torchaudio_functional(), soundfile()  # Stop here, in one line, when either cannot load
         super().__init__(**kwargs)
         if encoding not in BYTES_PER_SAMPLE:
             raise ValueError(f"encoding={encoding!r} must be 'mulaw8' or 'pcm16'")
@@ -103,6 +115,7 @@ class AudioBytes(ByteDataModule):
 
     def documents(self) -> Iterator[tuple[str, bytes]]:
         """Every readable file as (name, encoded samples)."""
+        sf = soundfile()
         for name, origin, raw in encoded_files(self.files, SPEECH):
             try:
                 samples, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
@@ -117,7 +130,7 @@ class AudioBytes(ByteDataModule):
     def _mono(self, samples: np.ndarray, rate: int) -> torch.Tensor:
         mono = torch.from_numpy(samples).mean(dim=1)
         if rate != self.sample_rate:
-            mono = AF.resample(mono, orig_freq=rate, new_freq=self.sample_rate)
+            mono = torchaudio_functional().resample(mono, orig_freq=rate, new_freq=self.sample_rate)
         return mono
 
     def to_wave(self, data: bytes | np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -7,27 +7,46 @@ import math
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.datasets import CIFAR10
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .bytes import ByteDataModule
 from .datasets import ByteSplit
 from .files import encoded_files, files_with_suffix, named_files
+from .native import require
 from .protocol import official_split_ranges, training_crop
 
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
 PHOTOS = Path(__file__).parent / "data" / "photos.tar"
-CIFAR10_FILES = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+# torchvision's CIFAR10 file list and IMG_EXTENSIONS, spelled out so that reading the constants does not
+# load torchvision's native library (tests check they still agree).
+CIFAR10_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Downsampled ImageNet's validation file (Imagenet64_val_npz/val_data.npz): the official held-out split.
 NPZ_HELD_OUT = "val_data"
-# What a corrupt image file raises while it is opened, decoded or converted.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def pillow() -> ModuleType:
+    """``PIL.Image`` (with ``PIL.ImageOps`` loaded), imported on first use."""
+    require("PIL.ImageOps", "images")
+    return require("PIL.Image", "images")
+
+
+def transforms() -> ModuleType:
+    """``torchvision.transforms.v2.functional``, imported on first use: text and audio never load
+    torchvision's native library."""
+    return require("torchvision.transforms.v2.functional", "images")
+
+
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """What a corrupt image file raises while it is opened, decoded or converted."""
+    return (OSError, SyntaxError, ValueError, pillow().DecompressionBombError)
 
 
 def patch_scan(image: np.ndarray, side: int) -> np.ndarray:
@@ -56,14 +75,15 @@ def patch_side(patch_size: int, channels: int) -> int:
     return side
 
 
-def square(image: Image.Image | np.ndarray, size: int, channels: int) -> np.ndarray:
+def square(image: PILImage | np.ndarray, size: int, channels: int) -> np.ndarray:
     """An image as [size, size, channels] uint8: converted to RGB or grayscale, its shorter side resized
     to `size` (antialiased bilinear), then centre-cropped."""
+    Image, F = pillow(), transforms()
     if isinstance(image, np.ndarray):
         if image.shape == (size, size, channels):
             return image
         image = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
-    image = ImageOps.exif_transpose(image).convert("RGB" if channels == 3 else "L")
+    image = require("PIL.ImageOps", "images").exif_transpose(image).convert("RGB" if channels == 3 else "L")
     pixels = F.pil_to_tensor(image)
     if pixels.shape[1:] != (size, size):
         pixels = F.center_crop(F.resize(pixels, [size], antialias=True), [size, size])
@@ -183,6 +203,7 @@ class ImageBytes(ByteDataModule):
                 of 12 bytes, 16 of 48, 4 of 192).
             **kwargs: the other options of ByteDataModule.
         """
+        pillow(), transforms()  # Stop here, in one line, when either cannot load
         super().__init__(seq_len=seq_len, **kwargs)
         if channels not in (1, 3):
             raise ValueError(f"channels={channels} must be 1 (grayscale) or 3 (RGB)")
@@ -301,14 +322,15 @@ class ImageBytes(ByteDataModule):
         elif self.files is not None and self.format == "npz":
             yield from self._npz()
         else:
+            Image, errors = pillow(), decode_errors()
             for name, origin, raw in encoded_files(self.files, PHOTOS):
                 try:
                     with Image.open(io.BytesIO(raw)) as image:
                         pixels = square(image, self.size, self.channels)
-                except UnidentifiedImageError:
+                except Image.UnidentifiedImageError:
                     self.reject(origin, "not an image file Pillow can decode")
                     continue
-                except DECODE_ERRORS as error:
+                except errors as error:
                     self.reject(origin, f"{type(error).__name__}: {error}")
                     continue
                 yield name, pixels
@@ -328,7 +350,8 @@ class ImageBytes(ByteDataModule):
         root = self.files[0].parent.parent
         for train in (True, False):
             try:
-                images = CIFAR10(str(root), train=train, download=False).data
+                cifar10 = require("torchvision.datasets", "images").CIFAR10
+                images = cifar10(str(root), train=train, download=False).data
             except (RuntimeError, OSError, ValueError, EOFError) as error:
                 self.reject(str(root / "cifar-10-batches-py"), f"{type(error).__name__}: {error}")
                 continue

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from analysis.atomic import DISK_FULL
+from datamodules.native import MissingLibrary
 
 from . import ranks
 from .callbacks import EXIT_PREEMPTED
@@ -23,6 +24,18 @@ from .runlock import release_runs
 def one_line(error: BaseException) -> str:
     """An error message on one line (jsonargparse nests its explanations over several)."""
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def missing_library(error: BaseException) -> MissingLibrary | None:
+    """The ``MissingLibrary`` behind ``error``, if any: jsonargparse wraps what a class's ``__init__``
+    raised in its own union and class_path errors, which would bury the one line that matters."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, MissingLibrary):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def say(line: str) -> None:
@@ -49,10 +62,21 @@ def guarded(command: Callable[[], int | None], name: str, debug: bool = False) -
     except ArgumentError as error:
         if debug:
             raise
+        if missing := missing_library(error):
+            return report(f"bytelab: error: {missing}", 2)
         return report(f"bytelab: error: {one_line(error)} (see bytelab {name} --help)", 2)
-    except (ValueError, FloatingPointError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except (
+        ValueError,
+        FloatingPointError,
+        FileNotFoundError,
+        NotADirectoryError,
+        PermissionError,
+        MissingLibrary,
+    ) as error:
         if debug:
             raise
+        if missing := missing_library(error):
+            return report(f"bytelab: error: {missing}", 2)
         return report(f"bytelab: error: {one_line(error)} (run with --debug for the traceback)", 2)
     except OSError as error:
         if debug or error.errno not in DISK_FULL:

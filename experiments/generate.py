@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from datamodules.native import require
 from modules import ByteLM
 from modules.generate import check_generation_length, generate
 
@@ -52,8 +53,7 @@ def modality_inverse(data: dict[str, Any] | None) -> Any | None:
 
 
 def write_image(datamodule: Any, sample: bytes, out: Path) -> None:
-    from torchvision.io import write_png
-
+    write_png = require("torchvision.io", "images").write_png
     size = datamodule.resolution**2 * datamodule.channels
     if len(sample) != size:
         print(
@@ -63,9 +63,7 @@ def write_image(datamodule: Any, sample: bytes, out: Path) -> None:
 
 
 def write_wave(datamodule: Any, sample: bytes, out: Path) -> None:
-    import soundfile
-
-    soundfile.write(str(out), datamodule.to_wave(sample).numpy(), datamodule.sample_rate)
+    require("soundfile", "audio").write(str(out), datamodule.to_wave(sample).numpy(), datamodule.sample_rate)
 
 
 def generate_bytes(
