@@ -30,11 +30,27 @@ CONTRACT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# Structural facts (causality, rows that never see each other, chunked == whole, cached == full,
+# padding that moves nothing) are checked on float64 copies of the models: the same value computed by
+# two kernels (another sequence length, another blocking, another CPU's AVX2 or AVX-512 path, another
+# thread count) differs by float64 rounding, about 1e-16 relative on logits of order 10 after ~1e3
+# accumulations, so < 1e-12; in float32 the same differences measured 6e-8 to 2.4e-6 and are not a
+# property of the code. A leak, a lost link or a wrong mask moves a logit by 1e-3 or more (the
+# mutants of tests/mutations.py), so EXACT sits seven orders of magnitude below the bug and four
+# above the rounding.
+EXACT = 1e-10
+
+
 def tiny_model(name: str, max_seq_len: int = 96, **options: Any) -> ByteModel:
     """A contract model (an architecture or ``architecture_variant``) at its ``test`` size."""
     architecture, variant = CONTRACT_MODELS[name]
     options = {"max_seq_len": max_seq_len, **variant, **options}
     return build_model(model_config(architecture, "test", **options))
+
+
+def exact_model(name: str, max_seq_len: int = 96, **options: Any) -> ByteModel:
+    """``tiny_model`` in float64 and eval mode, for structural facts checked to ``EXACT``."""
+    return tiny_model(name, max_seq_len, **options).double().eval()
 
 
 @pytest.fixture

@@ -78,8 +78,9 @@ def fit_modality_default(data_config: str, model_config: str, tmp_path: Path) ->
     assert code == 0
     val = pd.read_csv(tmp_path / "run" / "metrics.csv")["val/bpb"].dropna()
     # Two steps learn next to nothing: a correct model still scores about log2(256) = 8 bits (measured
-    # 7.98-8.16 on images and audio); bits counted in nats (5.5) or a diverged step would not.
-    assert len(val) == 1 and 7.85 < val.iloc[0] < 8.3
+    # 7.98-8.16 on images and audio with torch 2.11, 7.84 for the decoder on images with torch 2.15 and
+    # Pillow 13); bits counted in nats (5.5) or a diverged step would not.
+    assert len(val) == 1 and 7.5 < val.iloc[0] < 8.3
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 

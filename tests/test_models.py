@@ -12,7 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from modules import ByteLM, Decoder, Hourglass, Megabyte, PerceiverAR
 from modules.sizes import ARCHITECTURES
 
-from .conftest import CONTRACT_MODELS, tiny_model
+from .conftest import CONTRACT_MODELS, EXACT, exact_model, tiny_model
 from .test_evaluation import NATS, KnownLosses
 
 
@@ -20,7 +20,7 @@ from .test_evaluation import NATS, KnownLosses
 def model(request: pytest.FixtureRequest) -> torch.nn.Module:
     """Every registered architecture and test variant (modules/sizes.py) at its ``test`` size."""
     torch.manual_seed(0)
-    return tiny_model(request.param).eval()
+    return exact_model(request.param)
 
 
 @pytest.mark.parametrize("length", [1, 7, 24, 33, 96])
@@ -41,7 +41,7 @@ def test_causality(model, length, changed):
     diff = (before - after).abs().amax(dim=(0, 2))
     upto = changed - first + 1  # predictions at positions <= changed
     if upto > 0:
-        assert diff[:upto].max() == 0
+        assert diff[:upto].max() < EXACT
     # Without the global model (and no cross-patch attention) a patch's last byte reaches nothing later.
     isolated = getattr(model, "no_global", False) and (changed + 1) % model.patch_size == 0
     if changed < length - 1 and not isolated:
@@ -74,21 +74,22 @@ def test_every_prediction_uses_the_byte_just_before_it(model, length):
     with torch.no_grad():
         logits = model(x)
     first = length - logits.size(1)  # absolute position of the first predicted byte
-    for t in range(length - 1):  # rows of one batch may round differently (1e-8), a leak moves by 1e-2
+    for t in range(length - 1):  # rows of one batch may round differently (see EXACT), a leak moves 1e-2
         upto = max(t + 1 - first, 0)
         leaked = (logits[t, :upto] - logits[-1, :upto]).abs().max() if upto else 0.0
-        assert leaked < 1e-6, f"byte {t} reaches a prediction at or before it"
+        assert leaked < EXACT, f"byte {t} reaches a prediction at or before it"
     for t in range(max(first - 1, 0), length - 1):
         moved = float((logits[t, t + 1 - first] - logits[-1, t + 1 - first]).abs().max())
         if linked_to_previous_byte(model, t):
             assert moved > 1e-3, f"byte {t} does not reach the prediction of byte {t + 1}"
         else:
-            assert moved == 0, f"byte {t} reaches byte {t + 1} through a link the variant removes"
+            assert moved < EXACT, f"byte {t} reaches byte {t + 1} through a link the variant removes"
 
 
 def test_rows_of_a_batch_never_see_each_other(model):
-    """A row's logits are those of the row alone, and replacing one row changes no other row (bit for
-    bit): otherwise a window's score would depend on its batch-mates and across ranks."""
+    """A row's logits are those of the row alone, and replacing one row changes no other row (to
+    float64 rounding, see EXACT): otherwise a window's score would depend on its batch-mates and
+    across ranks."""
     torch.manual_seed(2)
     x = torch.randint(0, 256, (3, 61))
     y = x.clone()
@@ -96,9 +97,9 @@ def test_rows_of_a_batch_never_see_each_other(model):
     with torch.no_grad():
         together, replaced = model(x), model(y)
         alone = torch.cat([model(x[b : b + 1]) for b in range(3)])
-    assert (replaced[1:] - together[1:]).abs().max() == 0
+    assert (replaced[1:] - together[1:]).abs().max() < EXACT
     assert (replaced[0] - together[0]).abs().max() > 1e-3
-    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)  # batched kernels round alike
+    torch.testing.assert_close(together, alone, rtol=0, atol=EXACT)
 
 
 def test_right_padded_training_windows_predict_what_the_unpadded_windows_do(model):
@@ -115,7 +116,7 @@ def test_right_padded_training_windows_predict_what_the_unpadded_windows_do(mode
             real = positions[b] < n
             assert real.sum() == model.scored_len(n)
             assert positions[b, real].tolist() == list(range(n - model.scored_len(n), n))
-            torch.testing.assert_close(logits[b, real], alone, rtol=0, atol=2e-5)
+            torch.testing.assert_close(logits[b, real], alone, rtol=0, atol=EXACT)
 
 
 def test_training_loss_leaves_out_the_padding():
@@ -200,11 +201,11 @@ def test_megabyte_ablations_change_what_a_byte_sees():
     moved = {}
     with torch.no_grad():
         for name in ("megabyte_no_global", "megabyte_no_local", "megabyte_cross_patch"):
-            model = tiny_model(name).eval()
+            model = exact_model(name)
             moved[name] = (model(y) - model(x)).abs()
-    assert moved["megabyte_no_global"][0, 8:].max() == 0  # later patches never see patch 1
+    assert moved["megabyte_no_global"][0, 8:].max() < EXACT  # later patches never see patch 1
     assert moved["megabyte_no_global"][0, 7].max() > 1e-4  # the rest of patch 1 does
-    assert moved["megabyte_no_local"][0, 7].max() == 0  # byte 7 comes from patches < 1 only
+    assert moved["megabyte_no_local"][0, 7].max() < EXACT  # byte 7 comes from patches < 1 only
     assert moved["megabyte_no_local"][0, 8].max() > 1e-4
     assert moved["megabyte_cross_patch"][0, 8].max() > 1e-4
 
@@ -290,7 +291,7 @@ def test_score_counts_only_the_requested_bytes(model):
     with torch.no_grad():
         logits = model(x)[:, -3:]
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, -3:].flatten(), reduction="sum")
-    assert float(part_nats) == pytest.approx(float(expected), rel=1e-5)
+    assert float(part_nats.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_gradient_norm_at_initialisation_is_of_order_one(model):
@@ -319,16 +320,17 @@ def test_a_loss_in_chunks_equals_the_loss_at_once(model, chunk):
         if size == 0:
             whole = values.detach()
     # The same computation per position; a BLAS may block a matmul of fewer rows differently, so
-    # equal to float rounding (measured: bit for bit on most models, 1 ulp on a few).
-    torch.testing.assert_close(values.detach(), whole, rtol=1e-6, atol=1e-6)
+    # equal to float64 rounding (float32 measured 2.4e-6 for MEGABYTE with cross-patch attention on
+    # an AVX-512 CPU, where 1e-6 was allowed; see EXACT).
+    torch.testing.assert_close(values.detach(), whole, rtol=0, atol=EXACT)
     assert values.shape == (2, model.scored_len(61))
     with torch.no_grad():  # ByteLM's --model.loss_chunk: the same total as the whole window
         chunked, at_once = (float(ByteLM(model, loss_chunk=c).score({"x": x})[0]) for c in (chunk, 0))
-    assert chunked == pytest.approx(at_once, rel=1e-6)
+    assert chunked == pytest.approx(at_once, rel=EXACT)
     with pytest.raises(ValueError, match="loss_chunk=-1 must be >= 0"):
         ByteLM(model, loss_chunk=-1)
     for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=0, atol=EXACT)
 
 
 def sample_markov_source(generator: torch.Generator, shape: tuple[int, int]) -> torch.Tensor:
