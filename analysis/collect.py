@@ -18,6 +18,10 @@ from .rundir import MANIFEST, read_manifest
 
 # The protocol that makes bits per byte comparable: same evaluation windows and scored bytes.
 EVAL_PROTOCOL = ["seq_len", "score_len", "max_eval_bytes"]
+# What makes two runs' bits per byte comparable: the same bytes scored. Every byte of an evaluation
+# split's first max_eval_bytes is scored once whatever the window (seq_len) and the bytes scored per
+# window (score_len), which are each architecture's own configuration (docs/PROTOCOL.md).
+SCORED_BYTES = ["max_eval_bytes"]
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -77,7 +81,10 @@ def run_row(run_dir: Path, manifest: dict[str, Any], allow_unfinished: bool = Fa
         **{key: data.get(key) for key in EVAL_PROTOCOL},
         "architecture": model["class"],
         "variant": sweep.get("variant", model["class"]),  # a sweep's label for an option set
-        "size": sweep.get("size", ""),
+        # A tuned configuration (sweep ``configs``) is part of what a row is: "cpu-xs w128x8".
+        "size": " ".join(str(part) for part in (sweep.get("size", ""), sweep.get("config")) if part),
+        "config": sweep.get("config") or "",
+        "batch_size": data.get("batch_size"),
         "seed": sweep.get("seed", np.nan),
         "lr": float(next((v for v in (lr, sweep.get("lr")) if v is not None), np.nan)),
         # "tune": a learning-rate tuning run at the sweep's smallest budget, kept out of the main
@@ -145,17 +152,18 @@ def label_architectures(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_protocols(runs: pd.DataFrame) -> None:
-    """Runs on one dataset must share the evaluation protocol, or their bits per byte do not compare."""
+    """Runs on one dataset must score the same bytes, or their bits per byte do not compare; their
+    windows (seq_len, score_len) may differ, each architecture's own configuration."""
     for dataset, group in runs.groupby("dataset"):
-        protocols = group[EVAL_PROTOCOL].astype(str).drop_duplicates()
+        protocols = group[SCORED_BYTES].astype(str).drop_duplicates()
         if len(protocols) > 1:
             first, other = (group.loc[protocols.index[i]] for i in (0, 1))
             describe = ", ".join(
-                f"{k}={first[k]} vs {other[k]}" for k in EVAL_PROTOCOL if first[k] != other[k]
+                f"{k}={first[k]} vs {other[k]}" for k in SCORED_BYTES if first[k] != other[k]
             )
             raise ValueError(
-                f"{first['run_dir']} and {other['run_dir']} evaluate dataset {dataset} differently "
-                f"({describe}): bits per byte are only comparable under one protocol; analyze them separately"
+                f"{first['run_dir']} and {other['run_dir']} score different bytes of dataset {dataset} "
+                f"({describe}): bits per byte are only comparable on the same bytes; analyze them separately"
             )
 
 

@@ -187,7 +187,16 @@ def points(runs: pd.DataFrame) -> pd.DataFrame:
     parts = [spread_stats(grouped["val_bpb"], "val_bpb"), grouped["val_bpb"].count().rename("seeds")]
     if "test_bpb" in runs.columns:
         parts.append(spread_stats(grouped["test_bpb"], "test_bpb"))
-    same = ["params", "params_non_embedding", "inference_flops_per_byte", "budget_flops", "lr"]
+    same = [
+        "params",
+        "params_non_embedding",
+        "inference_flops_per_byte",
+        "budget_flops",
+        "lr",
+        "seq_len",
+        "score_len",
+        "batch_size",
+    ]
     parts += [
         grouped["flops_seen"].mean(),
         grouped[[c for c in same if c in runs.columns]].first(),

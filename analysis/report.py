@@ -11,6 +11,7 @@ from . import plots
 from .collect import collect
 from .fits import compute_multipliers, fit_frontiers, main_runs
 from .tables import (
+    config_tuning_table,
     fits_table,
     grid_table,
     lr_tuning_table,
@@ -28,7 +29,8 @@ class Report:
     """What an analysis produced: the frames and the files written.
 
     ``ranking``: the architectures at the table's budget against each other, over seeds;
-    ``tuning``: the learning-rate tuning table (empty without tuning runs)."""
+    ``tuning``: the learning-rate tuning table (empty without tuning runs); ``configs``: the
+    configuration tuning table (empty where no architecture had candidate configurations)."""
 
     runs: pd.DataFrame
     paper: pd.DataFrame
@@ -36,6 +38,7 @@ class Report:
     files: list[Path] = field(default_factory=list)
     ranking: pd.DataFrame = field(default_factory=pd.DataFrame)
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
+    configs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _slug(text: str) -> str:
@@ -64,6 +67,9 @@ def analyze(
     report.files += write_table(report.fits, out, "fits")
     if len(report.tuning):
         report.files += write_table(report.tuning, out, "lr_tuning")
+    report.configs = config_tuning_table(runs)
+    if len(report.configs):
+        report.files += write_table(report.configs, out, "config_tuning")
     main = main_runs(runs)
     several = main["dataset"].nunique() > 1
     for dataset, group in main.groupby("dataset"):
@@ -91,10 +97,19 @@ def describe(report: Report) -> str:
             "its best rate may lie past it (widen lrs or raise lr_extend)"
             for _, r in edges.iterrows()
         ]
+    configs = (
+        [
+            "Configuration tuning (each candidate at its best rate; chosen: lowest val bpb):",
+            to_markdown(report.configs),
+        ]
+        if len(report.configs)
+        else []
+    )
     return "\n".join(
         [
             "",
             *tuning,
+            *configs,
             to_markdown(paper_display(report.paper)),
             "Ranking (a difference smaller than the spread over seeds is a tie):",
             *[f"- {line}" for line in ranking_words(report.ranking)],

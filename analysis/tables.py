@@ -80,6 +80,9 @@ def paper_table(runs: pd.DataFrame, budget: float | None = None) -> pd.DataFrame
         _, best = best_at_budget(runs, dataset, budget)
         suffix = "" if single else f" ({dataset})"
         columns[f"size{suffix}"] = best["size"]
+        for column, name in (("seq_len", "window"), ("batch_size", "windows/step")):
+            if column in best.columns and best[column].notna().any():
+                columns[f"{name}{suffix}"] = best[column]
         columns[f"params{suffix}"] = best["params"]
         if "lr" in best.columns and best["lr"].notna().any():
             columns[f"lr{suffix}"] = best["lr"]
@@ -235,6 +238,33 @@ def lr_tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
         for k, lr in zip(table[key].itertuples(index=False), table["lr"], strict=True)
     ]
     return table
+
+
+def config_tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The configurations an architecture was tuned over (sweep ``configs``): per dataset,
+    architecture and candidate, its best tuning rate's mean val bpb, its window and windows per
+    step; ``chosen`` marks the candidate of lowest val bpb, the one its main runs use. Empty where no
+    architecture had several candidates."""
+    if "stage" not in runs.columns or "config" not in runs.columns:
+        return pd.DataFrame()
+    tune = runs[(runs["stage"] == "tune") & (runs["config"] != "")]
+    if tune.empty:
+        return pd.DataFrame()
+    key = ["dataset", "architecture", "size"]
+    rates = tune.groupby([*key, "lr"]).agg(
+        val_bpb=("val_bpb", "mean"),
+        window=("seq_len", "first"),
+        scored=("score_len", "first"),
+        windows_per_step=("batch_size", "first"),
+        params=("params", "first"),
+    )
+    best = rates.reset_index().sort_values(["val_bpb", "lr"]).groupby(key).head(1)
+    table = best.sort_values([*key]).reset_index(drop=True)
+    winner = table.sort_values("val_bpb", kind="stable").groupby(["dataset", "architecture"]).head(1)
+    table["chosen"] = table.index.isin(winner.index)
+    names = {"size": "configuration", "lr": "best lr", "windows_per_step": "windows/step"}
+    table = table.rename(columns=names)
+    return table.sort_values(["dataset", "architecture", "val_bpb"]).reset_index(drop=True)
 
 
 def fits_table(fits: pd.DataFrame, multipliers: pd.DataFrame) -> pd.DataFrame:

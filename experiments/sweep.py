@@ -56,11 +56,28 @@ class Architecture:
         options: ``bytelab fit`` options for this architecture only (``{"model.lr": 2e-3}``).
         model: The architecture (decoder, megabyte, perceiver_ar) when the entry's key is a variant
             label instead (``no_local: {model: megabyte, options: {...no_local: true}}``); None: the key.
+        configs: Candidate configurations, tuned like the learning rate (SpaceByte's protocol):
+            name -> ``bytelab fit`` options (training window, windows per step, attention window,
+            ...) and optionally ``size`` (default: the first of ``sizes``). Every candidate is tuned
+            over ``lrs`` at ``tune_budget``; the grid then runs only the candidate (and its rate) of
+            lowest mean validation bits per byte, one row for the architecture, its name in every
+            run.json. Empty: every size is a row of its own, as without tuning.
     """
 
     sizes: list[str]
     options: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def candidates(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The units tuned and run: key -> (size, extra options); a size is its own key without
+        ``configs``."""
+        if not self.configs:
+            return {size: (size, {}) for size in self.sizes}
+        return {
+            name: (str(options.get("size", self.sizes[0])), {k: v for k, v in options.items() if k != "size"})
+            for name, options in self.configs.items()
+        }
 
 
 @dataclass
@@ -137,11 +154,25 @@ class Sweep:
                 )
             if not spec.get("sizes"):
                 raise ValueError(f"{source}: architecture {name} lists no sizes")
-            for size in spec["sizes"]:
-                model_init_args(model, size)  # fails early on an unknown size
+            configs = spec.get("configs") or {}
+            if not isinstance(configs, dict) or not all(isinstance(c, dict) for c in configs.values()):
+                raise ValueError(
+                    f"{source}: configs of {name} must map each candidate's name to its options, "
+                    f"got {configs!r}"
+                )
+            if configs and (not data.get("lrs") or "model.lr" in (spec.get("options") or {})):
+                raise ValueError(
+                    f"{source}: architecture {name} has configs, which are chosen by tuning runs: give lrs "
+                    "and leave model.lr out of its options"
+                )
             architectures[name] = Architecture(
-                sizes=list(spec["sizes"]), options=dict(spec.get("options") or {}), model=spec.get("model")
+                sizes=list(spec["sizes"]),
+                options=dict(spec.get("options") or {}),
+                model=spec.get("model"),
+                configs={str(k): dict(v) for k, v in configs.items()},
             )
+            for size, _ in architectures[name].candidates().values():
+                model_init_args(model, size)  # fails early on an unknown size
         if not architectures:
             raise ValueError(f"{source}: architectures is empty")
         sweep = cls(**{**data, "architectures": architectures})
@@ -214,24 +245,26 @@ def resolve_config(path: str) -> str:
 def _run(
     sweep: Sweep,
     label: str,
-    size: str,
+    key: str,
     budget: float | None,
     seed: int,
     lr: float | None = None,
     stage: str = "main",
 ) -> Run:
-    """One run of the sweep: ``lr`` (when given) overrides the options' learning rate."""
+    """One run of the sweep: architecture ``label``'s candidate ``key`` (a size, or a configuration
+    of ``configs``); ``lr`` (when given) overrides the options' learning rate."""
     spec = sweep.architectures[label]
     arch = spec.model or label
+    size, config_options = spec.candidates()[key]
     tag = f"c{budget_tag(budget)}" if budget is not None else f"b{budget_tag(sweep.budget_bytes)}"
-    run_id = f"{label}-{size}-{tag}-seed{seed}"
+    run_id = f"{label}-{key}-{tag}-seed{seed}"
     if stage == "tune":
-        run_id = f"tune-{label}-{size}-lr{budget_tag(lr)}-{tag}-seed{seed}"
+        run_id = f"tune-{label}-{key}-lr{budget_tag(lr)}-{tag}-seed{seed}"
     run_dir = Path(sweep.run_root) / run_id
     args = ["fit", *(f"--config={resolve_config(c)}" for c in sweep.configs)]
     args.append(f"--model.model={ARCHITECTURES[arch]}")
     args += [flag(f"model.model.init_args.{k}", v) for k, v in model_init_args(arch, size).items()]
-    options = {**sweep.options, **spec.options}
+    options = {**sweep.options, **spec.options, **config_options}
     if lr is not None:
         options["model.lr"] = lr
     args += [flag(k, v) for k, v in options.items()]
@@ -250,6 +283,9 @@ def _run(
         "architecture": arch,
         "variant": label,
         "size": size,
+        # The candidate configuration (None without ``configs``) and what it sets.
+        "config": key if spec.configs else None,
+        "config_options": config_options if spec.configs else None,
         "budget_flops": budget,
         "budget_bytes": sweep.budget_bytes,
         "seed": seed,
@@ -281,17 +317,17 @@ def tuning_seeds(sweep: Sweep) -> list[int]:
     return sweep.seeds[: sweep.tune_seeds]
 
 
-def rate_val(sweep: Sweep, label: str, size: str, budget: float | None, lr: float) -> float | None:
+def rate_val(sweep: Sweep, label: str, key: str, budget: float | None, lr: float) -> float | None:
     """A tuning rate's score: the mean final validation bits per byte of its runs (one per tuning
     seed), or None while one of them has not finished."""
     vals = [
-        tuning_val(_run(sweep, label, size, budget, seed, lr, stage="tune")) for seed in tuning_seeds(sweep)
+        tuning_val(_run(sweep, label, key, budget, seed, lr, stage="tune")) for seed in tuning_seeds(sweep)
     ]
     return None if None in vals else sum(vals) / len(vals)
 
 
-def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> list[float]:
-    """The rates one (architecture, size) is tuned at: ``lrs``, then, while every run so far has
+def tuning_rates(sweep: Sweep, label: str, key: str, budget: float | None) -> list[float]:
+    """The rates one (architecture, candidate) is tuned at: ``lrs``, then, while every run so far has
     finished and the best (``rate_val``) is the lowest (highest) rate tried, one grid step further
     down (up), at most ``lr_extend`` times each way. It reads the finished tuning runs, so it grows
     as they end."""
@@ -301,7 +337,7 @@ def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> l
     down = ordered[1] / ordered[0] if len(ordered) > 1 else 2.0
     up = ordered[-1] / ordered[-2] if len(ordered) > 1 else 2.0
     # The rates in the order tried (dicts keep insertion order) and their scores.
-    vals = {lr: rate_val(sweep, label, size, budget, lr) for lr in sweep.lrs}
+    vals = {lr: rate_val(sweep, label, key, budget, lr) for lr in sweep.lrs}
     below = above = 0
     while None not in vals.values():
         best = min(vals, key=vals.__getitem__)
@@ -311,22 +347,28 @@ def tuning_rates(sweep: Sweep, label: str, size: str, budget: float | None) -> l
             lr, above = float(f"{best * up:.6g}"), above + 1
         else:
             break
-        vals[lr] = rate_val(sweep, label, size, budget, lr)
+        vals[lr] = rate_val(sweep, label, key, budget, lr)
     return list(vals)
 
 
+def tune_budget(sweep: Sweep) -> float | None:
+    """The FLOP budget of the tuning runs: ``tune_budget``, else the smallest of ``budgets``."""
+    return sweep.tune_budget if sweep.tune_budget is not None else min(sweep.budgets, default=None)
+
+
 def expand_tuning(sweep: Sweep, only: tuple[str, str] | None = None) -> list[Run]:
-    """The learning-rate tuning runs: each tuned architecture and size (or ``only`` that one) at
-    every rate of ``lrs`` (and of its extensions past the grid's edges so far: ``tuning_rates``), at
-    ``tune_budget`` (default the smallest budget), with each tuning seed (``tune_seeds``)."""
-    budget = sweep.tune_budget if sweep.tune_budget is not None else min(sweep.budgets, default=None)
+    """The tuning runs: each tuned architecture and candidate (a size, or a configuration; or
+    ``only`` that one) at every rate of ``lrs`` (and of its extensions past the grid's edges so far:
+    ``tuning_rates``), at ``tune_budget`` (default the smallest budget), with each tuning seed
+    (``tune_seeds``)."""
+    budget = tune_budget(sweep)
     return [
-        _run(sweep, label, size, budget, seed, lr, stage="tune")
+        _run(sweep, label, key, budget, seed, lr, stage="tune")
         for label, spec in sweep.architectures.items()
         if tuned(sweep, label)
-        for size in spec.sizes
-        if only is None or (label, size) == only
-        for lr in tuning_rates(sweep, label, size, budget)
+        for key in spec.candidates()
+        if only is None or (label, key) == only
+        for lr in tuning_rates(sweep, label, key, budget)
         for seed in tuning_seeds(sweep)
     ]
 
@@ -352,24 +394,51 @@ def tuned_lrs(sweep: Sweep, only: tuple[str, str] | None = None) -> dict[tuple[s
     return {key: min(rates, key=lambda lr: sum(rates[lr]) / len(rates[lr])) for key, rates in vals.items()}
 
 
-def expand_main(sweep: Sweep, lrs: dict[tuple[str, str], float] | None = None) -> list[Run]:
-    """The grid's runs, in a stable order with stable ids; ``lrs`` gives tuned learning rates."""
+def chosen_configs(sweep: Sweep, lrs: dict[tuple[str, str], float]) -> dict[str, str]:
+    """For each architecture with ``configs`` whose candidates all have a tuned rate in ``lrs``: the
+    candidate whose tuning runs at that rate reached the lowest mean validation bits per byte (the
+    first in the file's order on a tie)."""
+    budget = tune_budget(sweep)
+    chosen = {}
+    for label, spec in sweep.architectures.items():
+        keys = list(spec.candidates())
+        if spec.configs and all((label, key) in lrs for key in keys):
+            vals = {key: rate_val(sweep, label, key, budget, lrs[(label, key)]) for key in keys}
+            chosen[label] = min(keys, key=lambda k: vals[k])
+    return chosen
+
+
+def expand_main(
+    sweep: Sweep, lrs: dict[tuple[str, str], float] | None = None, chosen: dict[str, str] | None = None
+) -> list[Run]:
+    """The grid's runs, in a stable order with stable ids; ``lrs`` gives tuned learning rates and
+    ``chosen`` the configuration of each architecture with ``configs`` (one without a choice yet has
+    no grid runs: they join when its tuning ends)."""
     budgets: list[float | None] = list(sweep.budgets) or [None]
-    lrs = lrs or {}
+    lrs, chosen = lrs or {}, chosen or {}
     return [
-        _run(sweep, label, size, budget, seed, lrs.get((label, size)))
+        _run(sweep, label, key, budget, seed, lrs.get((label, key)))
         for label, spec in sweep.architectures.items()
-        for size in spec.sizes
+        for key in ([chosen[label]] if label in chosen else [] if spec.configs else spec.sizes)
         for budget in budgets
         for seed in sweep.seeds
     ]
 
 
+def grid_count(sweep: Sweep) -> int:
+    """How many runs the grid has once every configuration is chosen."""
+    rows = sum(1 if spec.configs else len(spec.sizes) for spec in sweep.architectures.values())
+    return rows * max(len(sweep.budgets), 1) * len(sweep.seeds)
+
+
 def expand(sweep: Sweep) -> list[Run]:
-    """Every run of the sweep: the tuning runs (if ``lrs``), then the grid with the tuned rates (the
-    tuning runs must then have finished: ``run_sweep`` runs them first)."""
+    """Every run of the sweep: the tuning runs (if ``lrs``), then the grid with the tuned rates and
+    configurations (the tuning runs must then have finished: ``run_sweep`` runs them first)."""
     tuning = expand_tuning(sweep)
-    return tuning + expand_main(sweep, tuned_lrs(sweep) if tuning else None)
+    if not tuning:
+        return expand_main(sweep)
+    lrs = tuned_lrs(sweep)
+    return tuning + expand_main(sweep, lrs, chosen_configs(sweep, lrs))
 
 
 def plan(run: Run) -> str:
@@ -543,8 +612,9 @@ def largest_model_params(runs: Sequence[Run]) -> int:
 
 
 def group(run: Run) -> tuple[str, str]:
-    """The (architecture label, size) a run belongs to: the unit whose learning rate is tuned."""
-    return run.info["variant"], run.info["size"]
+    """The (architecture label, candidate) a run belongs to: the unit whose learning rate is tuned
+    (the candidate is the size, or the configuration's name with ``configs``)."""
+    return run.info["variant"], run.info.get("config") or run.info["size"]
 
 
 def run_sweep(
@@ -606,11 +676,20 @@ def run_sweep(
             return []  # a tuning run failed: reported with the failures, its grid is not run
         how = f"mean val bpb over {sweep.tune_seeds} seeds," if sweep.tune_seeds > 1 else "val bpb of"
         echo(f"  learning rate of {key[0]} {key[1]}: {lr:g} (lowest {how} {len(mine)} runs)")
-        return [r for r in expand_main(sweep, {key: lr}) if group(r) == key]
+        lrs[key] = lr
+        label = key[0]
+        if not sweep.architectures[label].configs:
+            return [r for r in expand_main(sweep, {key: lr}) if group(r) == key]
+        chosen = chosen_configs(sweep, lrs)
+        if label not in chosen:
+            return []  # another configuration of this architecture is still tuning
+        echo(f"  configuration of {label}: {chosen[label]} (lowest val bpb of its candidates at their rates)")
+        return [r for r in expand_main(sweep, lrs, chosen) if r.info["variant"] == label]
 
+    lrs: dict[tuple[str, str], float] = {}
     grid = expand_main(sweep)  # the tuned groups' runs join, with their rates, through follow
     untuned = [run for run in grid if group(run) not in left]
-    total = len(tuning) + len(grid)
+    total = len(tuning) + grid_count(sweep)
     # Past one edge only, the one holding the best (both ways from a grid of one rate).
     extra = sweep.lr_extend * len(left) * (2 if len(sweep.lrs) == 1 else 1) * sweep.tune_seeds
     more = f" (and up to {extra} tuning runs past the grids' edges)" if extra else ""

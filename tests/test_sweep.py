@@ -262,6 +262,57 @@ def test_tuning_with_several_seeds_ranks_rates_by_their_mean(tmp_path):
             make(tmp_path, seeds=[0, 1, 2], tune_seeds=bad)
 
 
+def test_configurations_are_tuned_with_the_rate_and_the_best_runs_the_grid(tmp_path):
+    """configs: each candidate (a window and batch, one with its own size) is tuned over lrs, and
+    the grid runs only the candidate of the lowest val bpb at its own best rate, with its options
+    and its name in the run's info (so in run.json). w128x8 at 3e-3 (2.60) beats w1024x1's best
+    (2.90 at 1e-3) though w1024x1 wins at 1e-3; the s-sized candidate never wins."""
+    configs = {
+        "w1024x1": {"data.init_args.seq_len": 1024, "data.init_args.batch_size": 1},
+        "w128x8": {"data.init_args.seq_len": 128, "data.init_args.batch_size": 8},
+        "s-w128x8": {"size": "cpu-s", "data.init_args.seq_len": 128, "data.init_args.batch_size": 8},
+    }
+    sweep = make(tmp_path, lrs=[1e-3, 3e-3], seeds=[0, 1], budgets=[1e12], tune_budget=2.5e11)
+    sweep.architectures = {"decoder": Architecture(sizes=["cpu-xs"], configs=configs)}
+    vals = {
+        ("w1024x1", 1e-3): 2.90,
+        ("w1024x1", 3e-3): 3.10,
+        ("w128x8", 1e-3): 2.95,
+        ("w128x8", 3e-3): 2.60,
+        ("s-w128x8", 1e-3): 2.80,
+        ("s-w128x8", 3e-3): 2.70,
+    }
+
+    def launch(run):
+        val = vals.get((run.info["config"], run.info["lr"]), 2.5)  # the grid's runs: any value
+        write_json_atomic(
+            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val}}}
+        )
+        return 0
+
+    lines = []
+    assert run_sweep(sweep, launch=launch, echo=lines.append) == []
+    tuning = expand_tuning(sweep)
+    assert [r.id for r in tuning] == [
+        f"tune-decoder-{name}-lr{lr}-c2.5e11-seed0" for name in configs for lr in ("0.001", "0.003")
+    ]
+    assert {r.info["size"] for r in tuning if r.info["config"] == "s-w128x8"} == {"cpu-s"}
+    assert all("--data.init_args.seq_len=128" in r.args for r in tuning if "w128" in r.id)
+    assert tuned_lrs(sweep) == {("decoder", n): lr for n, lr in zip(configs, (1e-3, 3e-3, 3e-3), strict=True)}
+    assert "sweep demo: 8 runs, 0 finished, 8 to run" in lines  # 6 tuning runs, then 2 seeds of one
+    assert "  configuration of decoder: w128x8 (lowest val bpb of its candidates at their rates)" in lines
+    grid = expand(sweep)[len(tuning) :]
+    assert [r.id for r in grid] == ["decoder-w128x8-c1e12-seed0", "decoder-w128x8-c1e12-seed1"]
+    for run in grid:
+        assert run.info["config"] == "w128x8" and run.info["size"] == "cpu-xs" and run.info["lr"] == 3e-3
+        assert run.info["config_options"] == configs["w128x8"]
+        assert {"--data.init_args.seq_len=128", "--data.init_args.batch_size=8", "--model.lr=0.003"} <= set(
+            run.args
+        )
+    with pytest.raises(ValueError, match="configs, which are chosen by tuning runs: give lrs"):
+        Sweep.from_dict({**SPEC, "architectures": {"decoder": {"sizes": ["cpu-xs"], "configs": configs}}})
+
+
 def test_a_tuned_grid_starts_without_waiting_for_other_architectures_tuning(tmp_path):
     """With 2 jobs, decoder cpu-s's last tuning run holds until a decoder cpu-xs grid run starts:
     that happens only if cpu-xs's grid joins the queue when its own tuning ends (before, every grid
