@@ -151,6 +151,14 @@ def label_architectures(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def plain(value: object) -> object:
+    """A frame's value as run.json had it: NaN is None, a whole float an int (pandas turns a column of
+    integers and None into floats)."""
+    if isinstance(value, float):
+        return None if np.isnan(value) else int(value) if value.is_integer() else value
+    return value
+
+
 def check_protocols(runs: pd.DataFrame) -> None:
     """Runs on one dataset must score the same bytes, or their bits per byte do not compare; their
     windows (seq_len, score_len) may differ, each architecture's own configuration."""
@@ -159,7 +167,9 @@ def check_protocols(runs: pd.DataFrame) -> None:
         if len(protocols) > 1:
             first, other = (group.loc[protocols.index[i]] for i in (0, 1))
             describe = ", ".join(
-                f"{k}={first[k]} vs {other[k]}" for k in SCORED_BYTES if first[k] != other[k]
+                f"{k}={plain(first[k])} vs {plain(other[k])}"
+                for k in SCORED_BYTES
+                if str(first[k]) != str(other[k])
             )
             raise ValueError(
                 f"{first['run_dir']} and {other['run_dir']} score different bytes of dataset {dataset} "

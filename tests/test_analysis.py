@@ -296,11 +296,11 @@ def test_bad_input_names_the_directory(tmp_path, runs_root, capsys):
             "id": "abc123",
             "seq_len": 512,
             "score_len": 128,
-            "max_eval_bytes": None,
+            "max_eval_bytes": 4096,
         },
     )
     error = analyze_error(capsys, runs_root, other)
-    assert str(other) in error and "seq_len=256 vs 512" in error
+    assert str(other) in error and "score different bytes" in error and "max_eval_bytes=None vs 4096" in error
 
 
 def seeded(rows: dict[tuple[str, str, float], list[float]], **columns: list) -> pd.DataFrame:
@@ -519,3 +519,47 @@ def test_run_rows_carry_lr_stage_and_variant_labels(tmp_path):
     assert megabyte["lr"].isna().all() and megabyte["seed"].tolist() == [1, 2]
     # One class under two sweep labels: each label is its own architecture, seeds never pooled.
     assert megabyte["architecture"].tolist() == ["Megabyte", "no_local"]
+
+
+def test_configurations_compare_on_the_same_bytes_and_the_table_names_each_ones_choice(tmp_path):
+    """A decoder tuned over two windows: runs that score the same bytes compare whatever their
+    windows; the main table says each architecture's window and windows per step, and the
+    config_tuning table marks the candidate of lowest val bpb at its best rate (w128x8: 2.6 at 3e-3,
+    against w1024x1's best, 2.9 at 1e-3)."""
+
+    def data(seq_len: int, batch: int) -> dict[str, object]:
+        return {
+            "class": "TextBytes",
+            "name": "shakespeare",
+            "id": "abc123",
+            "seq_len": seq_len,
+            "score_len": seq_len // 2,
+            "batch_size": batch,
+            "max_eval_bytes": 32768,
+        }
+
+    root = tmp_path / "runs"
+    tuned = {("w1024x1", 1e-3): 2.9, ("w1024x1", 3e-3): 3.1, ("w128x8", 1e-3): 3.0, ("w128x8", 3e-3): 2.6}
+    for (config, lr), bpb in tuned.items():
+        seq_len, batch = (1024, 1) if config == "w1024x1" else (128, 8)
+        run = write_run(
+            root / config, "Decoder", "S1", 1e11, bpb, lr=lr, stage="tune", data=data(seq_len, batch)
+        )
+        manifest = json.loads((run / "run.json").read_text())
+        manifest["sweep"]["config"] = config
+        write_json_atomic(run / "run.json", manifest)
+    for seed, bpb in enumerate((2.5, 2.52)):
+        run = write_run(root / "main", "Decoder", "S1", 1e12, bpb, seed=seed, data=data(128, 8))
+        manifest = json.loads((run / "run.json").read_text())
+        manifest["sweep"] |= {"config": "w128x8", "lr": 3e-3}
+        write_json_atomic(run / "run.json", manifest)
+    write_run(root / "main", "Megabyte", "S1", 1e12, 2.7, data=data(1024, 1))
+    report = analyze([root], tmp_path / "out")
+    decoder = report.paper.set_index("architecture").loc["Decoder"]
+    assert (decoder["size"], decoder["window"], decoder["windows/step"]) == ("S1 w128x8", 128, 8)
+    assert report.paper.set_index("architecture").loc["Megabyte", "window"] == 1024
+    configs = report.configs.set_index("configuration")
+    assert configs["chosen"].to_dict() == {"S1 w128x8": True, "S1 w1024x1": False}
+    assert configs.loc["S1 w128x8", "best lr"] == 3e-3 and configs.loc["S1 w1024x1", "best lr"] == 1e-3
+    assert configs.loc["S1 w128x8", "val_bpb"] == pytest.approx(2.6)
+    assert (tmp_path / "out" / "config_tuning.md").is_file()
