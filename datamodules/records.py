@@ -31,6 +31,10 @@ JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
 ARROW_FILE_MAGIC = b"ARROW1"  # the IPC file format; save_to_disk writes the IPC stream format
 ROWS_PER_BATCH = 1024
+# Compressed bytes handed to zstd at a time: what one step decompresses is this times the data's
+# compression ratio (text: 3-10x), so memory stays bounded without zstandard's stream reader, which
+# ends quietly on a truncated frame.
+ZSTD_INPUT_BYTES = 64 * 2**10
 JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
 
 
@@ -130,7 +134,7 @@ def zstd_chunks(path: Path) -> Iterator[bytes]:
     decompressor = zstandard.ZstdDecompressor(max_window_size=2**31)
     frame, in_frame = decompressor.decompressobj(), False
     try:
-        for data in read_chunks(path):
+        for data in read_chunks(path, ZSTD_INPUT_BYTES):
             while data:
                 if out := frame.decompress(data):
                     yield out
