@@ -12,6 +12,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -255,3 +256,22 @@ def test_order0_entropy_of_known_data() -> None:
     assert order0_bits(np.arange(256, dtype=np.uint8).repeat(3)) == pytest.approx(8.0)
     assert order0_bits(np.array([7] * 10, dtype=np.uint8)) == 0.0
     assert order0_bits(np.array([0, 1] * 8 + [2, 3, 4, 5] * 4, dtype=np.uint8)) == pytest.approx(2.5)
+
+
+def test_data_bench_measures_builds_beside_the_read_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from experiments.bench import data as bench
+
+    for name, value in {"DOCUMENTS": 24, "DOCUMENT_LINES": 5, "SHARDS": 2, "IMAGES_PER_SHARD": 3}.items():
+        monkeypatch.setattr(bench, name, value)
+    documents = bench.text_documents()
+    assert bench.text_documents() == documents and len(documents) == 24  # deterministic
+    assert bench.bench_data(tmp_path / "out", reps=1) == 0
+    table = pd.read_csv(tmp_path / "out" / "data.csv").set_index("corpus")
+    megabytes = sum(len(d.encode()) for d in documents) / 1e6
+    assert list(table.index) == ["raw", "jsonl.zst", "parquet", "jpeg"]
+    assert table.loc[["raw", "jsonl.zst", "parquet"], "amount"].tolist() == [round(megabytes, 3)] * 3
+    assert table.loc["jpeg", "amount"] == 12 and table.loc["jpeg", "unit"] == "images/s"
+    assert (table[["workers_1", "workers_2"]] > 0).all().all()
+    assert "limit_over_2_workers" in (tmp_path / "out" / "summary.md").read_text()
