@@ -36,6 +36,7 @@ from .datasets import (
     collate_evaluation,
     collate_train,
 )
+from .pool import default_workers
 from .protocol import (
     SPLITS,
     check_alignment,
@@ -110,6 +111,7 @@ class ByteDataModule(L.LightningDataModule):
         test_fraction: float = 0.05,
         train_samples_per_epoch: int = 100_000,
         max_eval_bytes: int | None = None,
+        workers: int | None = None,
     ) -> None:
         """
         Args:
@@ -129,6 +131,9 @@ class ByteDataModule(L.LightningDataModule):
             max_eval_bytes: score only the first max_eval_bytes bytes of each evaluation split (its
                 first documents, the last one cut short), each exactly once, for quick studies; None
                 scores the whole split.
+            workers: processes that decode the corpus's files while its cache is built (row files,
+                images); None uses the cores this process may use, at most 4. The cache is the same
+                byte for byte whatever the number (num_workers are the dataloader's).
         """
         super().__init__()
         score_len = seq_len if score_len is None else score_len
@@ -146,6 +151,8 @@ class ByteDataModule(L.LightningDataModule):
                 raise ValueError(f"{name}={value} must be at least 1")
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers} must be 0 or more")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers={workers} must be at least 1 (or None for the cores available)")
         for name, value in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
             if not 0 < value < 1:
                 raise ValueError(f"{name}={value} must be between 0 and 1 (exclusive)")
@@ -169,6 +176,12 @@ class ByteDataModule(L.LightningDataModule):
         if max_eval_bytes is not None and max_eval_bytes < 1:
             raise ValueError(f"max_eval_bytes={max_eval_bytes} must be at least 1 (or None for whole splits)")
         self.max_eval_bytes = max_eval_bytes
+        self.workers = default_workers() if workers is None else workers
+        # The temporary folder of the cache build in progress (decoders write their parts there).
+        self.scratch: Path | None = None
+        # Show the build's progress bar: None for builds of 64 MB of sources or more.
+        self.progress: bool | None = None
+        self.empty_documents = 0
         self.splits: dict[str, ByteSplit] = {}
         self.manifest: dict[str, Any] = {}
         self.skipped: list[dict[str, str]] = []
@@ -298,20 +311,34 @@ class ByteDataModule(L.LightningDataModule):
         build(final, self.corpus_id, type(self).__name__, self.sources(), self._write_splits)
 
     def _progress(self) -> Progress:
-        return progress_bar(sum(path.stat().st_size for path in self.sources()))
+        bar = progress_bar(sum(path.stat().st_size for path in self.sources()))
+        if self.progress is not None:
+            bar.disable = not self.progress
+        return bar
 
     def _write_splits(self, directory: Path) -> dict[str, Any]:
         """Write the split files into `directory` and return the manifest."""
         corpus_path = directory / "corpus.bin"
         self.skipped = []
-        with self._progress() as progress:
-            names, offsets = write_corpus(
-                corpus_path,
-                self.document_chunks(),
-                progress,
-                f"reading {type(self).__name__}",
-                self.corpus_bytes(),
-            )
+        seen = 0
+
+        def counted() -> Iterator[tuple[str, Iterable[bytes]]]:
+            nonlocal seen
+            for document in self.document_chunks():
+                seen += 1
+                yield document
+
+        self.scratch = directory
+        try:
+            with self._progress() as progress:
+                names, offsets = write_corpus(
+                    corpus_path, counted(), progress, f"reading {type(self).__name__}", self.corpus_bytes()
+                )
+        finally:
+            self.scratch = None
+        self.empty_documents = seen - len(names)
+        if self.empty_documents:
+            log.warning("left out %d empty documents of %s", self.empty_documents, self._describe())
         if offsets[-1] == 0:
             note = self._skipped_note()
             raise ValueError(f"{self._describe()} holds no bytes: give it non-empty files{note}")
@@ -339,6 +366,7 @@ class ByteDataModule(L.LightningDataModule):
             "sources": source_records(self.sources()),
             "splits": counts,
             "skipped": self.skipped,
+            "empty_documents": self.empty_documents,
         }
 
     def setup(self, stage: str | None = None) -> None:

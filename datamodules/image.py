@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,8 +18,9 @@ from torch.utils.data import Dataset
 
 from .bytes import ByteDataModule
 from .datasets import ByteSplit
-from .files import encoded_files, files_with_suffix, named_files
+from .files import files_with_suffix, named_files, read_tar
 from .native import require
+from .pool import Rejected, Unreadable, pooled_documents
 from .protocol import official_split_ranges, training_crop
 
 if TYPE_CHECKING:
@@ -88,6 +91,40 @@ def square(image: PILImage | np.ndarray, size: int, channels: int) -> np.ndarray
     if pixels.shape[1:] != (size, size):
         pixels = F.center_crop(F.resize(pixels, [size], antialias=True), [size, size])
     return pixels.permute(1, 2, 0).numpy()
+
+
+def decoded_image(raw: bytes, size: int, channels: int) -> bytes | str:
+    """The raster bytes of an encoded image made size x size (``square``), or why it cannot be read."""
+    Image = pillow()
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            return square(image, size, channels).tobytes()
+    except Image.UnidentifiedImageError:
+        return "not an image file Pillow can decode"
+    except decode_errors() as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def image_files(
+    name: str, path: Path, *, size: int, channels: int
+) -> Iterator[tuple[str, Iterable[bytes]] | Rejected]:
+    """The images of one file, decoded and made size x size (what a pool worker runs): an image file
+    is one, a tar archive (a WebDataset shard) holds one per image member, named by the shard's path
+    without .tar and the member's name (by the member's name alone for a shard named "")."""
+    if path.suffix.lower() != ".tar":
+        pixels = decoded_image(path.read_bytes(), size, channels)
+        yield Rejected(str(path), pixels) if isinstance(pixels, str) else (name, (pixels,))
+        return
+    prefix = f"{name.removesuffix(path.suffix)}/" if name else ""
+    try:
+        for member, raw in read_tar(path):
+            if not member.lower().endswith(IMG_EXTENSIONS):
+                continue  # a WebDataset sample's label, caption or metadata
+            pixels = decoded_image(raw, size, channels)
+            origin = f"{path}:{member}"
+            yield Rejected(origin, pixels) if isinstance(pixels, str) else (prefix + member, (pixels,))
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise Unreadable(f"not a complete tar archive ({type(error).__name__}: {error})") from None
 
 
 def as_hwc(array: np.ndarray) -> np.ndarray:
@@ -269,7 +306,7 @@ class ImageBytes(ByteDataModule):
                     "(bytelab never downloads: unpack cifar-10-python.tar.gz there)"
                 )
             return [folder / name for name in CIFAR10_FILES]
-        suffixes = (".npz",) if self.format == "npz" else IMG_EXTENSIONS
+        suffixes = (".npz",) if self.format == "npz" else (*IMG_EXTENSIONS, ".tar")
         files = files_with_suffix(paths, suffixes)
         if not files:
             raise ValueError(
@@ -305,35 +342,34 @@ class ImageBytes(ByteDataModule):
         return [PHOTOS] if self.files is None else self.files
 
     def documents(self) -> Iterator[tuple[str, bytes]]:
-        """Every image as (name, size x size x channels raster bytes); at least 3 of them."""
+        """Every image as (name, size x size x channels raster bytes)."""
+        if self.files is not None and self.format == "cifar10":
+            yield from ((name, pixels.tobytes()) for name, pixels in self._cifar10())
+        elif self.files is not None and self.format == "npz":
+            yield from ((name, pixels.tobytes()) for name, pixels in self._npz())
+        else:
+            yield from ((name, b"".join(chunks)) for name, chunks in self._decoded())
+
+    def document_chunks(self) -> Iterator[tuple[str, Iterable[bytes]]]:
+        """Every image as (name, its raster bytes in one piece), what the cache build reads: image
+        files and tar shards decoded by ``workers`` processes; at least 3 readable images."""
         count = 0
-        for name, pixels in self._images():
+        pooled = self.files is None or self.format == "files"
+        images = self._decoded() if pooled else super().document_chunks()
+        for name, chunks in images:
             count += 1
-            yield name, pixels.tobytes()
+            yield name, chunks
         if 0 < count < 3:
             raise ValueError(
                 f"{self._describe()} has {count} readable images; train, val and test each need whole "
                 f"images, so give it at least 3{self._skipped_note()}"
             )
 
-    def _images(self) -> Iterator[tuple[str, np.ndarray]]:
-        if self.files is not None and self.format == "cifar10":
-            yield from self._cifar10()
-        elif self.files is not None and self.format == "npz":
-            yield from self._npz()
-        else:
-            Image, errors = pillow(), decode_errors()
-            for name, origin, raw in encoded_files(self.files, PHOTOS):
-                try:
-                    with Image.open(io.BytesIO(raw)) as image:
-                        pixels = square(image, self.size, self.channels)
-                except Image.UnidentifiedImageError:
-                    self.reject(origin, "not an image file Pillow can decode")
-                    continue
-                except errors as error:
-                    self.reject(origin, f"{type(error).__name__}: {error}")
-                    continue
-                yield name, pixels
+    def _decoded(self) -> Iterator[tuple[str, Iterable[bytes]]]:
+        # The embedded photos are one tar shard whose images keep their member names.
+        files = [("", PHOTOS)] if self.files is None else list(named_files(self.files))
+        reader = functools.partial(image_files, size=self.size, channels=self.channels)
+        yield from pooled_documents(reader, files, self.workers, self.scratch, self.reject)
 
     def _npz(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, path in named_files(self.files):

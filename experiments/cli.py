@@ -25,6 +25,7 @@ COMMANDS = {
     "study": "experiments.study:study",
     "generate": "experiments.generate:generate_bytes",
     "bench": "experiments.bench.command:bench",
+    "data": "experiments.data:data_command",
     "analyze": "analysis.report:analyze_runs",
 }
 

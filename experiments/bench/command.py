@@ -18,7 +18,7 @@ from .workers import profile_training
 
 
 def bench(
-    preset: Literal["quick", "full", "smoke", "generation", "million", "million-smoke"] = "quick",
+    preset: Literal["quick", "full", "smoke", "generation", "million", "million-smoke", "data"] = "quick",
     models: list[str] | None = None,
     seq_lens: list[int] | None = None,
     reps: int | None = None,
@@ -41,7 +41,9 @@ def bench(
     Args:
         preset: What to measure: quick (the targets at reduced lengths), full (T = 1K..64K), smoke
             (tests), generation (generation at batch sizes 1, 8, 64), million (one training step at
-            T = 8K..1M with checkpointing and a chunked loss), million-smoke (its test).
+            T = 8K..1M with checkpointing and a chunked loss), million-smoke (its test), data (cache
+            building from raw text, .jsonl.zst, Parquet and JPEG shards at 1 and 2 workers beside
+            cat / zstd -dc of the same files; ``experiments/bench/data.py``).
         models: The architectures to train (default: the three the targets compare); any other of
             ``modules/sizes.py`` that has the preset's size (``bench``, or ``bench-tiny``) works too.
         seq_lens: Training lengths replacing the preset's.
@@ -57,6 +59,10 @@ def bench(
         profile: Only profile one training step of this architecture at the target T.
         out: Output folder (a subfolder per preset).
     """
+    if preset == "data":
+        from .data import bench_data
+
+        return bench_data(Path(out) / "data", reps or 3, note)
     chosen = Preset(
         **{
             **asdict(PRESETS[preset]),

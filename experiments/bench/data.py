@@ -1,0 +1,166 @@
+"""``bytelab bench --preset data``: how fast a cache is built, beside how fast the machine reads the files.
+
+The corpora are generated deterministically into a temporary folder (lines of the embedded
+Shakespeare drawn by a seeded generator; crops of the embedded photos saved as JPEG): 3000 raw text
+files, the same documents as 8 ``.jsonl.zst`` shards and as 8 Parquet shards (about 24 MB of
+documents each), and 4 WebDataset tar shards of 250 JPEGs. Each is built into a fresh cache with 1
+and 2 workers (the median of ``reps`` builds); the machine's limit is the same files read by
+``cat``, or decompressed by ``zstd -dc``, measured in the same run after one warm-up read, so both
+read from the page cache.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import statistics
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.tables import to_markdown
+from datamodules import ByteDataModule, ImageBytes, TextBytes
+from datamodules.files import read_tar
+from datamodules.image import PHOTOS
+from datamodules.native import require
+from datamodules.text import SHAKESPEARE
+
+DOCUMENTS, DOCUMENT_LINES, SHARDS = 3000, 200, 8
+IMAGE_SHARDS, IMAGES_PER_SHARD, IMAGE_SIDE = 4, 250, 96
+
+
+def text_documents(seed: int = 0) -> list[str]:
+    """DOCUMENTS documents of DOCUMENT_LINES lines of Shakespeare each (about 8 KB), drawn at random."""
+    text = b"".join(raw for _, raw in read_tar(SHAKESPEARE)).decode(errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    picks = np.random.default_rng(seed).integers(0, len(lines), (DOCUMENTS, DOCUMENT_LINES))
+    return ["\n".join(lines[i] for i in row) + "\n" for row in picks]
+
+
+def write_corpora(root: Path) -> dict[str, list[Path]]:
+    """The benchmarked corpora under ``root``: the files of each."""
+    documents = text_documents()
+    raw = root / "raw"
+    raw.mkdir()
+    for i, document in enumerate(documents):
+        (raw / f"{i:05d}.txt").write_text(document)
+    zstandard = require("zstandard", ".zst files")
+    pa, pq = require("pyarrow", "Parquet"), require("pyarrow.parquet", "Parquet")
+    for kind in ("jsonl.zst", "parquet"):
+        (root / kind).mkdir()
+    for shard, rows in enumerate(np.array_split(np.array(documents, dtype=object), SHARDS)):
+        lines = "".join(json.dumps({"text": row}) + "\n" for row in rows).encode()
+        compressed = zstandard.ZstdCompressor(level=3).compress(lines)
+        (root / "jsonl.zst" / f"shard{shard}.jsonl.zst").write_bytes(compressed)
+        pq.write_table(pa.table({"text": list(rows)}), root / "parquet" / f"shard{shard}.parquet")
+    write_image_shards(root / "jpeg")
+    return {kind: sorted((root / kind).iterdir()) for kind in ("raw", "jsonl.zst", "parquet", "jpeg")}
+
+
+def write_image_shards(folder: Path, seed: int = 0) -> None:
+    """IMAGE_SHARDS tar shards of IMAGES_PER_SHARD JPEGs: random IMAGE_SIDE-pixel crops of the photos."""
+    Image = require("PIL.Image", "images")
+    photos = [np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")) for _, raw in read_tar(PHOTOS)]
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for shard in range(IMAGE_SHARDS):
+        with tarfile.open(folder / f"shard{shard}.tar", "w") as tar:
+            for i in range(IMAGES_PER_SHARD):
+                photo = photos[rng.integers(len(photos))]
+                top, left = (rng.integers(0, n - IMAGE_SIDE) for n in photo.shape[:2])
+                buffer = io.BytesIO()
+                Image.fromarray(photo[top : top + IMAGE_SIDE, left : left + IMAGE_SIDE]).save(buffer, "JPEG")
+                info = tarfile.TarInfo(f"{i:05d}.jpg")
+                info.size = buffer.tell()
+                tar.addfile(info, io.BytesIO(buffer.getvalue()))
+
+
+def build_seconds(make: Callable[[str, int], ByteDataModule], workers: int, reps: int) -> tuple[float, dict]:
+    """The median seconds of ``reps`` cache builds from scratch, and the last build's split counts."""
+    times = []
+    for _ in range(reps):
+        folder = tempfile.mkdtemp(prefix="bytelab-bench-cache.")
+        try:
+            dm = make(folder, workers)
+            start = time.perf_counter()
+            dm.prepare_data()
+            times.append(time.perf_counter() - start)
+            manifest = json.loads((dm.cache_path / "manifest.json").read_text())
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return statistics.median(times), manifest["splits"]
+
+
+def limit_seconds(tool: list[str], files: list[Path], reps: int) -> float | None:
+    """The median seconds ``tool`` takes to read ``files`` to /dev/null (after one warm-up); None
+    when the tool is not installed."""
+    if shutil.which(tool[0]) is None:
+        return None
+    times = []
+    for rep in range(reps + 1):
+        start = time.perf_counter()
+        subprocess.run([*tool, *map(str, files)], stdout=subprocess.DEVNULL, check=True)
+        if rep:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_data(folder: Path, reps: int = 3, note: str = "") -> int:
+    """Measure cache building of each benchmarked corpus at 1 and 2 workers beside its read limit,
+    write ``data.csv`` and ``summary.md`` into ``folder`` and print the table."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bytelab-bench-data.") as tmp:
+        corpora = write_corpora(Path(tmp))
+        for kind, files in corpora.items():
+            paths = str(Path(tmp) / kind)
+
+            def make(cache: str, workers: int, paths: str = paths, kind: str = kind) -> ByteDataModule:
+                if kind == "jpeg":
+                    return ImageBytes(paths, resolution=32, seq_len=768, cache_dir=cache, workers=workers)
+                return TextBytes(paths, cache_dir=cache, workers=workers)
+
+            tool = ["zstd", "-dc"] if kind == "jsonl.zst" else ["cat"]
+            limit = limit_seconds(tool, files, reps)
+            timed = {workers: build_seconds(make, workers, reps) for workers in (1, 2)}
+            counts = timed[1][1]
+            unit, amount = (
+                ("images/s", sum(c["documents"] for c in counts.values()))
+                if kind == "jpeg"
+                else ("MB/s", sum(c["bytes"] for c in counts.values()) / 1e6)
+            )
+            rows.append(
+                {
+                    "corpus": kind,
+                    "files": len(files),
+                    "amount": round(amount, 3),
+                    "unit": unit,
+                    "limit_tool": " ".join(tool)
+                    if limit
+                    else f"{tool[0]} missing (apt-get install {tool[0]})",
+                    "limit": round(amount / limit, 3) if limit else float("nan"),
+                    "workers_1": round(amount / timed[1][0], 3),
+                    "workers_2": round(amount / timed[2][0], 3),
+                    "limit_over_2_workers": round(timed[2][0] / limit, 2) if limit else float("nan"),
+                }
+            )
+    table = pd.DataFrame(rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "data.csv", index=False)
+    text = (
+        "# Cache building against the machine's read limit\n\n"
+        "Documents (MB of document bytes, or images) per second of a cache build from scratch, at 1 and 2\n"
+        "workers, beside the same files read by the limit tool in the same run (page cache warm); the\n"
+        f"median of {reps} builds. `limit_over_2_workers`: how many times longer a 2-worker build takes\n"
+        f"than the tool (the goal: 2 or less).\n\n{to_markdown(table).rstrip()}\n\n{note}".rstrip()
+        + "\n"
+    )
+    (folder / "summary.md").write_text(text)
+    print(text)
+    return 0

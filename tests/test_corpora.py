@@ -1,0 +1,277 @@
+"""Corpora as they ship: Parquet, JSON lines (.gz, .zst), saved datasets and image shards, decoded
+in a process pool; the same rows in every format, the same bytes with any worker count, bounded
+memory, and one line for every kind of bad input."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from datamodules import ImageBytes, TextBytes
+from datamodules.records import without_suffix
+from experiments.cli import main
+from experiments.data import order0_bits
+
+# Rows of varied lengths, one of them empty (left out and counted), non-ASCII text included.
+ROWS = [f"row {i}: " + "é and bytes " * (i % 9) for i in range(40)] + [""]
+
+
+def lines(rows: list[str], field: str = "text") -> bytes:
+    return "".join(json.dumps({field: row, "id": i}) + "\n" for i, row in enumerate(rows)).encode()
+
+
+def write_stream(path: Path, table: pa.Table) -> None:
+    """A table as an Arrow IPC stream of 7-row batches, as datasets' save_to_disk writes its data."""
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=7)
+
+
+def write_rows(folder: Path, kind: str, rows: list[str] = ROWS, stem: str = "data-00000-of-00001") -> Path:
+    """``rows`` as one file of a format (a saved dataset: a save_to_disk folder) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "parquet":
+        pq.write_table(
+            pa.table({"text": rows, "id": range(len(rows))}), folder / f"{stem}.parquet", row_group_size=6
+        )
+    elif kind == "jsonl":
+        (folder / f"{stem}.jsonl").write_bytes(lines(rows))
+    elif kind == "jsonl.zst":
+        (folder / f"{stem}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines(rows)))
+    elif kind == "json.gz":
+        (folder / f"{stem}.json.gz").write_bytes(gzip.compress(lines(rows)))
+    elif kind == "saved":  # what datasets' save_to_disk writes: an Arrow IPC stream and two JSON files
+        write_stream(folder / f"{stem}.arrow", pa.table({"text": rows}))
+        (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": f"{stem}.arrow"}]}))
+        (folder / "dataset_info.json").write_text("{}")
+    return folder
+
+
+def splits(dm: TextBytes | ImageBytes) -> dict[str, tuple[bytes, list[int]]]:
+    return {name: (bytes(split.data), split.offsets.tolist()) for name, split in dm.splits.items()}
+
+
+def built(paths: str | list[str], cache: Path, **options: object) -> TextBytes:
+    dm = TextBytes(paths, cache_dir=str(cache), seq_len=16, **options)
+    dm.setup()
+    return dm
+
+
+def test_the_same_rows_build_the_same_splits_in_every_format(tmp_path: Path) -> None:
+    results = {}
+    for kind in ("parquet", "jsonl", "jsonl.zst", "json.gz", "saved"):
+        dm = built(str(write_rows(tmp_path / kind, kind)), tmp_path / f"cache-{kind}")
+        results[kind] = splits(dm)
+        assert dm.manifest["empty_documents"] == 1
+    assert all(result == results["parquet"] for result in results.values())
+    documents = sorted(bytes(d) for s in dm.splits.values() for d in map(s.document, range(len(s))))
+    assert documents == sorted(row.encode() for row in ROWS if row)
+
+
+def test_rows_are_named_by_file_without_suffix_and_row() -> None:
+    assert without_suffix("a/shard.jsonl.zst", "jsonl") == "a/shard"
+    assert without_suffix("part-0.parquet", "parquet") == "part-0"
+    assert without_suffix("notes.txt", "jsonl") == "notes.txt"
+    assert without_suffix("x.json.gz", "jsonl") == "x"
+
+
+def test_column_option_and_explicit_format(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "rows.txt").write_bytes(lines(ROWS, field="content"))
+    dm = built(str(tmp_path / "c"), tmp_path / "cache", format="jsonl", column="content")
+    assert sum(len(s) for s in dm.splits.values()) == len(ROWS) - 1
+    raw = built(str(tmp_path / "c"), tmp_path / "cache-raw")  # auto: a .txt file is one raw document
+    assert sum(int(s.offsets[-1]) for s in raw.splits.values()) == len(lines(ROWS, field="content"))
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl.zst", "saved"])
+def test_worker_count_does_not_change_a_byte(tmp_path: Path, kind: str) -> None:
+    for i in range(5):  # several files (five saved datasets: folders), so the pool has groups to share
+        rows = [f"{i}:{row}" for row in ROWS]
+        write_rows(
+            tmp_path / "corpus" / f"d{i}" if kind == "saved" else tmp_path / "corpus", kind, rows, f"s{i}"
+        )
+    one = built(str(tmp_path / "corpus"), tmp_path / "cache1", workers=1)
+    two = built(str(tmp_path / "corpus"), tmp_path / "cache2", workers=2)
+    assert one.cache_path.name == two.cache_path.name  # workers do not key the cache
+    files = sorted(f.name for f in one.cache_path.iterdir() if f.name != "manifest.json")
+    assert files == ["test.bin", "test.docs.npy", "train.bin", "train.docs.npy", "val.bin", "val.docs.npy"]
+    assert all((one.cache_path / f).read_bytes() == (two.cache_path / f).read_bytes() for f in files)
+    assert sum(len(s) for s in one.splits.values()) == 5 * len(ROWS)  # no row is empty
+
+
+def test_image_shards_and_files_decode_the_same_with_any_worker_count(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for shard in range(3):
+        with tarfile.open(folder / f"shard{shard}.tar", "w") as tar:
+            for i in range(4):
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(buffer, "JPEG")
+                for name, data in ((f"{i:04d}.jpg", buffer.getvalue()), (f"{i:04d}.cls", b"3")):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "loose.png")
+    results = []
+    for workers in (1, 2):
+        dm = ImageBytes(
+            str(folder), resolution=8, seq_len=48, cache_dir=str(tmp_path / f"c{workers}"), workers=workers
+        )
+        dm.setup()
+        results.append(splits(dm))
+        assert sum(len(s) for s in dm.splits.values()) == 13  # 12 shard members and the loose file
+    assert results[0] == results[1]
+
+
+def test_a_corpus_larger_than_the_memory_limit_streams_through(tmp_path: Path) -> None:
+    """40 MB of rows in Parquet row groups and in one .jsonl.zst file build with a few MB of memory."""
+    limit = 16 * 2**20  # 40 MB of documents, row groups of 2 MB
+    letters = np.random.default_rng(0).integers(97, 123, (10_000, 4000), dtype=np.uint8)
+    rows = [f"{i:06d} " + bytes(row).decode() for i, row in enumerate(letters)]  # 40 MB of documents
+    pq.write_table(pa.table({"text": rows}), tmp_path / "big.parquet", row_group_size=500)
+    with (
+        open(tmp_path / "big.jsonl.zst", "wb") as f,
+        zstandard.ZstdCompressor(level=1).stream_writer(f) as compressor,
+    ):
+        for i in range(0, len(rows), 1000):
+            compressor.write(lines(rows[i : i + 1000]))
+    for name in ("big.parquet", "big.jsonl.zst"):
+        pool = pa.proxy_memory_pool(pa.default_memory_pool())
+        previous = pa.default_memory_pool()
+        pa.set_memory_pool(pool)
+        tracemalloc.start()
+        try:
+            dm = built(str(tmp_path / name), tmp_path / f"cache-{name}", workers=1)
+            _, python_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            pa.set_memory_pool(previous)
+        assert sum(int(s.offsets[-1]) for s in dm.splits.values()) == sum(map(len, rows))
+        assert python_peak < limit and pool.max_memory() < limit, (name, python_peak, pool.max_memory())
+
+
+def truncated(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """A good shard beside one bad one of each kind: (the bad file, what the error must say)."""
+    cases = {}
+    for kind, suffix in (("parquet", "parquet"), ("jsonl.zst", "jsonl.zst"), ("json.gz", "json.gz")):
+        folder = write_rows(tmp_path / f"trunc-{kind}", kind, stem="bad")
+        write_rows(folder, "jsonl", stem="good")
+        cases[f"truncated {kind}"] = (truncated(folder / f"bad.{suffix}"), "")
+    folder = tmp_path / "nocolumn"
+    folder.mkdir()
+    pq.write_table(pa.table({"content": ["a", "b"], "id": [1, 2]}), folder / "bad.parquet")
+    write_rows(folder, "jsonl", stem="good")
+    cases["no column"] = (folder / "bad.parquet", "has no column 'text' (its columns: 'content', 'id'")
+    saved = write_rows(tmp_path / "savednocol", "saved", ["a"])
+    write_stream(saved / "data-00000-of-00001.arrow", pa.table({"body": ["a"]}))
+    write_rows(saved / "more", "jsonl", stem="good")
+    cases["arrow no column"] = (
+        saved / "data-00000-of-00001.arrow",
+        "has no column 'text' (its columns: 'body'",
+    )
+    for name, line, message in (
+        ("array", b"[1, 2]\n", "line 3 is an array, not a JSON object"),
+        ("field", b'{"body": "x"}\n', "line 3 has no field 'text' (its fields: 'body'"),
+        ("number", b'{"text": 5}\n', "line 3: 'text' is a number, not a string"),
+        ("notjson", b"{oops\n", "line 3 is not JSON"),
+    ):
+        folder = tmp_path / f"json-{name}"
+        folder.mkdir()
+        (folder / "bad.jsonl").write_bytes(lines(ROWS[:2]) + line + lines(ROWS[:2]))
+        write_rows(folder, "jsonl", stem="good")
+        cases[f"json {name}"] = (folder / "bad.jsonl", message)
+    folder = tmp_path / "null"
+    pq.write_table(
+        pa.table({"text": ["a", None, "c"]}), write_rows(folder, "jsonl", stem="good") / "bad.parquet"
+    )
+    cases["null value"] = (folder / "bad.parquet", "row 1 is null, not a string")
+    folder = tmp_path / "ints"
+    pq.write_table(pa.table({"text": [1, 2]}), write_rows(folder, "jsonl", stem="good") / "bad.parquet")
+    cases["int column"] = (folder / "bad.parquet", "column 'text' holds int64, not strings")
+    return cases
+
+
+def test_bad_input_fails_in_one_line_leaving_no_cache_or_is_skipped_and_counted(tmp_path: Path) -> None:
+    for case, (bad, message) in bad_inputs(tmp_path).items():
+        cache = tmp_path / f"cache-{bad.parent.name}"
+        with pytest.raises(ValueError) as error:
+            built(str(bad.parent), cache)
+        text = str(error.value)
+        assert f"cannot read {bad}: " in text and message in text and "\n" not in text, case
+        assert not cache.exists() or list(cache.iterdir()) == [], case
+        dm = built(str(bad.parent), cache, on_error="skip")
+        assert [s["path"] for s in dm.manifest["skipped"]] == [str(bad)], case
+        assert sum(len(s) for s in dm.splits.values()) == len(ROWS) - 1, case  # the good file's rows
+
+
+@pytest.mark.cli
+def test_data_commands_print_one_line_for_bad_input_and_inspect_a_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_rows(tmp_path / "corpus", "parquet")
+    bad = truncated(write_rows(tmp_path / "bad", "jsonl.zst") / "data-00000-of-00001.jsonl.zst")
+    write_rows(tmp_path / "bad", "jsonl", stem="good")
+    data = [
+        "--data=TextBytes",
+        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+        "--data.init_args.seq_len=16",
+    ]
+    assert main(["data", "prepare", *data, f"--data.init_args.paths={bad.parent}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"bytelab: error: cannot read {bad}: truncated") and "\n" not in err
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    assert main(["data", "prepare", *data, f"--data.init_args.paths={folder}"]) == 0
+    assert "MB), built in" in capsys.readouterr().out
+    assert main(["data", "inspect", *data, f"--data.init_args.paths={folder}", "--documents=2"]) == 0
+    out = capsys.readouterr().out
+    dm = built(str(folder), tmp_path / "cache")
+    assert f"cache: {dm.cache_path}" in out and "1 empty documents" in out
+    train = dm.splits["train"]
+    counts = [f"{len(dm.splits[s]):,}" for s in ("train", "val", "test")]
+    assert next(line for line in out.splitlines() if line.startswith("documents")).split()[1:] == counts
+    assert f"{order0_bits(train.data):.3f}" in out
+    assert repr(bytes(train.document(0)[:60])) in out
+
+
+def test_order0_entropy_of_known_data() -> None:
+    assert order0_bits(np.arange(256, dtype=np.uint8).repeat(3)) == pytest.approx(8.0)
+    assert order0_bits(np.array([7] * 10, dtype=np.uint8)) == 0.0
+    assert order0_bits(np.array([0, 1] * 8 + [2, 3, 4, 5] * 4, dtype=np.uint8)) == pytest.approx(2.5)
+
+
+def test_data_bench_measures_builds_beside_the_read_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from experiments.bench import data as bench
+
+    for name, value in {"DOCUMENTS": 24, "DOCUMENT_LINES": 5, "SHARDS": 2, "IMAGES_PER_SHARD": 3}.items():
+        monkeypatch.setattr(bench, name, value)
+    documents = bench.text_documents()
+    assert bench.text_documents() == documents and len(documents) == 24  # deterministic
+    assert bench.bench_data(tmp_path / "out", reps=1) == 0
+    table = pd.read_csv(tmp_path / "out" / "data.csv").set_index("corpus")
+    megabytes = sum(len(d.encode()) for d in documents) / 1e6
+    assert list(table.index) == ["raw", "jsonl.zst", "parquet", "jpeg"]
+    assert table.loc[["raw", "jsonl.zst", "parquet"], "amount"].tolist() == [round(megabytes, 3)] * 3
+    assert table.loc["jpeg", "amount"] == 12 and table.loc["jpeg", "unit"] == "images/s"
+    assert (table[["workers_1", "workers_2"]] > 0).all().all()
+    assert "limit_over_2_workers" in (tmp_path / "out" / "summary.md").read_text()
