@@ -144,10 +144,14 @@ class KVCache:
     The buffers grow by doubling and new entries are written in place, so decoding T positions
     copies O(T) values in total (``torch.cat`` per step would copy O(T^2)). ``length`` counts the
     positions decoded, ``kept`` those whose keys the buffers hold (their first ``kept`` entries);
-    ``extend`` returns views of exactly those. Without a ``window`` every position is kept. With one
-    (sliding-window attention) a new query sees only the ``window - 1`` positions before it, so when
-    the buffers fill only those move on, into buffers of ``2 * window``: past the prompt a cache holds
-    at most ``2 * window`` positions, and copies each about once.
+    ``extend`` returns views of exactly those.
+
+    With a ``window`` (sliding-window attention) a query sees only itself and the ``window - 1``
+    positions before it, so the buffers hold the last ``window`` positions and no more: a ring in
+    which position p sits at entry ``p % window``. A single query attends to every key it is given
+    without a mask, so their order does not matter (rotary keys carry their positions in their
+    rotation). The prompt's positions arrive at once (and attend to each other through the sliding
+    window's mask); after it, one position per ``extend``.
     """
 
     k: Tensor | None = None  # [B, H, capacity, Dh]
@@ -157,25 +161,44 @@ class KVCache:
     window: int | None = None
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append new keys/values along the sequence axis; return the kept history followed by them."""
-        if self.k is None or self.kept + k.size(-2) > self.k.size(-2):
-            self._make_room(k, v)
-        end = self.kept + k.size(-2)
-        self.k[..., self.kept : end, :] = k
-        self.v[..., self.kept : end, :] = v
-        self.kept, self.length = end, self.length + k.size(-2)
+        """Append new keys/values along the sequence axis; return the kept history followed by them
+        (with a window: the new keys of a prompt, or every kept key after one step)."""
+        if self.window is not None:
+            return self._rotate(k, v)
+        end = self.length + k.size(-2)
+        if self.k is None or end > self.k.size(-2):
+            self._grow(k, v, capacity=max(end, 2 * self.length))
+        self.k[..., self.length : end, :] = k
+        self.v[..., self.length : end, :] = v
+        self.length = self.kept = end
         return self.k[..., :end, :], self.v[..., :end, :]
 
-    def _make_room(self, k: Tensor, v: Tensor) -> None:
-        """New buffers with room for ``k``, holding the kept positions a new query can still see."""
-        keep = self.kept if self.window is None else min(self.kept, self.window - 1)
-        doubled = 2 * self.kept if self.window is None else 2 * self.window
-        shape = (*k.shape[:-2], max(keep + k.size(-2), doubled), k.size(-1))
+    def _grow(self, k: Tensor, v: Tensor, capacity: int) -> None:
+        shape = (*k.shape[:-2], capacity, k.size(-1))
         new_k, new_v = k.new_empty(shape), v.new_empty(shape)
         if self.k is not None:
-            new_k[..., :keep, :] = self.k[..., self.kept - keep : self.kept, :]
-            new_v[..., :keep, :] = self.v[..., self.kept - keep : self.kept, :]
-        self.k, self.v, self.kept = new_k, new_v, keep
+            new_k[..., : self.length, :] = self.k[..., : self.length, :]
+            new_v[..., : self.length, :] = self.v[..., : self.length, :]
+        self.k, self.v = new_k, new_v
+
+    def _rotate(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The windowed cache: the prompt's last ``window`` positions, then one position per step, each
+        written over the entry of the position ``window`` before it."""
+        new, window = k.size(-2), self.window
+        if self.length == 0:
+            self._grow(k, v, capacity=window)
+            positions = torch.arange(max(new - window, 0), new, device=k.device)
+            self.k[..., positions % window, :] = k[..., positions, :]
+            self.v[..., positions % window, :] = v[..., positions, :]
+            self.length, self.kept = new, positions.numel()
+            return k, v
+        if new != 1:
+            raise ValueError(f"a windowed KV cache takes one position per step after the prompt, got {new}")
+        slot = self.length % window
+        self.k[..., slot : slot + 1, :] = k
+        self.v[..., slot : slot + 1, :] = v
+        self.length, self.kept = self.length + 1, min(self.kept + 1, window)
+        return self.k[..., : self.kept, :], self.v[..., : self.kept, :]
 
 
 class Attention(nn.Module):
