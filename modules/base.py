@@ -146,9 +146,16 @@ class ByteModel(nn.Module, ABC):
             total -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
         return total
 
+    def max_input_len(self) -> int | None:
+        """The longest window ``forward`` may read, in evaluation and generation: ``max_seq_len``; None
+        for a model whose every position is one it was trained at whatever the length (the windowed
+        Decoder with rotary positions)."""
+        return self.max_seq_len
+
     def check_window(self, seq_len: int, score_len: int) -> None:
         """Raise a one-line ValueError if evaluation windows of this shape cannot be scored."""
-        if seq_len > self.max_seq_len:
+        limit = self.max_input_len()
+        if limit is not None and seq_len > limit:
             raise ValueError(
                 f"data seq_len={seq_len} exceeds the model's max_seq_len={self.max_seq_len}: "
                 "raise model max_seq_len or lower data seq_len"

@@ -67,9 +67,12 @@ def head_flops(tokens: int, d_model: int) -> int:
     return linear_flops(tokens, d_model, VOCAB_SIZE)
 
 
-def decoder_flops(seq_len: int, d_model: int, n_layers: int, skip_masked: bool = False) -> int:
-    """Flat decoder: every position through every layer, every position scored."""
-    return stack_flops(seq_len, d_model, n_layers, skip_masked) + head_flops(seq_len, d_model)
+def decoder_flops(
+    seq_len: int, d_model: int, n_layers: int, skip_masked: bool = False, window: int | None = None
+) -> int:
+    """Flat decoder: every position through every layer (attending over a sliding ``window``, if
+    given), every position scored. Rotary positions are elementwise: they cost nothing here."""
+    return stack_flops(seq_len, d_model, n_layers, skip_masked, window) + head_flops(seq_len, d_model)
 
 
 def megabyte_flops(

@@ -39,12 +39,12 @@ def sample_next(
 
 def check_generation_length(model: ByteModel, prompt_len: int, num_bytes: int) -> None:
     """One-line errors when the prompt plus the new bytes do not fit in the model's window."""
-    limit = model.max_seq_len
-    if prompt_len > limit:
+    limit = model.max_input_len()
+    if limit is not None and prompt_len > limit:
         raise ValueError(f"the prompt ({prompt_len} bytes) is longer than the model's max_seq_len={limit}")
     if num_bytes < 1:
         raise ValueError(f"the number of bytes to generate ({num_bytes}) must be at least 1")
-    if prompt_len + num_bytes > limit:
+    if limit is not None and prompt_len + num_bytes > limit:
         raise ValueError(
             f"{prompt_len} prompt bytes + {num_bytes} new bytes exceed the model's max_seq_len={limit}: "
             f"generate at most {limit - prompt_len} bytes"

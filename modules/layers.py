@@ -2,6 +2,12 @@
 
 Decoder, MEGABYTE and PerceiverAR all use exactly these pieces (same attention, MLP, norm and
 initialisation), so a difference in their results comes from the architecture, not the plumbing.
+
+Positions are learned absolute embeddings added to the input (``ByteEmbedding``), the scheme every
+family keeps by default, or rotary embeddings (``rope=True``: :func:`rotary`, applied to each
+attention layer's queries and keys, so a score depends on the distance between two positions only).
+Every family keeps learned positions except the windowed decoder, which defaults to rope: at cpu-xs on
+1024-byte windows and 3e12 FLOPs rope gains a bit per byte there (docs/MODELS.md has the runs).
 """
 
 from __future__ import annotations
@@ -78,6 +84,25 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, dropo
     return y.unflatten(1, (heads, blocks)).flatten(2, 3)[:, :, :length]
 
 
+ROPE_BASE = 10_000.0  # RoFormer's and GPT-NeoX's base: the slowest pair turns once per ~6e4 positions
+
+
+def rotary(t: Tensor, first: int) -> Tensor:
+    """Rotary position embedding (Su et al. 2021, GPT-NeoX's half-split layout) of ``t[..., L, Dh]``
+    at positions ``first .. first + L - 1``: dimension pair (i, i + Dh/2) turns by the angle
+    ``position * ROPE_BASE ** (-2i / Dh)``. Rotating queries and keys alike makes ``q . k`` depend
+    on their distance only. Angles are computed in float64: in float32 the angle at position 1e6
+    would be off by up to 0.06 rad, so two positions far from 0 would not see their true distance.
+    Elementwise: 0 FLOPs under the counting convention (``modules/flops.py``)."""
+    half = t.size(-1) // 2
+    exponent = torch.arange(half, dtype=torch.float64, device=t.device) / half
+    positions = torch.arange(first, first + t.size(-2), dtype=torch.float64, device=t.device)
+    angle = positions[:, None] * ROPE_BASE**-exponent
+    cos, sin = angle.cos().to(t.dtype), angle.sin().to(t.dtype)
+    a, b = t[..., :half], t[..., half:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
 def shift_right(h: Tensor, start: Tensor) -> Tensor:
     """Shift embeddings one position to the right along dim -2, a learned ``start`` in front.
 
@@ -91,21 +116,26 @@ def shift_right(h: Tensor, start: Tensor) -> Tensor:
 
 class ByteEmbedding(nn.Module):
     """Input of a flat byte model: byte embeddings shifted right behind a learned start vector, plus
-    learned absolute positions (the decoder's and PerceiverAR's embedding)."""
+    learned absolute positions (the decoder's and PerceiverAR's embedding); ``learned_positions=False``
+    leaves the positions out (a model whose attention rotates them in, ``rope``) and has no table."""
 
-    def __init__(self, d_model: int, max_seq_len: int) -> None:
+    def __init__(self, d_model: int, max_seq_len: int, learned_positions: bool = True) -> None:
         super().__init__()
         self.start = nn.Parameter(torch.empty(d_model))
         self.byte_embed = nn.Embedding(VOCAB_SIZE, d_model)
-        self.pos_embed = nn.Embedding(max_seq_len, d_model)
+        self.pos_embed = nn.Embedding(max_seq_len, d_model) if learned_positions else None
 
     def forward(self, x: Tensor) -> Tensor:
         """``x[B, L]`` -> ``[B, L, D]``: position t holds byte t-1 (the start vector at t = 0)."""
+        if self.pos_embed is None:
+            return shift_right(self.byte_embed(x), self.start)
         positions = torch.arange(x.size(1), device=x.device)
         return shift_right(self.byte_embed(x), self.start) + self.pos_embed(positions)
 
     def step(self, byte: Tensor, position: int) -> Tensor:
         """Cached decoding: ``byte[B]``, the byte before ``position``, enters at ``position``: [B, 1, D]."""
+        if self.pos_embed is None:
+            return self.byte_embed(byte[:, None])
         return self.byte_embed(byte[:, None]) + self.pos_embed.weight[position]
 
 
@@ -114,22 +144,35 @@ class KVCache:
     """Keys and values of one attention layer for the positions decoded so far.
 
     The buffers grow by doubling and new entries are written in place, so decoding T positions
-    copies O(T) values in total (``torch.cat`` per step would copy O(T^2)). Only ``length``
-    positions of the buffers are valid; ``extend`` returns views of exactly those.
+    copies O(T) values in total (``torch.cat`` per step would copy O(T^2)). ``length`` counts the
+    positions decoded, ``kept`` those whose keys the buffers hold (their first ``kept`` entries);
+    ``extend`` returns views of exactly those.
+
+    With a ``window`` (sliding-window attention) a query sees only itself and the ``window - 1``
+    positions before it, so the buffers hold the last ``window`` positions and no more: a ring in
+    which position p sits at entry ``p % window``. A single query attends to every key it is given
+    without a mask, so their order does not matter (rotary keys carry their positions in their
+    rotation). The prompt's positions arrive at once (and attend to each other through the sliding
+    window's mask); after it, one position per ``extend``.
     """
 
     k: Tensor | None = None  # [B, H, capacity, Dh]
     v: Tensor | None = None
     length: int = 0
+    kept: int = 0
+    window: int | None = None
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append new keys/values along the sequence axis and return the full history."""
+        """Append new keys/values along the sequence axis; return the kept history followed by them
+        (with a window: the new keys of a prompt, or every kept key after one step)."""
+        if self.window is not None:
+            return self._rotate(k, v)
         end = self.length + k.size(-2)
         if self.k is None or end > self.k.size(-2):
             self._grow(k, v, capacity=max(end, 2 * self.length))
         self.k[..., self.length : end, :] = k
         self.v[..., self.length : end, :] = v
-        self.length = end
+        self.length = self.kept = end
         return self.k[..., :end, :], self.v[..., :end, :]
 
     def _grow(self, k: Tensor, v: Tensor, capacity: int) -> None:
@@ -140,18 +183,45 @@ class KVCache:
             new_v[..., : self.length, :] = self.v[..., : self.length, :]
         self.k, self.v = new_k, new_v
 
+    def _rotate(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The windowed cache: the prompt's last ``window`` positions, then one position per step, each
+        written over the entry of the position ``window`` before it."""
+        new, window = k.size(-2), self.window
+        if self.length == 0:
+            self._grow(k, v, capacity=window)
+            positions = torch.arange(max(new - window, 0), new, device=k.device)
+            self.k[..., positions % window, :] = k[..., positions, :]
+            self.v[..., positions % window, :] = v[..., positions, :]
+            self.length, self.kept = new, positions.numel()
+            return k, v
+        if new != 1:
+            raise ValueError(f"a windowed KV cache takes one position per step after the prompt, got {new}")
+        slot = self.length % window
+        self.k[..., slot : slot + 1, :] = k
+        self.v[..., slot : slot + 1, :] = v
+        self.length, self.kept = self.length + 1, min(self.kept + 1, window)
+        return self.k[..., : self.kept, :], self.v[..., : self.kept, :]
+
 
 class Attention(nn.Module):
     """Multi-head causal attention; queries may come from a suffix of the key/value sequence, and
-    each may see only its last ``window`` keys (None: all of them)."""
+    each may see only its last ``window`` keys (None: all of them). ``rope``: queries and keys are
+    rotated by their positions (:func:`rotary`): the new keys sit at the cache's next positions (0
+    without a cache), the queries at the last of them (the bottom-right alignment of
+    :func:`causal_attention`)."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, window: int | None = None) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float = 0.0, window: int | None = None, rope: bool = False
+    ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if rope and (d_model // n_heads) % 2:
+            raise ValueError(f"rope needs an even head dimension, got d_model={d_model} / n_heads={n_heads}")
         self.n_heads = n_heads
         self.dropout = dropout
         self.window = window
+        self.rope = rope
         self.q = nn.Linear(d_model, d_model, bias=False)
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -169,6 +239,9 @@ class Attention(nn.Module):
         context = x if context is None else context
         q = self._heads(self.q(x))
         k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))
+        if self.rope:
+            first = 0 if cache is None else cache.length
+            q, k = rotary(q, first + k.size(-2) - q.size(-2)), rotary(k, first)
         if cache is not None:
             k, v = cache.extend(k, v)
         dropout = self.dropout if self.training else 0.0
@@ -197,12 +270,14 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``; ``window``: sliding
-    window attention (:class:`Attention`)."""
+    window attention, ``rope``: rotary positions (:class:`Attention`)."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, window: int | None = None) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float = 0.0, window: int | None = None, rope: bool = False
+    ) -> None:
         super().__init__()
         self.norm_attn = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads, dropout, window)
+        self.attn = Attention(d_model, n_heads, dropout, window, rope)
         self.norm_mlp = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model, dropout)
         self.drop = nn.Dropout(dropout)
@@ -225,7 +300,8 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A causal stack of ``n_layers`` blocks followed by a final LayerNorm (``final_norm``; a stack
     whose output joins a residual stream that continues elsewhere, as in SpaceByte, goes without).
-    ``window``: every block attends over a sliding window of that many positions."""
+    ``window``: every block attends over a sliding window of that many positions (and its caches keep
+    only those); ``rope``: every block rotates its queries and keys by their positions."""
 
     def __init__(
         self,
@@ -235,10 +311,11 @@ class Transformer(nn.Module):
         dropout: float = 0.0,
         window: int | None = None,
         final_norm: bool = True,
+        rope: bool = False,
     ) -> None:
         super().__init__()
-        self.d_model = d_model
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, window) for _ in range(n_layers))
+        self.d_model, self.window = d_model, window
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, window, rope) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
 
     def forward(self, x: Tensor, caches: list[KVCache] | None = None) -> Tensor:
@@ -247,8 +324,8 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def new_caches(self) -> list[KVCache]:
-        """One empty KV cache per block, for cached decoding."""
-        return [KVCache() for _ in self.blocks]
+        """One empty KV cache per block, for cached decoding (bounded by the window, if any)."""
+        return [KVCache(window=self.window) for _ in self.blocks]
 
 
 def init_weights(model: nn.Module, std: float, n_layers: int) -> None:

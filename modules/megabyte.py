@@ -102,7 +102,7 @@ class CrossPatchContext(nn.Module):
             local_model(self.pad.expand(batch, -1, -1), caches)
             return caches
         for cache, old in zip(caches, previous, strict=True):
-            cache.extend(*(t[..., old.length - self.r : old.length, :] for t in (old.k, old.v)))
+            cache.extend(*(t[..., old.kept - self.r : old.kept, :] for t in (old.k, old.v)))
         return caches
 
 

@@ -201,7 +201,29 @@ MUTATIONS = {
         new="    return doc, max(0, end - seq_len), end if end >= seq_len else min(seq_len, end + seq_len)",
         caught_by=("tests/test_data.py::test_two_context_lengths_train_on_the_same_documents",),
     ),
-    # 8. Tests that recomputed the value under test.
+    # 8. A sliding window one position off, or priced as full attention (issue 25).
+    "window_sees_one_key_too_many": Mutation(
+        why="the sliding-window mask lets each query see W + 1 keys (itself and the W before it)",
+        path="modules/layers.py",
+        old="band = (key > query) & (key <= query + window)",
+        new="band = (key >= query) & (key <= query + window)",
+        caught_by=(
+            "tests/test_windowed.py::test_a_prediction_reads_exactly_its_receptive_field",
+            "tests/test_windowed.py::test_bounded_caches_decode_as_the_full_forward",
+        ),
+    ),
+    "decoder_flops_ignore_the_window": Mutation(
+        why="the windowed decoder's FLOPs are counted as full attention over the whole window",
+        path="modules/flops.py",
+        old="stack_flops(seq_len, d_model, n_layers, skip_masked, window) + head_flops(seq_len, d_model)",
+        new="stack_flops(seq_len, d_model, n_layers, skip_masked) + head_flops(seq_len, d_model)",
+        caught_by=(
+            "tests/test_models.py::test_flops_match_the_counter",
+            "tests/test_windowed.py::test_windowed_flops_equal_the_counter_at_long_windows",
+        ),
+        select="decoder_windowed or long_windows",
+    ),
+    # 9. Tests that recomputed the value under test.
     "slurm_runs_the_wrong_array_task": Mutation(
         why="array task i of the SLURM script runs sweep run i - 1",
         path="experiments/sweep.py",

@@ -94,7 +94,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["megabyte", "decoder", "perceiver_ar", "hourglass", "spacebyte"])
+FIT_MODELS = ["megabyte", "decoder", "decoder_windowed", "perceiver_ar", "hourglass", "spacebyte"]
+
+
+@pytest.mark.parametrize("name", FIT_MODELS)
 def test_fit_each_model_through_the_cli(name, corpus, tmp_path, capfd, monkeypatch):
     """MEGABYTE through the console script in a child process, the others through the same ``main``
     in this process (5 s less start-up each)."""

@@ -188,7 +188,9 @@ def test_executed_flops_leave_out_what_causal_kernels_skip(name, length, monkeyp
     # batch_flops: the window as it ran (H-Net: the chunks it formed), forward_flops for the others
     executed = model.batch_flops(x, skip_masked=True)
     assert model.batch_flops(x) - executed == skipped
-    assert skipped > 0
+    # A decoder whose window is shorter than the input runs every layer under the sliding window's
+    # explicit mask, which skips nothing; every other model makes at least one is_causal call.
+    assert skipped == 0 if length > (getattr(model, "window", None) or length) else skipped > 0
 
 
 def test_megabyte_ablations_change_what_a_byte_sees():
