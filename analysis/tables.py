@@ -408,7 +408,9 @@ def with_reference(table: pd.DataFrame, reference: pd.DataFrame | None, name: st
                 key = (dataset if "dataset" in table.columns else None, ref)
                 row = rows.setdefault(key, {label: ref} | ({"dataset": dataset} if key[0] else {}))
                 row[column] = bpb
-    return pd.concat([table, pd.DataFrame(list(rows.values()))], ignore_index=True)
+    joined = pd.concat([table, pd.DataFrame(list(rows.values()))], ignore_index=True)
+    flags = [c for c in table.columns if table[c].dtype == bool]  # "chosen", "compute_optimal": no
+    return joined.fillna(dict.fromkeys(flags, False)).astype(dict.fromkeys(flags, bool))
 
 
 def write_table(
