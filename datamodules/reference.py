@@ -36,13 +36,14 @@ import json
 import logging
 import lzma
 import math
+import os
+import tempfile
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from analysis.atomic import write_json_atomic
 
 from .cache import digest
 
@@ -159,7 +160,21 @@ def reference(datamodule: ByteDataModule) -> dict[str, Any]:
         pass
     numbers = compute_reference(datamodule)
     try:
-        write_json_atomic(path, numbers)
+        write_atomic(path, json.dumps(numbers, indent=2) + "\n")
     except OSError as error:
         log.warning("could not cache the reference numbers in %s: %s", path, error)
     return numbers
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, renamed over it once complete: a reader
+    sees the whole file or none, and a failed write leaves nothing behind."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # as readable as the cache's other files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
