@@ -57,12 +57,23 @@ def reference_lines(reference: pd.DataFrame, dataset: str, split: str = "val") -
 
 def draw_reference(ax: plt.Axes, lines: dict[str, float], labelled: bool = True) -> None:
     """The reference rows as grey dotted horizontal lines, each labelled at the right edge (of the
-    last panel only, where panels sit side by side)."""
-    for label, bpb in lines.items():
+    last panel only, where panels sit side by side), labels of close lines pushed apart. None for a
+    panel that shows no bits per byte (a study's timing column)."""
+    if not lines:
+        return
+    gap = 0.045 * (max(lines.values()) - min(lines.values()) or 1.0)
+    label_at = -np.inf
+    for label, bpb in sorted(lines.items(), key=lambda item: item[1]):
         ax.axhline(bpb, color="0.45", linestyle=":", linewidth=0.9, zorder=0)
+        label_at = max(bpb, label_at + gap)
         if labelled:
             ax.text(
-                1.01, bpb, f"{label} {bpb:.3f}", transform=ax.get_yaxis_transform(), fontsize=6, va="center"
+                1.01,
+                label_at,
+                f"{label} {bpb:.3f}",
+                transform=ax.get_yaxis_transform(),
+                fontsize=6,
+                va="center",
             )
 
 
