@@ -4,7 +4,9 @@ Rows are the paper's rows (a study maps its run labels onto them), columns the p
 where a row was run at several sizes the best (by mean validation bits per byte over its seeds) is
 shown, with the spread over seeds. An ordering matches when every pair of rows
 is ordered the same way by our numbers and by the paper's (lower is better; pairs the paper ties
-count neither way); otherwise the table says how many pairs agree.
+count neither way); otherwise the table says how many pairs agree. Under our rows, each column's
+reference rows (zlib, bz2, xz alone and given the training split, the order-0 entropy) on the test
+bytes its evaluations scored, which the evaluation runs recorded; the paper has no such rows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from . import plots  # noqa: E402
 from .atomic import atomic_path, write_text_atomic  # noqa: E402
 from .collect import collect  # noqa: E402
 from .paper_numbers import PAPER  # noqa: E402
+from .reference import reference_frame, runs_reference  # noqa: E402
 from .tables import grid_table, to_markdown, write_table  # noqa: E402
 
 
@@ -124,11 +127,30 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def plot_against_paper(long: pd.DataFrame, path: Path) -> list[Path]:
-    """One panel per column: our number against the paper's for each row (a rising cloud = agreement)."""
+def column_reference(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The reference rows of every bits-per-byte column of a study (``analysis.reference``, with the
+    column as dataset): what its evaluation runs recorded for the test split they scored; a
+    ValueError names a column without them."""
+    evaluated = {row["eval_dir"]: row["column"] for row in rows if row["column"] != "seconds"}
+    reference = reference_frame(evaluated)
+    reference = reference[reference["split"] == "test"]
+    missing = sorted(set(evaluated.values()) - set(reference["dataset"]))
+    if missing:
+        raise ValueError(
+            f"study columns {missing}: their evaluation runs recorded no reference numbers; every "
+            "bits-per-byte table carries the compressor and order-0 rows (run the evaluations again)"
+        )
+    return reference.rename(columns={"dataset": "column", "reference": "row"})
+
+
+def plot_against_paper(long: pd.DataFrame, path: Path, reference: pd.DataFrame) -> list[Path]:
+    """One panel per column: our number against the paper's for each row (a rising cloud = agreement),
+    with the column's reference rows as horizontal lines."""
     columns = list(dict.fromkeys(long["column"]))
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
     for ax, column in zip(axes[0], columns, strict=True):
+        lines = reference[reference["column"] == column]
+        plots.draw_reference(ax, dict(zip(lines["row"], lines["bpb"], strict=True)))
         group = long[(long["column"] == column) & long["paper"].notna()]
         ax.scatter(group["paper"], group["bpb"], color="tab:red")
         for row in group.itertuples():
@@ -144,12 +166,16 @@ def write_study(
     """Write ``table.md`` / ``table.csv`` (ours beside the paper's), ``grid.*`` and plots under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     long = compare_with_paper(study, rows)
+    reference = column_reference(rows)
     with atomic_path(out / "table.csv") as tmp:
-        long.drop(columns=["label", "bpb_by_seed"], errors="ignore").to_csv(tmp, index=False)
+        shown = pd.concat([long, reference[["row", "column", "bpb"]]], ignore_index=True)
+        shown.drop(columns=["label", "bpb_by_seed", "eval_dir"], errors="ignore").to_csv(tmp, index=False)
     lines = [
         f"# {study.name} ({variant}): {study.reproduces}",
         "",
-        to_markdown(wide(long)),
+        to_markdown(wide(pd.concat([long, reference[["row", "column", "bpb"]]], ignore_index=True))),
+        *dict.fromkeys(reference["rule"]),
+        "",
         "Lower is better. Orderings (lower first):",
         "",
         *[ordering(long, column) for column in dict.fromkeys(long["column"])],
@@ -158,9 +184,16 @@ def write_study(
     if study.notes:
         lines += [study.notes.strip(), ""]
     write_text_atomic(out / "table.md", "\n".join(lines))
-    plot_against_paper(long, out / "ours_vs_paper")
+    plot_against_paper(long, out / "ours_vs_paper", reference)
     runs, curves = collect(run_dirs, same_protocol=False)  # the paper's contexts differ per model
     runs = runs.assign(architecture=runs["variant"], size=runs["size"])
-    write_table(grid_table(runs), out, "grid")
-    plots.plot_learning_curves(runs, curves, out / "learning_curves")
+    grid_reference = runs_reference(runs)
+    write_table(grid_table(runs), out, "grid", grid_reference)
+    several = runs["dataset"].nunique() > 1
+    lines = {
+        f"{dataset}: {name}" if several else name: bpb
+        for dataset in sorted(runs["dataset"].unique())
+        for name, bpb in plots.reference_lines(grid_reference, dataset).items()
+    }
+    plots.plot_learning_curves(runs, curves, out / "learning_curves", lines)
     return out / "table.md"

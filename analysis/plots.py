@@ -7,6 +7,9 @@
   Pareto frontier over all architectures (SpaceByte's view: what a byte costs at generation time).
 - ``plot_learning_curves``: validation bits per byte against training FLOPs, one panel per budget,
   one line per architecture and size: the mean over seeds with the min-max band shaded.
+
+Each draws the reference rows of the validation split (``reference_lines``: the compressors alone
+and given the training split, the order-0 entropy) as labelled horizontal lines.
 """
 
 from __future__ import annotations
@@ -38,6 +41,42 @@ def architecture_color(arch: str) -> str:
     return COLORS.get(arch) or PALETTE[zlib.crc32(arch.encode()) % len(PALETTE)]
 
 
+def reference_lines(reference: pd.DataFrame, dataset: str, split: str = "val") -> dict[str, float]:
+    """The reference rows of one dataset's split (``analysis.reference``) as label -> bits per byte;
+    a ValueError if the runs recorded none, as ``tables.with_reference``."""
+    rows = (
+        reference[(reference["dataset"] == dataset) & (reference["split"] == split)] if len(reference) else []
+    )
+    if not len(rows):
+        raise ValueError(
+            f"no reference numbers for the {split} split of dataset {dataset}: every bits-per-byte plot "
+            "draws the compressor and order-0 rows; use runs written by bytelab fit (run.json records them)"
+        )
+    return dict(zip(rows["reference"], rows["bpb"], strict=True))
+
+
+def draw_reference(ax: plt.Axes, lines: dict[str, float], labelled: bool = True) -> None:
+    """The reference rows as grey dotted horizontal lines, each labelled at the right edge (of the
+    last panel only, where panels sit side by side), labels of close lines pushed apart. None for a
+    panel that shows no bits per byte (a study's timing column)."""
+    if not lines:
+        return
+    gap = 0.045 * (max(lines.values()) - min(lines.values()) or 1.0)
+    label_at = -np.inf
+    for label, bpb in sorted(lines.items(), key=lambda item: item[1]):
+        ax.axhline(bpb, color="0.45", linestyle=":", linewidth=0.9, zorder=0)
+        label_at = max(bpb, label_at + gap)
+        if labelled:
+            ax.text(
+                1.01,
+                label_at,
+                f"{label} {bpb:.3f}",
+                transform=ax.get_yaxis_transform(),
+                fontsize=6,
+                va="center",
+            )
+
+
 def _save(fig: plt.Figure, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
@@ -49,9 +88,13 @@ def _save(fig: plt.Figure, path: Path) -> list[Path]:
     return paths
 
 
-def plot_training_compute(runs: pd.DataFrame, fits: pd.DataFrame, path: Path) -> list[Path]:
-    """Bits per byte vs training FLOPs: runs, frontier per architecture (mean, min-max bars), its fit."""
+def plot_training_compute(
+    runs: pd.DataFrame, fits: pd.DataFrame, path: Path, reference: dict[str, float]
+) -> list[Path]:
+    """Bits per byte vs training FLOPs: runs, frontier per architecture (mean, min-max bars), its fit,
+    and the reference lines."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    draw_reference(ax, reference)
     best = frontier(runs)
     for arch, group in runs.groupby("architecture"):
         color = architecture_color(arch)
@@ -85,12 +128,14 @@ def pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return ordered[ordered[y] < ordered[y].cummin().shift(fill_value=np.inf)]
 
 
-def plot_inference_pareto(runs: pd.DataFrame, path: Path) -> list[Path]:
-    """Bits per byte vs inference FLOPs per byte, one panel per training budget, with the Pareto front."""
+def plot_inference_pareto(runs: pd.DataFrame, path: Path, reference: dict[str, float]) -> list[Path]:
+    """Bits per byte vs inference FLOPs per byte, one panel per training budget, with the Pareto front
+    and the reference lines."""
     budgets = sorted(runs["budget_flops"].dropna().unique()) or [np.nan]
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.8), sharey=True, squeeze=False)
     for ax, budget in zip(axes[0], budgets, strict=True):
         group = runs if np.isnan(budget) else runs[np.isclose(runs["budget_flops"], budget)]
+        draw_reference(ax, reference, labelled=ax is axes[0][-1])
         for arch, points in group.groupby("architecture"):
             ax.scatter(
                 points["inference_flops_per_byte"],
@@ -119,9 +164,12 @@ def seed_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     return stats.join(grouped["run_dir"].nunique().rename("seeds")).reset_index()
 
 
-def plot_learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -> list[Path]:
+def plot_learning_curves(
+    runs: pd.DataFrame, curves: pd.DataFrame, path: Path, reference: dict[str, float]
+) -> list[Path]:
     """Validation bits per byte against training FLOPs, one panel per budget, one line per
-    architecture and size: the mean over seeds, with the min-max band over seeds shaded."""
+    architecture and size: the mean over seeds, with the min-max band over seeds shaded, and the
+    reference lines."""
     budgets = sorted(runs["budget_flops"].dropna().unique()) or [np.nan]
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.8), sharey=True, squeeze=False)
     sizes = {size: MARKERS[i % len(MARKERS)] for i, size in enumerate(sorted(runs["size"].unique()))}
@@ -132,6 +180,7 @@ def plot_learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -
             if np.isnan(budget)
             else lines[np.isclose(lines["budget_flops"], budget)]
         )
+        draw_reference(ax, reference, labelled=ax is axes[0][-1])
         for (arch, size), points in group.groupby(["architecture", "size"]):
             color = architecture_color(arch)
             label = f"{arch} {size}".strip() + f" ({points['seeds'].max()} seeds)"

@@ -10,6 +10,7 @@ import pandas as pd
 from . import plots
 from .collect import collect
 from .fits import compute_multipliers, fit_frontiers, main_runs
+from .reference import runs_reference
 from .tables import (
     config_tuning_table,
     fits_table,
@@ -20,6 +21,7 @@ from .tables import (
     ranking_table,
     ranking_words,
     to_markdown,
+    with_reference,
     write_table,
 )
 
@@ -30,7 +32,9 @@ class Report:
 
     ``ranking``: the architectures at the table's budget against each other, over seeds;
     ``tuning``: the learning-rate tuning table (empty without tuning runs); ``configs``: the
-    configuration tuning table (empty where no architecture had candidate configurations)."""
+    configuration tuning table (empty where no architecture had candidate configurations);
+    ``reference``: the reference rows the runs recorded (``analysis.reference``), which every
+    bits-per-byte table and plot carries."""
 
     runs: pd.DataFrame
     paper: pd.DataFrame
@@ -39,6 +43,7 @@ class Report:
     ranking: pd.DataFrame = field(default_factory=pd.DataFrame)
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
     configs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reference: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _slug(text: str) -> str:
@@ -61,24 +66,28 @@ def analyze(
     fits = fit_frontiers(runs)
     report = Report(runs, paper_table(runs, budget), fits_table(fits, compute_multipliers(fits, reference)))
     report.ranking, report.tuning = ranking_table(runs, budget), lr_tuning_table(runs)
-    report.files += write_table(report.paper, out, "table", paper_display(report.paper))
-    report.files += write_table(report.ranking, out, "ranking")
-    report.files += write_table(grid_table(runs), out, "grid")
+    report.reference = refs = runs_reference(runs)
+    report.files += write_table(report.paper, out, "table", refs, paper_display)
+    report.files += write_table(report.ranking, out, "ranking", refs)
+    report.files += write_table(grid_table(runs), out, "grid", refs)
     report.files += write_table(report.fits, out, "fits")
     if len(report.tuning):
-        report.files += write_table(report.tuning, out, "lr_tuning")
+        report.files += write_table(report.tuning, out, "lr_tuning", refs)
     report.configs = config_tuning_table(runs)
     if len(report.configs):
-        report.files += write_table(report.configs, out, "config_tuning")
+        report.files += write_table(report.configs, out, "config_tuning", refs)
     main = main_runs(runs)
     several = main["dataset"].nunique() > 1
     for dataset, group in main.groupby("dataset"):
         suffix = f"-{_slug(dataset)}" if several else ""
         ds_fits = fits[fits["dataset"] == dataset]
-        report.files += plots.plot_training_compute(group, ds_fits, out / f"bpb_vs_training_flops{suffix}")
-        report.files += plots.plot_inference_pareto(group, out / f"bpb_vs_inference_flops{suffix}")
+        lines = plots.reference_lines(refs, dataset)
+        report.files += plots.plot_training_compute(
+            group, ds_fits, out / f"bpb_vs_training_flops{suffix}", lines
+        )
+        report.files += plots.plot_inference_pareto(group, out / f"bpb_vs_inference_flops{suffix}", lines)
         ds_curves = curves[curves["run_dir"].isin(group["run_dir"])]
-        report.files += plots.plot_learning_curves(group, ds_curves, out / f"learning_curves{suffix}")
+        report.files += plots.plot_learning_curves(group, ds_curves, out / f"learning_curves{suffix}", lines)
     return report
 
 
@@ -110,7 +119,9 @@ def describe(report: Report) -> str:
             "",
             *tuning,
             *configs,
-            to_markdown(paper_display(report.paper)),
+            to_markdown(paper_display(with_reference(report.paper, report.reference))),
+            *list(dict.fromkeys(report.reference.get("rule", []))),
+            "",
             "Ranking (a difference smaller than the spread over seeds is a tie):",
             *[f"- {line}" for line in ranking_words(report.ranking)],
             "",

@@ -10,10 +10,16 @@
 4. ``fits_table`` / multipliers: the L(C) fit per architecture with its bootstrap interval, or why
    there is none, and the compute multipliers, or why there is none.
 5. ``lr_tuning_table``: val bpb at each tuned learning rate, the chosen one marked.
+
+Every table that shows a split's bits per byte carries the reference rows (``with_reference``:
+zlib, bz2, xz alone and given the training split, the order-0 entropy, on the same scored bytes),
+and ``write_table`` refuses to write one without them.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,10 @@ import pandas as pd
 
 from .atomic import atomic_path, write_text_atomic
 from .fits import frontier, main_runs, points, seed_values
+
+# A column holding a split's bits per byte: "val_bpb", "best_val_bpb", "val bpb", "<dataset> test bpb".
+SPLIT_BPB = re.compile(r"(?:^|[ _])(?P<split>val|test)[ _]bpb$")
+LABELS = ("architecture", "row", "run")  # the column a reference row's name goes in, if the table has it
 
 
 def require_dataset(frame: pd.DataFrame) -> None:
@@ -104,9 +114,11 @@ def paper_display(table: pd.DataFrame) -> pd.DataFrame:
     shown = formatted(table)
     for name in [c for c in table.columns if c.endswith(" bpb") and f"{c} std" in table.columns]:
         std = ["-" if np.isnan(v) else f"{v:.4f}" for v in table[f"{name} std"]]
-        shown[name] = [f"{m} ± {s}" for m, s in zip(shown[name], std, strict=True)]
+        single = table[f"{name} min"].isna()  # a reference row: one number, no seeds
+        shown[name] = [m if one else f"{m} ± {s}" for m, s, one in zip(shown[name], std, single, strict=True)]
         shown[f"{name} min"] = [
-            f"{lo:.4f}-{hi:.4f}" for lo, hi in zip(table[f"{name} min"], table[f"{name} max"], strict=True)
+            "-" if np.isnan(lo) else f"{lo:.4f}-{hi:.4f}"
+            for lo, hi in zip(table[f"{name} min"], table[f"{name} max"], strict=True)
         ]
         shown = shown.drop(columns=[f"{name} std", f"{name} max"]).rename(
             columns={name: f"{name} (mean ± std)", f"{name} min": f"{name} min-max"}
@@ -370,15 +382,87 @@ def to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(table: pd.DataFrame, out: Path, name: str, shown: pd.DataFrame | None = None) -> list[Path]:
+def split_columns(table: pd.DataFrame) -> dict[str, tuple[str | None, str]]:
+    """The columns of a table that hold a split's bits per byte: column -> (dataset named in the
+    column or None, split)."""
+    found = {}
+    for column in table.columns:
+        match = SPLIT_BPB.search(str(column))
+        if match:
+            prefix = str(column)[: match.start()]
+            dataset = prefix if match.group(0).startswith(" ") and prefix else None
+            found[column] = (dataset, match.group("split"))
+    return found
+
+
+def with_reference(table: pd.DataFrame, reference: pd.DataFrame | None, name: str = "table") -> pd.DataFrame:
+    """The table with its reference rows appended: per dataset, one row per reference (``zlib -9``,
+    ``zlib -9 | train``, ..., ``order-0 entropy``; long form as ``analysis.reference``) holding its
+    bits per byte on the same split's scored bytes in each bits-per-byte column.
+
+    A table without such a column is returned as it is. A ValueError names the table and the
+    dataset and split whose reference numbers are missing: no bits-per-byte table goes without
+    them."""
+    columns = split_columns(table)
+    if not columns:
+        return table
+    reference = pd.DataFrame() if reference is None else reference
+    datasets = (
+        sorted(table["dataset"].dropna().unique())
+        if "dataset" in table.columns
+        else sorted(set(reference["dataset"]))
+        if len(reference)
+        else []
+    )
+    if "dataset" not in table.columns and len(datasets) > 1 and any(d is None for d, _ in columns.values()):
+        raise ValueError(
+            f"table {name}: no dataset column, but reference numbers of {len(datasets)} datasets"
+        )
+    label = next((c for c in LABELS if c in table.columns), table.columns[0])
+    rows: dict[tuple[str | None, str], dict[str, object]] = {}
+    for column, (named, split) in columns.items():
+        for dataset in [named] if named is not None else datasets or [None]:
+            numbers = (
+                reference[(reference["dataset"] == dataset) & (reference["split"] == split)]
+                if len(reference)
+                else reference
+            )
+            if numbers.empty:
+                raise ValueError(
+                    f"table {name}: no reference numbers for {split} bits per byte of dataset {dataset} "
+                    f"(column {column!r}); every bits-per-byte table carries the compressor and order-0 rows "
+                    "on the same scored bytes: use runs written by bytelab fit (their run.json records them) "
+                    "and pass them as reference="
+                )
+            for ref, bpb in zip(numbers["reference"], numbers["bpb"], strict=True):
+                key = (dataset if "dataset" in table.columns else None, ref)
+                row = rows.setdefault(key, {label: ref} | ({"dataset": dataset} if key[0] else {}))
+                row[column] = bpb
+    joined = pd.concat([table, pd.DataFrame(list(rows.values()))], ignore_index=True)
+    flags = [c for c in table.columns if table[c].dtype == bool]  # "chosen", "compute_optimal": no
+    return joined.fillna(dict.fromkeys(flags, False)).astype(dict.fromkeys(flags, bool))
+
+
+def write_table(
+    table: pd.DataFrame,
+    out: Path,
+    name: str,
+    reference: pd.DataFrame | None = None,
+    display: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> list[Path]:
     """Write ``name.md``, ``name.csv`` (raw numbers) and ``name.tex`` under ``out``.
 
-    ``shown``: the table as Markdown and LaTeX show it, where that differs (``paper_display``)."""
+    A table with a split's bits per byte gets its reference rows (``with_reference``; a ValueError
+    without them) and, in Markdown and LaTeX, the rule they follow as a note. ``display``: how
+    Markdown and LaTeX show the table, where that differs from the numbers (``paper_display``)."""
+    table = with_reference(table, reference, name)
+    shown = table if display is None else display(table)
+    rules = [] if reference is None or "rule" not in reference else list(dict.fromkeys(reference["rule"]))
+    note = "".join(f"\n{rule}\n" for rule in rules) if split_columns(table) else ""
     out.mkdir(parents=True, exist_ok=True)
-    shown = table if shown is None else shown
     paths = [out / f"{name}.{ext}" for ext in ("md", "csv", "tex")]
-    write_text_atomic(paths[0], to_markdown(shown))
+    write_text_atomic(paths[0], to_markdown(shown) + note)
     with atomic_path(paths[1]) as tmp:
         table.to_csv(tmp, index=False)
-    write_text_atomic(paths[2], to_latex(shown))
+    write_text_atomic(paths[2], to_latex(shown) + "".join(f"% {line}\n" for line in note.split("\n") if line))
     return paths

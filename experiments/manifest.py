@@ -4,7 +4,8 @@ The manifest is written when a run starts, rewritten after every validation and 
 atomically (a temporary file renamed over the old one), so a reader never sees half a file. Its
 ``status`` is ``running`` until the run ends, then ``finished``, ``failed``, or ``interrupted`` (a
 termination signal or Ctrl-C stopped it; resuming continues it); sweeps read it to skip
-finished work and ``bytelab analyze`` reads it to build tables.
+finished work and ``bytelab analyze`` reads it to build tables. Its ``reference`` holds the
+reference rows of the run's evaluation splits (``datamodules/reference.py``), which those tables carry.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from torch import nn
 from analysis.atomic import write_json_atomic
 from analysis.rundir import FORMAT_VERSION, MANIFEST
 from analysis.rundir import read_manifest as read_manifest  # re-exported: sweeps and studies use it
+from datamodules import ByteDataModule
+from datamodules.reference import reference
 
 from .budget import ComputeBudget, training_flops_per_step
 
@@ -249,6 +252,10 @@ class RunManifest(L.Callback):
         }
         if datamodule is not None:
             self.data["data"] = dataset_info(datamodule)
+            if isinstance(datamodule, ByteDataModule):
+                # What zlib, bz2, xz and an order-0 model get on the same scored bytes (cached once
+                # per dataset and evaluation prefix): the reference rows of every table of this run.
+                self.data["reference"] = reference(datamodule)
             self.data["model"]["flops_per_step"] = training_flops_per_step(trainer, pl_module)
         if trainer.state.fn == "fit":
             budgets = [c for c in trainer.callbacks if isinstance(c, ComputeBudget) and c.active]

@@ -203,6 +203,7 @@ def results(part: Part) -> list[dict[str, Any]]:
                     "label": label,
                     "bpb": final["test/bpb"],
                     "flops_per_byte": final.get("test/flops_per_byte"),
+                    "eval_dir": str(evaluation.run_dir),  # its run.json: the reference rows
                 }
             )
         if part.generate_bytes:

@@ -31,6 +31,7 @@ from analysis.tables import (
     to_latex,
     to_markdown,
 )
+from datamodules.reference import ROWS, RULE
 from experiments.cli import main
 from experiments.manifest import write_json_atomic
 
@@ -39,6 +40,14 @@ LAWS = {  # true L(C) per architecture
     "Megabyte": PowerLaw(l_inf=1.1, c0=3e8, alpha=0.12, rmse=0, points=0),
 }
 BUDGETS = [1e12, 3e12, 1e13, 3e13, 1e14]
+# The reference rows a run records (datamodules/reference.py), for the val and test split.
+REFERENCE = {
+    "rule": RULE,
+    "splits": {
+        split: {"bytes": 1000, "bpb": {row: 2.0 + i / 10 for i, row in enumerate(ROWS)}}
+        for split in ("val", "test")
+    },
+}
 
 
 def write_run(
@@ -85,6 +94,7 @@ def write_run(
             {"step": s, "flops_seen": budget * s / steps, "val/bpb": bpb + (steps - s) / 10} for s in (5, 10)
         ],
         "wall_time_s": 1.0,
+        "reference": REFERENCE,
     }
     for key, value in changes.items():
         manifest[key] = value
@@ -176,8 +186,10 @@ def test_analyze_writes_tables_and_plots(runs_root, tmp_path):
     assert {"ranking.md", "ranking.csv", "ranking.tex"} <= names and "lr_tuning.md" not in names
     assert all(p.stat().st_size > 0 for p in report.files)
     table = pd.read_csv(tmp_path / "out" / "table.csv")
-    assert table["architecture"].tolist() == ["Megabyte", "Decoder"]  # best first
-    assert table["budget"].tolist() == [1e14, 1e14]
+    assert table["architecture"].tolist() == ["Megabyte", "Decoder", *ROWS]  # best first, then references
+    assert table["budget"].tolist()[:2] == [1e14, 1e14]
+    assert table["shakespeare val bpb"].tolist()[2:] == [2.0 + i / 10 for i in range(len(ROWS))]
+    assert RULE in (tmp_path / "out" / "table.md").read_text()
 
 
 def frame(**columns: list) -> pd.DataFrame:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from datamodules.reference import ROWS
 from experiments.cli import main
 from experiments.compare import compare, configure
 from experiments.subcommand import parser_for
@@ -37,10 +38,13 @@ def test_compare_smoke_preset(tmp_path, data_config, capsys, monkeypatch):
     assert "| architecture | size | window | windows/step | params |" in printed
     assert "corpus val bpb" in printed
     table = pd.read_csv(out / "table.csv")
-    assert sorted(table["architecture"]) == ["Decoder", "Megabyte", "PerceiverAR"]
-    assert (table["budget"] == 8e8).all() and (table["corpus val bpb"] < 7.6).all()  # measured 6.06-7.23
+    models, reference = table[:3], table[3:].set_index("architecture")["corpus val bpb"]
+    assert sorted(models["architecture"]) == ["Decoder", "Megabyte", "PerceiverAR"]
+    assert (models["budget"] == 8e8).all() and (models["corpus val bpb"] < 7.6).all()  # measured 6.06-7.23
+    assert list(reference.index) == ROWS and reference["xz -9e | train"] < reference["xz -9e"]
+    assert "| zlib -9 | train |" in printed.replace("\\|", "|")
     grid = pd.read_csv(out / "grid.csv")
-    assert len(grid) == 9 and (grid["flops_seen"] <= grid["budget_flops"]).all()
+    assert len(grid) == 9 + len(ROWS) and (grid["flops_seen"][:9] <= grid["budget_flops"][:9]).all()
     assert {"bpb_vs_training_flops.png", "learning_curves.pdf"} <= {p.name for p in out.iterdir()}
 
     assert main([*args, "--out", str(out)]) == 0  # everything finished: only the analysis reruns

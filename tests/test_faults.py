@@ -34,6 +34,7 @@ from modules import ByteLM, Decoder
 from modules.checkpoint import CheckpointError, checkpoint_problem, load_checkpoint
 
 from .test_cli import CONFIGS, ENTRY, REPO, bytelab
+from .test_reference import reference_frame
 
 pytestmark = pytest.mark.faults
 
@@ -291,7 +292,7 @@ def test_bad_configuration_is_one_line_and_leaves_nothing(
 def test_result_tables_are_written_atomically(tmp_path, monkeypatch):
     """A crash while writing a table keeps the previous complete version and leaves no temporary file."""
     table = pd.DataFrame({"architecture": ["Megabyte"], "val bpb": [3.3]})
-    write_table(table, tmp_path, "table")
+    write_table(table, tmp_path, "table", reference_frame())
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     def crash(*args):
@@ -299,7 +300,7 @@ def test_result_tables_are_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        write_table(table.assign(**{"val bpb": [9.9]}), tmp_path, "table")
+        write_table(table.assign(**{"val bpb": [9.9]}), tmp_path, "table", reference_frame())
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
@@ -681,7 +682,10 @@ def write_result(what: str, folder: Path, n: int) -> Path:
         return folder / "run.json"
     if what == "result table":
         write_table(
-            pd.DataFrame({"run": [f"run-{i}" for i in range(n)], "val bpb": range(n)}), folder, "table"
+            pd.DataFrame({"run": [f"run-{i}" for i in range(n)], "val bpb": range(n)}),
+            folder,
+            "table",
+            reference_frame(),
         )
         return folder / "table.md"
     figure, axes = plt.subplots()

@@ -14,6 +14,7 @@ import yaml
 
 from analysis.paper import compare_with_paper, ordering
 from analysis.paper_numbers import PAPER
+from datamodules.reference import ROWS, RULE
 from experiments.cli import main
 from experiments.study import STUDIES, Study, configure
 from experiments.sweep import expand
@@ -174,7 +175,10 @@ def test_mini_inference_study_end_to_end(tmp_path, monkeypatch, capsys):
     args += ["--seeds", "0"]  # the mini's own 3 seeds replaced by one
     assert main([*args, "--budgets", "3e9", "--set", *sets]) == 0
     table = pd.read_csv(out / "table.csv").set_index("row")  # bits per byte measured: 7.37-7.38
-    assert list(table.index) == ["basic", "sliding window", "strided", "sliding window + strided"]
+    rows = ["basic", "sliding window", "strided", "sliding window + strided"]
+    assert list(table.index) == [*rows, *ROWS]  # then the reference rows on the same test bytes
+    assert table.loc["xz -9e | train", "bpb"] < table.loc["xz -9e", "bpb"]
+    table = table.loc[rows]
     assert (table["bpb"] < 7.7).all() and table.loc["basic", "paper"] == 0.9079
     # Reported: the test split of the checkpoint selected on validation, and what training spent.
     runs = list((tmp_path / "runs").rglob("evaluations/basic/run.json"))
@@ -185,7 +189,9 @@ def test_mini_inference_study_end_to_end(tmp_path, monkeypatch, capsys):
     assert cost["strided"] == pytest.approx(2 * cost["basic"], rel=0.05)
     assert cost["sliding window"] > 3 * cost["basic"]
     text = (out / "table.md").read_text()
-    assert "| basic |" in text and "PG-19: ordering" in text
+    assert (
+        "| basic |" in text and "PG-19: ordering" in text and "| order-0 entropy |" in text and RULE in text
+    )
     assert {"ours_vs_paper.png", "learning_curves.png", "grid.md"} <= {p.name for p in out.iterdir()}
     assert main([*args, "--budgets", "3e9", "--set", *sets]) == 0  # all done: only the analysis again
     assert "0 to run" in capsys.readouterr().out
