@@ -33,10 +33,13 @@ def attention_flops(q_len: int, kv_len: int, d_model: int, skip_masked: bool = F
 
 def window_attention_flops(seq_len: int, window: int, d_model: int, skip_masked: bool = False) -> int:
     """Causal self-attention over a sliding ``window`` (``layers.sliding_window_attention``): a window
-    that covers the sequence is plain causal attention; otherwise each block of ``window`` queries
-    computes ``2 * window`` keys under an explicit mask (executed in full)."""
+    that covers the sequence is plain causal attention; up to ``2 * window`` positions every query
+    computes all ``seq_len`` keys under an explicit band mask; longer, each block of ``window``
+    queries computes ``2 * window`` keys under it (masks are executed in full)."""
     if seq_len <= window:
         return attention_flops(seq_len, seq_len, d_model, skip_masked)
+    if seq_len <= 2 * window:
+        return attention_flops(seq_len, seq_len, d_model)
     padded = -(-seq_len // window) * window
     return attention_flops(padded, 2 * window, d_model)
 

@@ -57,31 +57,44 @@ def causal_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+def window_band(query: Tensor, key: Tensor, window: int) -> Tensor:
+    """The sliding window's mask ``[Lq, Lk]`` for queries and keys at these positions: a query sees
+    itself and the ``window - 1`` positions before it."""
+    return (key[None] <= query[:, None]) & (key[None] > query[:, None] - window)
+
+
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, dropout_p: float = 0.0) -> Tensor:
     """Causal self-attention in which position t sees keys t - window + 1 .. t, in O(L * window).
 
-    The L positions are cut into blocks of ``window`` (the last one right-padded; causal, so the
-    padding reaches no real query); each block's queries attend to its own keys and the previous
-    block's under an explicit band mask: ``2 * window`` keys computed per query, ``window`` kept
+    Up to ``2 * window`` positions, one call over all L keys under the band mask (no more keys per
+    query than the blocks below compute, and on CPUs twice as fast: measured in docs/MODELS.md).
+    Longer, the L positions are cut into blocks of ``window`` (the last one right-padded; causal, so
+    the padding reaches no real query); each block's queries attend to its own keys and the previous
+    block's under the band mask: ``2 * window`` keys computed per query, ``window`` kept
     (``modules/flops.py``'s ``window_attention_flops`` counts the computed ones).
     """
-    length, heads = q.size(-2), q.size(1)
-    blocks = -(-length // window)
+    length = q.size(-2)
+    if length <= 2 * window:
+        positions = torch.arange(length, device=q.device)
+        mask = window_band(positions, positions, window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    batch, heads, blocks = q.size(0), q.size(1), -(-length // window)
     q, k, v = (
         F.pad(t, (0, 0, 0, blocks * window - length)).unflatten(-2, (blocks, window)) for t in (q, k, v)
     )
     k, v = (
         torch.cat([F.pad(t, (0, 0, 0, 0, 1, 0))[:, :, :-1], t], dim=-2) for t in (k, v)
-    )  # [B, H, n, 2W, Dh]
-    query = torch.arange(window, device=q.device)[:, None]
-    key = torch.arange(2 * window, device=q.device)[None]
-    band = (key > query) & (key <= query + window)  # key window + j is query j's own position
-    first = band & (key >= window)  # the first block has no block before it
-    mask = torch.cat([first[None], band.expand(blocks - 1, -1, -1)]).repeat(heads, 1, 1)
-    y = F.scaled_dot_product_attention(
-        q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2), attn_mask=mask, dropout_p=dropout_p
+    )  # [B, H, n, 2W, Dh]: the previous block's keys, then the block's own
+    band = window_band(
+        torch.arange(window, 2 * window, device=q.device), torch.arange(2 * window, device=q.device), window
     )
-    return y.unflatten(1, (heads, blocks)).flatten(2, 3)[:, :, :length]
+    first = band.clone()
+    first[:, :window] = False  # the first block has no block before it
+    mask = torch.cat([first[None], band.expand(blocks - 1, -1, -1)])  # [n, W, 2W], shared by B and H
+    y = F.scaled_dot_product_attention(
+        q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=mask, dropout_p=dropout_p
+    )
+    return y.unflatten(0, (batch, heads)).flatten(2, 3)[:, :, :length]
 
 
 ROPE_BASE = 10_000.0  # RoFormer's and GPT-NeoX's base: the slowest pair turns once per ~6e4 positions

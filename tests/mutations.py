@@ -205,8 +205,8 @@ MUTATIONS = {
     "window_sees_one_key_too_many": Mutation(
         why="the sliding-window mask lets each query see W + 1 keys (itself and the W before it)",
         path="modules/layers.py",
-        old="band = (key > query) & (key <= query + window)",
-        new="band = (key >= query) & (key <= query + window)",
+        old="(key[None] > query[:, None] - window)",
+        new="(key[None] >= query[:, None] - window)",
         caught_by=(
             "tests/test_windowed.py::test_a_prediction_reads_exactly_its_receptive_field",
             "tests/test_windowed.py::test_bounded_caches_decode_as_the_full_forward",

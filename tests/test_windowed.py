@@ -35,13 +35,14 @@ def windowed(window: int, n_layers: int = 2, positions: str = "rope", max_seq_le
 
 
 @pytest.mark.parametrize("positions", ["rope", "learned"])
-@pytest.mark.parametrize("window,n_layers", [(1, 1), (5, 1), (16, 1), (5, 2), (16, 2)])
+@pytest.mark.parametrize("window,n_layers", [(1, 1), (5, 1), (16, 1), (5, 2), (16, 2), (40, 1), (40, 2)])
 @torch.no_grad()
 def test_a_prediction_reads_exactly_its_receptive_field(window, n_layers, positions):
     """Changing byte j moves the predictions of bytes j + 1 .. j + R and no other, R = n_layers * (W - 1)
     + 1 (``Decoder.receptive_field``). With one layer R = W: the prediction of byte t reads bytes t - W ..
     t - 1, so a byte W - 1 or W positions back moves it and one W + 1 back does not. Every j of a 61-byte
-    window (past several of the kernel's blocks, the last one partial) is checked."""
+    window is checked: past several of the blockwise kernel's blocks, the last one partial (W <= 16),
+    and through the one-call band mask of windows under 2W positions (W = 40)."""
     model = windowed(window, n_layers, positions)
     length, reach = 61, model.receptive_field
     assert reach == n_layers * (window - 1) + 1
@@ -133,11 +134,12 @@ def test_rotary_scores_depend_on_distance_only():
     assert (rotary(q, 1) @ rotary(k, 0).transpose(-1, -2) - scores).abs().max() > 1e-2  # positions matter
 
 
-@pytest.mark.parametrize("length", [64, 128, 129, 1000, 4096])
+@pytest.mark.parametrize("length", [64, 128, 129, 256, 257, 1000, 4096])
 def test_windowed_flops_equal_the_counter_at_long_windows(length):
     """At the cpu-xs size (W = 128, on the meta device: no arithmetic) the analytic count equals
-    FlopCounterMode for windows shorter than W (plain causal attention), equal to it, one past it and
-    32 times it; the attention term then grows with L * 2W, not L^2."""
+    FlopCounterMode for windows shorter than W (plain causal attention), equal to it, one past it
+    (one call under a band mask: full attention's count), 2W, one past 2W and 32 times W; past 2W the
+    attention term grows with L * 2W, not L^2."""
     with torch.device("meta"):
         model = build_model(model_config("decoder_windowed", "cpu-xs", max_seq_len=64))
         x = torch.zeros(2, length, dtype=torch.long)
@@ -145,7 +147,7 @@ def test_windowed_flops_equal_the_counter_at_long_windows(length):
             model(x)
     assert counter.get_total_flops() == 2 * model.forward_flops(length)
     full = decoder_flops(length, 64, 2)
-    if length <= 128:
+    if length <= 256:
         assert model.forward_flops(length) == full
     else:
         blocks = -(-length // 128)
