@@ -147,8 +147,28 @@ def label_architectures(runs: pd.DataFrame) -> pd.DataFrame:
     """
     labels = runs.groupby("architecture")["variant"].nunique()
     shared = runs["architecture"].isin(labels[labels > 1].index)
-    runs.loc[shared, "architecture"] = runs.loc[shared, "variant"]
+    runs.loc[shared, "architecture"] = [
+        variant_name(variant, cls)
+        for variant, cls in zip(runs.loc[shared, "variant"], runs.loc[shared, "architecture"], strict=True)
+    ]
     return runs
+
+
+# Registered architectures that share a model class with another (modules/sizes.py ARCHITECTURES),
+# by the name their rows carry.
+NAMES = {"decoder_windowed": "Windowed decoder"}
+
+
+def variant_name(variant: str, cls: str) -> str:
+    """A row's name when its class ran under several labels: a registered architecture's name
+    (``decoder`` is still ``Decoder``, the class it is registered first for; ``decoder_windowed`` is
+    ``Windowed decoder``), else the sweep's label (``no_local``)."""
+    from modules.sizes import ARCHITECTURES  # torch: only once there are runs to name
+
+    if variant in NAMES:
+        return NAMES[variant]
+    first = next((key for key, path in ARCHITECTURES.items() if path.rsplit(".", 1)[-1] == cls), None)
+    return cls if variant == first else variant
 
 
 def plain(value: object) -> object:

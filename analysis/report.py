@@ -102,7 +102,8 @@ def describe(report: Report) -> str:
     if len(report.tuning):
         edges = report.tuning[report.tuning["at the edge"] != ""]
         tuning += [
-            f"- {r.architecture} {r.size} ({r.dataset}): chose the {r['at the edge']} rate tried, {r.lr:g}; "
+            f"- {r['architecture']} {r['size']} ({r['dataset']}): chose the {r['at the edge']} rate tried, "
+            f"{r['lr']:g}; "
             "its best rate may lie past it (widen lrs or raise lr_extend)"
             for _, r in edges.iterrows()
         ]

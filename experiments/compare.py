@@ -54,8 +54,10 @@ def configure(
             spec.sizes = list(sizes)
     if seeds:
         use_seeds(grid, seeds)
-    if lrs is not None:
+    if lrs is not None:  # one grid for all, in place of the sweep's and each architecture's own
         grid.lrs = list(lrs)
+        for spec in grid.architectures.values():
+            spec.lrs = None
     if runs:
         grid.run_root = runs
     return Sweep.from_dict(
@@ -65,14 +67,16 @@ def configure(
 
 def choose_architectures(grid: Sweep, names: list[str]) -> dict[str, Architecture]:
     """The sweep's entries of ``names``, in that order; a registered architecture the sweep does not
-    list (SpaceByte, Hourglass, H-Net, ...) joins with the sizes of the sweep's first entry and the
-    options every run shares."""
+    list (SpaceByte, Hourglass, H-Net, ...) joins with the sizes and candidate configurations
+    (``configs``: windows, windows per step) of the sweep's first entry and the options every run
+    shares, so that it is tuned over the same choices."""
     unknown = [n for n in names if n not in grid.architectures and n not in ARCHITECTURES]
     if unknown:
         known = sorted({*grid.architectures, *ARCHITECTURES})
         raise ValueError(f"--architectures: unknown {', '.join(unknown)}; known: {', '.join(known)}")
-    sizes = next(iter(grid.architectures.values())).sizes
-    return {n: grid.architectures.get(n) or Architecture(sizes=list(sizes)) for n in names}
+    first = next(iter(grid.architectures.values()))
+    joined = {"sizes": list(first.sizes), "configs": {k: dict(v) for k, v in first.configs.items()}}
+    return {n: grid.architectures.get(n) or Architecture(**joined) for n in names}
 
 
 def compare(
@@ -109,8 +113,8 @@ def compare(
             sizes of its first.
         seeds: Seeds replacing the sweep's (every point runs once per seed; learning-rate tuning
             with the first ``tune_seeds`` of them, or all if fewer).
-        lrs: Learning rates each architecture is tuned over, replacing the sweep's (``[]``: no tuning,
-            the sweep's ``model.lr`` for all).
+        lrs: Learning rates each architecture is tuned over, replacing the sweep's and any
+            architecture's own (``[]``: no tuning, the sweep's ``model.lr`` for all).
         out: Folder for tables and plots (default: ``results`` inside the run folder, which git
             ignores; ``--out results/compare`` refreshes the committed results).
         jobs: Runs at a time in child processes (1: in this process); default: chosen from the

@@ -62,12 +62,16 @@ class Architecture:
             over ``lrs`` at ``tune_budget``; the grid then runs only the candidate (and its rate) of
             lowest mean validation bits per byte, one row for the architecture, its name in every
             run.json. Empty: every size is a row of its own, as without tuning.
+        lrs: This architecture's own learning rates to tune over (each candidate's), in place of the
+            sweep's ``lrs``: a grid centred where the family trains best spends fewer tuning runs than
+            one grid wide enough for every family (``lr_extend`` still steps past an edge).
     """
 
     sizes: list[str]
     options: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lrs: list[float] | None = None
 
     def candidates(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """The units tuned and run: key -> (size, extra options); a size is its own key without
@@ -160,7 +164,16 @@ class Sweep:
                     f"{source}: configs of {name} must map each candidate's name to its options, "
                     f"got {configs!r}"
                 )
-            if configs and (not data.get("lrs") or "model.lr" in (spec.get("options") or {})):
+            lrs = spec.get("lrs")
+            if lrs is not None:
+                lrs = [float(lr) for lr in lrs] if isinstance(lrs, list) else lrs
+                distinct = isinstance(lrs, list) and len(set(lrs)) == len(lrs)
+                if not distinct or not lrs or any(lr <= 0 for lr in lrs):
+                    raise ValueError(
+                        f"{source}: lrs of {name} must be a list of distinct positive learning rates, "
+                        f"got {lrs!r}"
+                    )
+            if configs and (not (lrs or data.get("lrs")) or "model.lr" in (spec.get("options") or {})):
                 raise ValueError(
                     f"{source}: architecture {name} has configs, which are chosen by tuning runs: give lrs "
                     "and leave model.lr out of its options"
@@ -170,6 +183,7 @@ class Sweep:
                 options=dict(spec.get("options") or {}),
                 model=spec.get("model"),
                 configs={str(k): dict(v) for k, v in configs.items()},
+                lrs=lrs,
             )
             for size, _ in architectures[name].candidates().values():
                 model_init_args(model, size)  # fails early on an unknown size
@@ -201,7 +215,8 @@ class Sweep:
                 f"{source}: tune_seeds must be a whole number from 1 to the number of seeds "
                 f"({len(sweep.seeds)}), got {sweep.tune_seeds!r}"
             )
-        if sweep.lrs and sweep.tune_budget is None and not sweep.budgets:
+        tuning = sweep.lrs or any(spec.lrs for spec in architectures.values())
+        if tuning and sweep.tune_budget is None and not sweep.budgets:
             raise ValueError(f"{source}: learning-rate tuning (lrs) needs a tune_budget or FLOP budgets")
         return sweep
 
@@ -298,7 +313,12 @@ def _run(
 
 def tuned(sweep: Sweep, label: str) -> bool:
     """Whether the sweep tunes this architecture's learning rate (it has lrs, and no fixed model.lr)."""
-    return bool(sweep.lrs) and "model.lr" not in sweep.architectures[label].options
+    return bool(rates(sweep, label)) and "model.lr" not in sweep.architectures[label].options
+
+
+def rates(sweep: Sweep, label: str) -> list[float]:
+    """The learning rates an architecture is tuned over: its own ``lrs``, else the sweep's."""
+    return list(sweep.architectures[label].lrs or sweep.lrs)
 
 
 def tuning_val(run: Run) -> float | None:
@@ -331,13 +351,14 @@ def tuning_rates(sweep: Sweep, label: str, key: str, budget: float | None) -> li
     finished and the best (``rate_val``) is the lowest (highest) rate tried, one grid step further
     down (up), at most ``lr_extend`` times each way. It reads the finished tuning runs, so it grows
     as they end."""
+    grid = rates(sweep, label)
     if not sweep.lr_extend:
-        return list(sweep.lrs)
-    ordered = sorted(sweep.lrs)
+        return grid
+    ordered = sorted(grid)
     down = ordered[1] / ordered[0] if len(ordered) > 1 else 2.0
     up = ordered[-1] / ordered[-2] if len(ordered) > 1 else 2.0
     # The rates in the order tried (dicts keep insertion order) and their scores.
-    vals = {lr: rate_val(sweep, label, key, budget, lr) for lr in sweep.lrs}
+    vals = {lr: rate_val(sweep, label, key, budget, lr) for lr in grid}
     below = above = 0
     while None not in vals.values():
         best = min(vals, key=vals.__getitem__)
@@ -645,8 +666,14 @@ def run_sweep(
         return _run_all(sweep, expand_main(sweep), jobs, inline, launch, echo, threads)
     extend = f" (and up to {sweep.lr_extend} more each way past an edge)" if sweep.lr_extend else ""
     seeds = f", each rate with seeds {tuning_seeds(sweep)}" if sweep.tune_seeds > 1 else ""
+    grids = {label: rates(sweep, label) for label in sweep.architectures if tuned(sweep, label)}
+    over = (
+        f"over {next(iter(grids.values()))}"
+        if len({tuple(g) for g in grids.values()}) == 1
+        else "over its own rates (" + ", ".join(f"{label} {g}" for label, g in grids.items()) + ")"
+    )
     echo(
-        f"sweep {sweep.name}: tuning the learning rate of each architecture over {sweep.lrs}{extend}"
+        f"sweep {sweep.name}: tuning the learning rate of each architecture {over}{extend}"
         f"{seeds}; its grid starts once its rates are tuned"
     )
     left: dict[tuple[str, str], set[str]] = {}
@@ -691,7 +718,9 @@ def run_sweep(
     untuned = [run for run in grid if group(run) not in left]
     total = len(tuning) + grid_count(sweep)
     # Past one edge only, the one holding the best (both ways from a grid of one rate).
-    extra = sweep.lr_extend * len(left) * (2 if len(sweep.lrs) == 1 else 1) * sweep.tune_seeds
+    extra = sweep.tune_seeds * sum(
+        sweep.lr_extend * (2 if len(rates(sweep, key[0])) == 1 else 1) for key in left
+    )
     more = f" (and up to {extra} tuning runs past the grids' edges)" if extra else ""
     return _run_all(sweep, tuning + untuned, jobs, inline, launch, echo, threads, follow, total, more)
 

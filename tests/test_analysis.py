@@ -533,6 +533,19 @@ def test_run_rows_carry_lr_stage_and_variant_labels(tmp_path):
     assert megabyte["architecture"].tolist() == ["Megabyte", "no_local"]
 
 
+def test_the_two_registered_decoders_keep_their_names(tmp_path):
+    """decoder and decoder_windowed are both the Decoder class: their rows are "Decoder" (so the
+    compute multipliers' default reference still finds it) and "Windowed decoder", never pooled."""
+    root = tmp_path / "runs"
+    for seed, variant in enumerate(["decoder", "decoder_windowed"]):
+        run = write_run(root, "Decoder", "S1", 1e12, 2.0 + seed, seed=seed)
+        manifest = json.loads((run / "run.json").read_text())
+        manifest["sweep"]["variant"] = variant
+        write_json_atomic(run / "run.json", manifest)
+    runs = collect([root])[0].sort_values("seed")
+    assert runs["architecture"].tolist() == ["Decoder", "Windowed decoder"]
+
+
 def test_configurations_compare_on_the_same_bytes_and_the_table_names_each_ones_choice(tmp_path):
     """A decoder tuned over two windows: runs that score the same bytes compare whatever their
     windows; the main table says each architecture's window and windows per step, and the

@@ -74,6 +74,15 @@ def test_compare_chooses_architectures_seeds_and_learning_rates(tmp_path):
     assert configure(tmp_path / "two.yaml", seeds=[5]).tune_seeds == 1
 
 
+def test_an_architecture_the_sweep_does_not_list_is_tuned_over_the_same_configurations():
+    """The main job tunes each architecture's window and windows per step (``configs``); a family
+    added with --architectures gets the first entry's candidates, not text.yaml's bare defaults."""
+    grid = configure(REPO / "experiments" / "sweeps" / "compare.yaml", architectures=["decoder", "hourglass"])
+    decoder, hourglass = grid.architectures["decoder"], grid.architectures["hourglass"]
+    assert decoder.configs and hourglass.configs == decoder.configs
+    assert hourglass.sizes == decoder.sizes and not hourglass.options
+
+
 def test_the_main_job_writes_no_tracked_file(tmp_path, data_config, monkeypatch):
     """Without --out the analysis goes inside the run folder (git ignores runs/), never results/."""
     monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))

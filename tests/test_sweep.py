@@ -79,8 +79,10 @@ def test_every_shipped_sweep_file_reads_and_expands(path, tmp_path):
     assert runs and len({r.run_dir for r in runs}) == len(runs)
     for config in (a.split("=", 1)[1] for a in runs[0].args if a.startswith("--config=")):
         assert Path(config).is_file(), config
-    assert len(expand_tuning(sweep)) == len(sweep.lrs) * sweep.tune_seeds * sum(
-        len(spec.sizes) for label, spec in sweep.architectures.items() if "model.lr" not in spec.options
+    assert len(expand_tuning(sweep)) == sweep.tune_seeds * sum(
+        len(spec.lrs or sweep.lrs) * len(spec.candidates())
+        for spec in sweep.architectures.values()
+        if "model.lr" not in spec.options
     )
 
 
@@ -133,6 +135,36 @@ def fake_run(val_bpb: dict[float, float]):
         return 0
 
     return launch
+
+
+def test_an_architecture_tunes_over_its_own_rates_where_it_names_them(tmp_path):
+    """megabyte's own lrs replace the sweep's for it alone; the decoder keeps the sweep's; past an
+    edge each steps by its own grid's ratio; the plan line names both grids."""
+    spec = {
+        "decoder": {"sizes": ["cpu-xs"]},
+        "megabyte": {"sizes": ["cpu-xs"], "lrs": [1e-3, 2e-3]},
+    }
+    sweep = make(tmp_path, lrs=[4e-3, 8e-3], lr_extend=1, architectures=spec)
+    assert [r.id for r in expand_tuning(sweep)] == [
+        "tune-decoder-cpu-xs-lr0.004-c2.5e11-seed0",
+        "tune-decoder-cpu-xs-lr0.008-c2.5e11-seed0",
+        "tune-megabyte-cpu-xs-lr0.001-c2.5e11-seed0",
+        "tune-megabyte-cpu-xs-lr0.002-c2.5e11-seed0",
+    ]
+    lines = []
+    vals = {8e-3: 3.1, 4e-3: 3.0, 2e-3: 3.0, 1e-3: 2.9, 5e-4: 2.95}  # val bpb by rate, for both
+    assert run_sweep(sweep, launch=fake_run(vals), echo=lines.append) == []
+    assert lines[0].startswith(
+        "sweep demo: tuning the learning rate of each architecture over its own rates "
+        "(decoder [0.004, 0.008], megabyte [0.001, 0.002])"
+    )
+    # decoder: 4e-3 best at the low edge, one step of /2 further (2e-3: 3.0, a tie kept at 4e-3);
+    # megabyte: 1e-3 best at the low edge, one step of /2 further (5e-4: 2.95, worse).
+    assert tuned_lrs(sweep) == {("decoder", "cpu-xs"): 4e-3, ("megabyte", "cpu-xs"): 1e-3}
+    megabyte = {r.info["lr"] for r in expand_tuning(sweep) if r.info["variant"] == "megabyte"}
+    assert megabyte == {5e-4, 1e-3, 2e-3}
+    with pytest.raises(ValueError, match="lrs of megabyte must be a list of distinct positive learning"):
+        make(tmp_path, architectures={"megabyte": {"sizes": ["cpu-xs"], "lrs": [1e-3, -1.0]}})
 
 
 def test_learning_rates_are_tuned_per_architecture_before_the_grid(tmp_path):
