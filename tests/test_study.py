@@ -65,9 +65,13 @@ def test_study_parses_and_builds_its_models(name, variant, monkeypatch):
             for options in [{}, *part.evaluations.values()]:
                 check_data_windows(run.args, options)
             labels |= set(part.evaluations) or {run.info["variant"]}
-        for row in study.rows.values():  # the paper has a number for every row of every column
-            assert PAPER[name][row][part.column] > 0
-    assert labels == set(study.rows)
+        for label, row in study.rows.items():  # the paper has a number for every row it ran
+            if label in labels or variant == "paper":
+                assert row not in PAPER[name] or PAPER[name][row][part.column] > 0
+    # Every row the paper ran runs in both variants; a row the paper lacks (Table 2's windowed
+    # Transformer, SpaceByte's strongest flat baseline) runs in the mini only.
+    in_paper = {label for label, row in study.rows.items() if row in PAPER[name]}
+    assert labels == (in_paper if variant == "paper" else set(study.rows))
 
 
 def check_data_windows(args: list[str], options: dict) -> None:
