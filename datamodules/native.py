@@ -13,10 +13,7 @@ from types import ModuleType
 
 import torch
 
-FIX = (
-    "install the locked environment (make install, docs/INSTALL.md), or a {package} built for "
-    "torch {torch}"
-)
+FIX = "install the locked environment (make install, docs/INSTALL.md), or a {package} built for torch {torch}"
 
 
 class MissingLibrary(ImportError):
