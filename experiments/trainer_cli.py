@@ -8,7 +8,6 @@ config and ``checkpoints/``, so ``--ckpt_path last`` resumes the run that wrote 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +37,12 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
 class ByteLabCLI(LightningCLI):
     """LightningCLI with a fixed run directory and bytelab's standard loggers and callbacks."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test: Lightning's ``predict`` writes model outputs, which a byte model
+        has no use for (bits per byte are ``validate`` and ``test``)."""
+        return {name: LightningCLI.subcommands()[name] for name in LIGHTNING_SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -156,7 +161,6 @@ def keep_earlier_metrics(run_dir: Path) -> None:
 def lightning_main(args: Sequence[str]) -> None:
     """Run a LightningCLI subcommand with bytelab's defaults (CPU trainer, embedded text)."""
     # `args` is how run_lightning() hands over the arguments bytelab has already filtered (--debug).
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     ByteLabCLI(
         ByteLM,
         ByteDataModule,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import yaml
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from datamodules import TextBytes
-from experiments.cli import main
+from experiments.cli import COMMANDS, SUBCOMMANDS, command, main
 from modules import ByteLM, Decoder
 from modules.base import build_model
 
@@ -53,6 +55,11 @@ def bytelab(
     env = {**os.environ, "BYTELAB_CACHE": str(cache), "PYTHONPATH": str(REPO), **(env or {})}
     entry = [*SIGINT_DEFAULT, *ENTRY] if sigint else ENTRY
     return subprocess.run([*entry, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def noise(output: str) -> list[str]:
+    """The lines of a run's output that are library warnings (``file.py:N: ...``) or tips."""
+    return [line for line in output.splitlines() if re.search(r"\.py:\d+: ", line) or "Tip:" in line]
 
 
 def fit_modality_default(data_config: str, model_config: str, tmp_path: Path) -> None:
@@ -112,6 +119,7 @@ def test_fit_each_model_through_the_cli(name, corpus, tmp_path, capfd, monkeypat
     if name == "megabyte":
         result = bytelab(*args, cache=tmp_path / "cache")
         assert result.returncode == 0, result.stderr[-3000:]
+        assert noise(result.stdout + result.stderr) == []  # no tips, no deprecation warnings
         stdout = result.stdout
     else:
         monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
@@ -143,6 +151,9 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
     assert checkpoint["global_step"] == 3
     second = bytelab("fit", *common, "--trainer.max_steps=6", "--ckpt_path=last", cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]
+    # Nothing claims that the earlier logs will be deleted (they are kept, below) or warns that the
+    # run's own checkpoint directory exists.
+    assert noise(second.stdout + second.stderr) == [], second.stderr[-3000:]
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 6
     # Bytes seen are the windows' own (some are short, at a document's start): those of samples 0..23.
@@ -160,6 +171,45 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
     # Each invocation logs a fresh metrics.csv; the earlier parts of the curve are kept in order.
     first, resumed = (pd.read_csv(run / name)["step"] for name in ("metrics.1.csv", "metrics.2.csv"))
     assert first.max() < 3 <= resumed.min() and "val/bpb" in pd.read_csv(run / "metrics.csv")
+
+
+def test_help_lists_every_subcommand_once_by_group(capsys):
+    assert main([]) == 0
+    alone = capsys.readouterr().out
+    assert main(["--help"]) == 0 and capsys.readouterr().out == alone
+    groups = [line for line in alone.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert groups == ["train and evaluate:", "run studies:", "analyse:", "generate and benchmark:", "data:"]
+    listed = [line.split()[0] for line in alone.splitlines() if line.startswith("  ")]
+    assert sorted(listed) == sorted([*COMMANDS, "fit", "validate", "test"])
+    assert "  compare   Run a compute-matched comparison of Decoder, PerceiverAR and MEGABYTE" in alone
+
+
+def test_help_lines_are_the_first_lines_of_the_subcommands_docstrings():
+    lines = {name: line for commands in SUBCOMMANDS.values() for name, line in commands.items()}
+    for name in COMMANDS:
+        assert lines[name] == inspect.getdoc(command(name)).splitlines()[0], name
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (["predict"], "bytelab: error: no subcommand 'predict': bytelab --help lists them"),
+        (
+            ["comapre"],
+            "bytelab: error: no subcommand 'comapre': did you mean 'compare'? bytelab --help lists them",
+        ),
+    ],
+)
+def test_an_unknown_subcommand_is_one_line(args, line, capsys):
+    assert main(args) == 2
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_each_subcommand_still_lists_its_options(capsys):
+    for args, option in ((["generate", "--help"], "--ckpt CKPT"), (["fit", "--help"], "--trainer.max_steps")):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 0 and option in capsys.readouterr().out
 
 
 @pytest.mark.faults
