@@ -212,6 +212,77 @@ def test_each_subcommand_still_lists_its_options(capsys):
         assert exit_.value.code == 0 and option in capsys.readouterr().out
 
 
+DECODER = f"--config={CONFIGS / 'decoder_tiny.yaml'}"
+FIT_HELP = " (see bytelab fit --help)"
+BAD_OPTIONS = {
+    "path that does not exist": (
+        ["fit", DECODER, "--data.init_args.paths=/nonexistent"],
+        "paths='/nonexistent' does not exist: give a file, a folder, a glob pattern, or None for Shakespeare"
+        " (run with --debug for the traceback)",
+    ),
+    "value of the wrong type": (
+        ["fit", DECODER, "--trainer.max_steps=abc"],
+        "--trainer.max_steps=abc: expected an int" + FIT_HELP,
+    ),
+    "wrong type inside a class": (
+        ["fit", DECODER, "--data.init_args.batch_size=abc"],
+        "--data.init_args.batch_size=abc: expected an int" + FIT_HELP,
+    ),
+    "wrong type or null": (
+        ["compare", "--jobs=abc"],
+        "--jobs=abc: expected an int or null (see bytelab compare --help)",
+    ),
+    "not one of the choices": (
+        ["compare", "--preset=smok"],
+        "--preset=smok: not one of the choices: did you mean smoke? (see bytelab compare --help)",
+    ),
+    "unknown class": (
+        ["fit", DECODER, "--model.model=Decodr"],
+        "--model.model=Decodr: no such class: did you mean Decoder?" + FIT_HELP,
+    ),
+    "unknown class, nothing near": (
+        ["fit", DECODER, "--model.model=modules.Nope"],
+        "--model.model=modules.Nope: no such class (known: Decoder, HNet, Hourglass, Megabyte, PerceiverAR, "
+        "SpaceByte)" + FIT_HELP,
+    ),
+    "unknown option": (
+        ["fit", DECODER, "--trainer.max_stepz=5"],
+        "unknown option --trainer.max_stepz: did you mean --trainer.max_steps?" + FIT_HELP,
+    ),
+    "unknown option of a class": (
+        ["fit", DECODER, "--model.model.init_args.d_modl=5"],
+        "unknown option --model.model.init_args.d_modl: did you mean --model.model.init_args.d_model?"
+        + FIT_HELP,
+    ),
+    "unknown option of a subcommand": (
+        ["compare", "--jobss=2"],
+        "unknown option --jobss: did you mean --jobs? (see bytelab compare --help)",
+    ),
+    "config that is not a mapping": (
+        ["fit", "--config={listing}"],
+        "--config {listing}: holds a list, not a mapping of options (key: value lines)" + FIT_HELP,
+    ),
+    "config that does not exist": (
+        ["fit", "--config={missing}"],
+        "--config {missing}: no such file" + FIT_HELP,
+    ),
+}
+
+
+@pytest.mark.parametrize("args,line", list(BAD_OPTIONS.values()), ids=list(BAD_OPTIONS))
+def test_a_bad_option_is_one_short_line_that_names_it_and_the_fix(args, line, tmp_path, capsys):
+    """The whole of stderr is one line: the option, the value, the fix, in at most 160 characters
+    before the pointer to --help or --debug (jsonargparse's own message was up to 620)."""
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    paths = {"listing": listing, "missing": tmp_path / "missing.yaml"}
+    args = [arg.format(**paths) for arg in args]
+    assert main([*args, f"--run_dir={tmp_path / 'run'}"] if args[0] == "fit" else args) == 2
+    err = capsys.readouterr().err
+    assert err == f"bytelab: error: {line.format(**paths)}\n"
+    assert len(err.partition(" (")[0]) <= 160
+
+
 @pytest.mark.faults
 @pytest.mark.parametrize(
     "args,message",
