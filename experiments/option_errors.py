@@ -64,6 +64,8 @@ def concise(error: ArgumentError, parser: ArgumentParser, argv: Sequence[str]) -
     if match := WRONG_UNION.search(message):
         types = [ARTICLE.get(t, t) for t in re.findall(r"<class '(?:\w+\.)*(\w+)'>", match["types"])]
         return f"--{match['key']}={match['value']}: expected {' or '.join(types).replace('NoneType', 'null')}"
+    if (match := NO_CLASS.search(message)) and re.search(r"[/\\]|\.(ya?ml|json)$", match["value"]):
+        return f"--{match['key']}={match['value']}: no such file (nor a class name)"
     if match := NO_CLASS.search(message):
         classes = subclass_names(parser, match["key"])
         name = match["value"].rpartition(".")[2]

@@ -245,6 +245,10 @@ BAD_OPTIONS = {
         "--model.model=modules.Nope: no such class (known: Decoder, HNet, Hourglass, Megabyte, PerceiverAR, "
         "SpaceByte)" + FIT_HELP,
     ),
+    "data config that does not exist": (
+        ["compare", "--data=missing.yaml"],
+        "--data=missing.yaml: no such file (nor a class name) (see bytelab compare --help)",
+    ),
     "unknown option": (
         ["fit", DECODER, "--trainer.max_stepz=5"],
         "unknown option --trainer.max_stepz: did you mean --trainer.max_steps?" + FIT_HELP,
