@@ -39,7 +39,10 @@ def find_files(patterns: str | Sequence[str]) -> list[Path]:
                 raise ValueError(f"paths: the pattern {pattern!r} matches no files")
             if Path(pattern).is_dir():
                 raise ValueError(f"paths: the folder {pattern!r} holds no files")
-            raise ValueError(f"paths: {pattern!r} does not exist")
+            raise ValueError(
+                f"paths={pattern!r} does not exist: give a file, a folder, a glob pattern, or None for "
+                "Shakespeare"
+            )
         files.update(Path(os.path.abspath(f)) for f in found)
     return sorted(files)
 

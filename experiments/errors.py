@@ -26,6 +26,27 @@ def one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+# The errors a user can cause that end as one line (besides a bad option, ArgumentError).
+USER_ERRORS = (ValueError, FloatingPointError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def raised_by_jsonargparse(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside jsonargparse (the last frame of its traceback)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("jsonargparse")
+
+
+def unwrapped(error: BaseException) -> BaseException:
+    """The error a class's ``__init__`` raised (``paths='x' does not exist``) when jsonargparse wrapped
+    it in its own, which lists every type it tried and the whole namespace it was given."""
+    inner = error.__cause__ or error.__context__
+    while raised_by_jsonargparse(error) and isinstance(inner, USER_ERRORS):
+        error, inner = inner, inner.__cause__ or inner.__context__
+    return error
+
+
 def missing_library(error: BaseException) -> MissingLibrary | None:
     """The ``MissingLibrary`` behind ``error``, if any: jsonargparse wraps what a class's ``__init__``
     raised in its own union and class_path errors, which would bury the one line that matters."""
@@ -65,19 +86,12 @@ def guarded(command: Callable[[], int | None], name: str, debug: bool = False) -
         if missing := missing_library(error):
             return report(f"bytelab: error: {missing}", 2)
         return report(f"bytelab: error: {one_line(error)} (see bytelab {name} --help)", 2)
-    except (
-        ValueError,
-        FloatingPointError,
-        FileNotFoundError,
-        NotADirectoryError,
-        PermissionError,
-        MissingLibrary,
-    ) as error:
+    except (*USER_ERRORS, MissingLibrary) as error:
         if debug:
             raise
         if missing := missing_library(error):
             return report(f"bytelab: error: {missing}", 2)
-        return report(f"bytelab: error: {one_line(error)} (run with --debug for the traceback)", 2)
+        return report(f"bytelab: error: {one_line(unwrapped(error))} (run with --debug for the traceback)", 2)
     except OSError as error:
         if debug or error.errno not in DISK_FULL:
             raise

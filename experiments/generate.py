@@ -1,5 +1,8 @@
 """``bytelab generate``: sample bytes from a trained checkpoint with cached decoding.
 
+Any prompt and any number of bytes: once the context outgrows the model's window, each new byte is
+predicted from the last bytes that fit (``modules/generate.py``).
+
 The model is rebuilt from the checkpoint alone (``ByteLM.from_checkpoint``). The output is the
 prompt followed by the new bytes: raw bytes for text, or, when the run's ``config.yaml`` (in the
 run directory above ``checkpoints/``) names a datamodule with ``to_image`` or ``to_wave``, a PNG
@@ -19,7 +22,7 @@ import yaml
 
 from datamodules.native import require
 from modules import ByteLM
-from modules.generate import check_generation_length, generate
+from modules.generate import generate
 
 
 def load_model(path: Path) -> ByteLM:
@@ -83,7 +86,8 @@ def generate_bytes(
         ckpt: Checkpoint written by ``bytelab fit``.
         prompt: Prompt text (UTF-8); default: no prompt.
         prompt_file: File whose raw bytes are the prompt (instead of --prompt).
-        bytes: Number of bytes to generate.
+        bytes: Number of bytes to generate: any number; past the model's max_seq_len each byte sees
+            the last bytes that fit (the window slides).
         temperature: Sampling temperature; 0 is greedy decoding.
         top_k: Sample among the k most likely bytes.
         seed: Seed of the sampler.
@@ -94,7 +98,6 @@ def generate_bytes(
     path = Path(ckpt)
     model = load_model(path).model.eval()
     start = Path(prompt_file).read_bytes() if prompt_file else prompt.encode()
-    check_generation_length(model, len(start), bytes)
     datamodule = modality_inverse(run_data_config(path))
     x = torch.tensor(list(start), dtype=torch.long)[None]
     generator = torch.Generator().manual_seed(seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from typing import Any, NewType
 
@@ -27,6 +28,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespac
 
 from datamodules import ByteDataModule
 
+from .option_errors import concise
 from .trainer_cli import DEFAULT_DATA
 
 # A DataModule config, ``{"class_path": ..., "init_args": {...}}``, as ``bytelab fit --data`` reads it
@@ -99,8 +101,11 @@ def call(command: Callable[..., int | None], prog: str, argv: Sequence[str]) -> 
     """Parse ``argv`` for ``command`` and call it; a bad option raises ``ArgumentError``."""
     argv = underscored(argv)
     parser = parser_for(command, prog)
-    config = parser.parse_args(argv)
-    given = parser.parse_args(argv, defaults=False)  # what the command line and --config set
+    try:
+        config = parser.parse_args(argv)
+        given = parser.parse_args(argv, defaults=False)  # what the command line and --config set
+    except ArgumentError as error:
+        raise ArgumentError(None, concise(error, parser, argv)) from error
     values = {name: config[name] for name in inspect.signature(command).parameters}
     for name, value in values.items():
         if isinstance(value, Namespace):  # a DataConfig: None unless given

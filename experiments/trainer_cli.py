@@ -8,13 +8,13 @@ config and ``checkpoints/``, so ``--ckpt_path last`` resumes the run that wrote 
 
 from __future__ import annotations
 
-import warnings
+from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -28,6 +28,7 @@ from .callbacks import FlopsModelSummary, PerfMonitor, Preemption, PrintMetrics
 from .checkpoints import VerifiedCheckpointIO, resolve_resume
 from .errors import guarded
 from .manifest import RunManifest
+from .option_errors import concise
 from .runlock import lock_run
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -38,6 +39,12 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
 class ByteLabCLI(LightningCLI):
     """LightningCLI with a fixed run directory and bytelab's standard loggers and callbacks."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test: Lightning's ``predict`` writes model outputs, which a byte model
+        has no use for (bits per byte are ``validate`` and ``test``)."""
+        return {name: LightningCLI.subcommands()[name] for name in LIGHTNING_SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -122,6 +129,15 @@ class ByteLabCLI(LightningCLI):
             trainer.accumulate_grad_batches = fixed
         return trainer
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """LightningCLI's parse, with a bad option as one line that names it (``option_errors.py``)."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            args = list(args or [])
+            failed = self._subcommand_parsers.get(args[0], parser) if args else parser
+            raise ArgumentError(None, concise(error, failed, args)) from error
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads an explicit --ckpt_path (for its hyperparameters) before any hook runs:
         # check it first, so that a damaged or hostile file is one line, not a traceback.
@@ -156,7 +172,6 @@ def keep_earlier_metrics(run_dir: Path) -> None:
 def lightning_main(args: Sequence[str]) -> None:
     """Run a LightningCLI subcommand with bytelab's defaults (CPU trainer, embedded text)."""
     # `args` is how run_lightning() hands over the arguments bytelab has already filtered (--debug).
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     ByteLabCLI(
         ByteLM,
         ByteDataModule,

@@ -15,6 +15,7 @@ import os
 import sys
 
 from .callbacks import EXIT_PREEMPTED
+from .quiet import quiet
 from .trainer_cli import run_lightning
 
 
@@ -43,6 +44,7 @@ def run_logged(args: list[str], log_path: str) -> int:
 
 
 def main() -> int:
+    quiet()
     replies = os.fdopen(os.dup(1), "w")  # answers go to the sweep, whatever the runs print
     for line in sys.stdin:
         request = json.loads(line)

@@ -152,6 +152,11 @@ class ByteModel(nn.Module, ABC):
         Decoder with rotary positions)."""
         return self.max_seq_len
 
+    # How far generation's window slides once the context outgrows max_input_len (modules/generate.py):
+    # one byte, or for a model whose positions count patches (MEGABYTE) one patch, so that every window
+    # starts on a patch boundary of the text.
+    slide_bytes = 1
+
     def check_window(self, seq_len: int, score_len: int) -> None:
         """Raise a one-line ValueError if evaluation windows of this shape cannot be scored."""
         limit = self.max_input_len()

@@ -1,8 +1,14 @@
 """Sampling bytes from any ByteModel: one loop, cached (``prefill`` / ``step``) or uncached.
 
-Uncached generation reruns ``next_logits``, a full forward over every byte so far, for each new
-byte; cached generation gets the same logits from the model's KV caches in O(context) work. Both
-draw from the same logits, so with the same generator they produce the same bytes.
+Uncached generation reruns ``next_logits``, a full forward over the context, for each new byte;
+cached generation gets the same logits from the model's KV caches in O(context) work. Both draw
+from the same logits, so with the same generator they produce the same bytes.
+
+Generation is not bounded by the training window. While the bytes so far fit in
+``max_input_len()`` every byte sees all of them; past it the window slides, ``slide_bytes`` at a
+time (one byte, or one patch for MEGABYTE): byte t sees the bytes from :func:`context_start` to t,
+the last ``max_input_len() - slide_bytes`` to ``max_input_len() - 1`` bytes, and cached decoding
+rebuilds its caches from that suffix (``prefill``) each time the window moves.
 """
 
 from __future__ import annotations
@@ -37,18 +43,14 @@ def sample_next(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
 
 
-def check_generation_length(model: ByteModel, prompt_len: int, num_bytes: int) -> None:
-    """One-line errors when the prompt plus the new bytes do not fit in the model's window."""
-    limit = model.max_input_len()
-    if limit is not None and prompt_len > limit:
-        raise ValueError(f"the prompt ({prompt_len} bytes) is longer than the model's max_seq_len={limit}")
-    if num_bytes < 1:
-        raise ValueError(f"the number of bytes to generate ({num_bytes}) must be at least 1")
-    if limit is not None and prompt_len + num_bytes > limit:
-        raise ValueError(
-            f"{prompt_len} prompt bytes + {num_bytes} new bytes exceed the model's max_seq_len={limit}: "
-            f"generate at most {limit - prompt_len} bytes"
-        )
+def context_start(t: int, limit: int | None, slide: int = 1) -> int:
+    """Where the context of byte ``t`` starts when a model reads windows of at most ``limit`` bytes:
+    0 while the t bytes before it fit beside it (``t < limit``); past that a multiple of ``slide``,
+    the window moving ``slide`` bytes at a time, so that byte t sees ``limit - slide`` to
+    ``limit - 1`` bytes. ``limit`` None: a model that reads any length sees everything."""
+    if limit is None or t < limit:
+        return 0
+    return slide * ((t - limit) // slide + 1)
 
 
 @torch.inference_mode()
@@ -63,20 +65,30 @@ def generate(
 ) -> Tensor:
     """Append ``num_bytes`` sampled bytes to ``prompt[B, n]`` (n may be 0); returns ``[B, n + num_bytes]``.
 
-    The model must be in eval mode (dropout off). ``cached=False`` recomputes a full forward per
-    byte: the reference and the benchmark's baseline, not something to use.
+    Any prompt length and any number of bytes: past ``model.max_input_len()`` each byte is predicted
+    from the last bytes that fit (:func:`context_start`). The model must be in eval mode (dropout
+    off). ``cached=False`` recomputes a full forward per byte: the reference and the benchmark's
+    baseline, not something to use.
     """
     if model.training:
         raise ValueError("generate() needs the model in eval mode: call model.eval() first")
-    check_generation_length(model, prompt.size(1), num_bytes)
-    new: list[Tensor] = []
-    logits, cache = model.prefill(prompt) if cached else (model.next_logits(prompt), None)
-    for i in range(num_bytes):
-        new.append(sample_next(logits, temperature, top_k, generator))
-        if i + 1 == num_bytes:
+    if num_bytes < 1:
+        raise ValueError(f"the number of bytes to generate ({num_bytes}) must be at least 1")
+    limit, slide = model.max_input_len(), model.slide_bytes
+    n = prompt.size(1)
+    out = torch.cat([prompt, prompt.new_zeros(prompt.size(0), num_bytes)], dim=1)
+    start = context_start(n, limit, slide)
+    logits, cache = model.prefill(out[:, start:n]) if cached else (model.next_logits(out[:, start:n]), None)
+    for t in range(n, n + num_bytes):
+        out[:, t] = sample_next(logits, temperature, top_k, generator)
+        if t + 1 == n + num_bytes:
             break
-        if cached:
-            logits = model.step(new[-1], cache)
+        moved = context_start(t + 1, limit, slide)
+        if not cached:
+            logits = model.next_logits(out[:, moved : t + 1])
+        elif moved != start:  # the window slid: new positions for every byte it keeps
+            logits, cache = model.prefill(out[:, moved : t + 1])
         else:
-            logits = model.next_logits(torch.cat([prompt, torch.stack(new, dim=1)], dim=1))
-    return torch.cat([prompt, torch.stack(new, dim=1)], dim=1)
+            logits = model.step(out[:, t], cache)
+        start = moved
+    return out

@@ -185,6 +185,7 @@ class Megabyte(ByteModel):
             )
         check_variant(patch_size, cross_patch_attention, patch_encoder, no_local, no_global)
         self.patch_size, self.max_seq_len = patch_size, max_seq_len
+        self.slide_bytes = patch_size  # generation's window slides a patch at a time (ByteModel)
         self.global_d_model, self.global_layers = global_d_model, global_layers
         self.local_d_model, self.local_layers = local_d_model, local_layers
         self.cross_patch_attention, self.patch_encoder = cross_patch_attention, patch_encoder

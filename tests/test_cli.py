@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import yaml
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from datamodules import TextBytes
-from experiments.cli import main
+from experiments.cli import COMMANDS, SUBCOMMANDS, command, main
 from modules import ByteLM, Decoder
 from modules.base import build_model
 
@@ -53,6 +55,11 @@ def bytelab(
     env = {**os.environ, "BYTELAB_CACHE": str(cache), "PYTHONPATH": str(REPO), **(env or {})}
     entry = [*SIGINT_DEFAULT, *ENTRY] if sigint else ENTRY
     return subprocess.run([*entry, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def noise(output: str) -> list[str]:
+    """The lines of a run's output that are library warnings (``file.py:N: ...``) or tips."""
+    return [line for line in output.splitlines() if re.search(r"\.py:\d+: ", line) or "Tip:" in line]
 
 
 def fit_modality_default(data_config: str, model_config: str, tmp_path: Path) -> None:
@@ -112,6 +119,7 @@ def test_fit_each_model_through_the_cli(name, corpus, tmp_path, capfd, monkeypat
     if name == "megabyte":
         result = bytelab(*args, cache=tmp_path / "cache")
         assert result.returncode == 0, result.stderr[-3000:]
+        assert noise(result.stdout + result.stderr) == []  # no tips, no deprecation warnings
         stdout = result.stdout
     else:
         monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
@@ -143,6 +151,9 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
     assert checkpoint["global_step"] == 3
     second = bytelab("fit", *common, "--trainer.max_steps=6", "--ckpt_path=last", cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]
+    # Nothing claims that the earlier logs will be deleted (they are kept, below) or warns that the
+    # run's own checkpoint directory exists.
+    assert noise(second.stdout + second.stderr) == [], second.stderr[-3000:]
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 6
     # Bytes seen are the windows' own (some are short, at a document's start): those of samples 0..23.
@@ -160,6 +171,120 @@ def test_resume_from_last_checkpoint_continues_the_run(corpus, tmp_path):
     # Each invocation logs a fresh metrics.csv; the earlier parts of the curve are kept in order.
     first, resumed = (pd.read_csv(run / name)["step"] for name in ("metrics.1.csv", "metrics.2.csv"))
     assert first.max() < 3 <= resumed.min() and "val/bpb" in pd.read_csv(run / "metrics.csv")
+
+
+def test_help_lists_every_subcommand_once_by_group(capsys):
+    assert main([]) == 0
+    alone = capsys.readouterr().out
+    assert main(["--help"]) == 0 and capsys.readouterr().out == alone
+    groups = [line for line in alone.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert groups == ["train and evaluate:", "run studies:", "analyse:", "generate and benchmark:", "data:"]
+    listed = [line.split()[0] for line in alone.splitlines() if line.startswith("  ")]
+    assert sorted(listed) == sorted([*COMMANDS, "fit", "validate", "test"])
+    assert "  compare   Run a compute-matched comparison of Decoder, PerceiverAR and MEGABYTE" in alone
+
+
+def test_help_lines_are_the_first_lines_of_the_subcommands_docstrings():
+    lines = {name: line for commands in SUBCOMMANDS.values() for name, line in commands.items()}
+    for name in COMMANDS:
+        assert lines[name] == inspect.getdoc(command(name)).splitlines()[0], name
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (["predict"], "bytelab: error: no subcommand 'predict': bytelab --help lists them"),
+        (
+            ["comapre"],
+            "bytelab: error: no subcommand 'comapre': did you mean 'compare'? bytelab --help lists them",
+        ),
+    ],
+)
+def test_an_unknown_subcommand_is_one_line(args, line, capsys):
+    assert main(args) == 2
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_each_subcommand_still_lists_its_options(capsys):
+    for args, option in ((["generate", "--help"], "--ckpt CKPT"), (["fit", "--help"], "--trainer.max_steps")):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 0 and option in capsys.readouterr().out
+
+
+DECODER = f"--config={CONFIGS / 'decoder_tiny.yaml'}"
+FIT_HELP = " (see bytelab fit --help)"
+BAD_OPTIONS = {
+    "path that does not exist": (
+        ["fit", DECODER, "--data.init_args.paths=/nonexistent"],
+        "paths='/nonexistent' does not exist: give a file, a folder, a glob pattern, or None for Shakespeare"
+        " (run with --debug for the traceback)",
+    ),
+    "value of the wrong type": (
+        ["fit", DECODER, "--trainer.max_steps=abc"],
+        "--trainer.max_steps=abc: expected an int" + FIT_HELP,
+    ),
+    "wrong type inside a class": (
+        ["fit", DECODER, "--data.init_args.batch_size=abc"],
+        "--data.init_args.batch_size=abc: expected an int" + FIT_HELP,
+    ),
+    "wrong type or null": (
+        ["compare", "--jobs=abc"],
+        "--jobs=abc: expected an int or null (see bytelab compare --help)",
+    ),
+    "not one of the choices": (
+        ["compare", "--preset=smok"],
+        "--preset=smok: not one of the choices: did you mean smoke? (see bytelab compare --help)",
+    ),
+    "unknown class": (
+        ["fit", DECODER, "--model.model=Decodr"],
+        "--model.model=Decodr: no such class: did you mean Decoder?" + FIT_HELP,
+    ),
+    "unknown class, nothing near": (
+        ["fit", DECODER, "--model.model=modules.Nope"],
+        "--model.model=modules.Nope: no such class (known: Decoder, HNet, Hourglass, Megabyte, PerceiverAR, "
+        "SpaceByte)" + FIT_HELP,
+    ),
+    "data config that does not exist": (
+        ["compare", "--data=missing.yaml"],
+        "--data=missing.yaml: no such file (nor a class name) (see bytelab compare --help)",
+    ),
+    "unknown option": (
+        ["fit", DECODER, "--trainer.max_stepz=5"],
+        "unknown option --trainer.max_stepz: did you mean --trainer.max_steps?" + FIT_HELP,
+    ),
+    "unknown option of a class": (
+        ["fit", DECODER, "--model.model.init_args.d_modl=5"],
+        "unknown option --model.model.init_args.d_modl: did you mean --model.model.init_args.d_model?"
+        + FIT_HELP,
+    ),
+    "unknown option of a subcommand": (
+        ["compare", "--jobss=2"],
+        "unknown option --jobss: did you mean --jobs? (see bytelab compare --help)",
+    ),
+    "config that is not a mapping": (
+        ["fit", "--config={listing}"],
+        "--config {listing}: holds a list, not a mapping of options (key: value lines)" + FIT_HELP,
+    ),
+    "config that does not exist": (
+        ["fit", "--config={missing}"],
+        "--config {missing}: no such file" + FIT_HELP,
+    ),
+}
+
+
+@pytest.mark.parametrize("args,line", list(BAD_OPTIONS.values()), ids=list(BAD_OPTIONS))
+def test_a_bad_option_is_one_short_line_that_names_it_and_the_fix(args, line, tmp_path, capsys):
+    """The whole of stderr is one line: the option, the value, the fix, in at most 160 characters
+    before the pointer to --help or --debug (jsonargparse's own message was up to 620)."""
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    paths = {"listing": listing, "missing": tmp_path / "missing.yaml"}
+    args = [arg.format(**paths) for arg in args]
+    assert main([*args, f"--run_dir={tmp_path / 'run'}"] if args[0] == "fit" else args) == 2
+    err = capsys.readouterr().err
+    assert err == f"bytelab: error: {line.format(**paths)}\n"
+    assert len(err.partition(" (")[0]) <= 160
 
 
 @pytest.mark.faults

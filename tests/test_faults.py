@@ -242,9 +242,9 @@ def test_checkpoint_of_another_architecture_is_refused(corpus, trained_run, tmp_
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--model.model.init_args.d_modl=3"], "Option 'd_modl' is not accepted"),
-        (["--model.model.init_args.d_model=abc"], "Expected a <class 'int'>. Got value: abc"),
-        (["--trainer.max_stepz=3"], "unrecognized arguments: --trainer.max_stepz=3"),
+        (["--model.model.init_args.d_modl=3"], "unknown option --model.model.init_args.d_modl"),
+        (["--model.model.init_args.d_model=abc"], "--model.model.init_args.d_model=abc: expected an int"),
+        (["--trainer.max_stepz=3"], "unknown option --trainer.max_stepz: did you mean --trainer.max_steps?"),
         (["--model.model.init_args.d_model=-8"], "d_model=-8 must be a positive integer"),
         (["--model.model.init_args.d_model=30"], "d_model=30 must be divisible by n_heads=4"),
         (["--data.init_args.batch_size=0"], "batch_size=0 must be at least 1"),

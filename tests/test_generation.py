@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules import PerceiverAR
-from modules.generate import generate, sample_next
+from modules import Megabyte, PerceiverAR
+from modules.generate import context_start, generate, sample_next
 
 from .conftest import CONTRACT_MODELS, EXACT, tiny_model
 
@@ -131,21 +131,42 @@ def test_temperature_scales_the_logits(temperature):
     assert float(counts[0]) / 4000 == pytest.approx(float(expected), abs=0.03)
 
 
+def test_the_window_slides_one_byte_or_one_patch_at_a_time():
+    """Byte t of a 64-byte window sees bytes context_start(t) .. t-1: all of them up to t = 63, then
+    the last 63 (one byte at a time), or the last 60 to 63 in steps of a patch of 4."""
+    assert [context_start(t, 64) for t in (0, 63, 64, 65, 200)] == [0, 0, 1, 2, 137]
+    assert [context_start(t, 64, 4) for t in (63, 64, 67, 68, 71, 72)] == [0, 4, 4, 8, 8, 12]
+    assert context_start(10_000, None) == 0  # a model that reads any length sees everything
+
+
+def test_bytes_past_the_window_are_sampled_from_a_fresh_forward_over_the_suffix(model):
+    """Cached decoding from 58 bytes to 98 through a 64-byte window: each byte is the one that the same
+    generator draws from ``next_logits`` of the suffix that fits (a full forward, no cache)."""
+    prompt = torch.randint(0, 256, (2, 58), generator=torch.Generator().manual_seed(2))
+    sample = generate(model, prompt, 40, generator=torch.Generator().manual_seed(3))
+    assert sample.shape == (2, 98) and torch.equal(sample[:, :58], prompt)
+    limit, slide = model.max_input_len(), model.slide_bytes
+    assert slide == (4 if isinstance(model, Megabyte) else 1)
+    replay = torch.Generator().manual_seed(3)
+    for t in range(58, 98):
+        start = context_start(t, limit, slide)
+        assert start == 0 if limit is None or t < limit else limit - slide <= t - start < limit
+        fresh = model.next_logits(sample[:, start:t])
+        assert torch.equal(sample[:, t], sample_next(fresh, generator=replay)), t
+    # A prompt longer than the window is read from its last bytes that fit.
+    longer = torch.cat([prompt, sample[:, 58:78]], dim=1)  # 78 bytes
+    start = context_start(78, limit, slide)
+    greedy = generate(model, longer, 1, temperature=0.0)[:, -1]
+    assert torch.equal(greedy, model.next_logits(longer[:, start:]).argmax(-1))
+
+
 def test_bad_generation_requests_are_one_line_errors(model):
     prompt = torch.zeros(1, 60, dtype=torch.long)
-    if model.max_input_len() is None:  # the windowed rotary decoder reads any length (modules/decoder.py)
-        assert generate(model, torch.zeros(1, 65, dtype=torch.long), 5).shape == (1, 70)
-    else:
-        too_many = "60 prompt bytes \\+ 5 new bytes exceed the model's max_seq_len=64"
-        with pytest.raises(ValueError, match=too_many):
-            generate(model, prompt, 5)
-        too_long = r"prompt \(65 bytes\) is longer than the model.s max_seq_len=64"
-        with pytest.raises(ValueError, match=too_long):
-            generate(model, torch.zeros(1, 65, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match=r"number of bytes to generate \(0\) must be at least 1"):
+        generate(model, prompt, 0)
     with pytest.raises(ValueError, match="top_k=0 must be between 1 and 256"):
         generate(model, prompt, 1, top_k=0)
     with pytest.raises(ValueError, match="temperature=-1"):
         generate(model, prompt, 1, temperature=-1.0)
     with pytest.raises(ValueError, match="eval mode"):
         generate(model.train(), prompt, 1)
-    assert generate(model.eval(), prompt, 4).shape == (1, 64)  # exactly fills the window
