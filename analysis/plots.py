@@ -112,6 +112,9 @@ def plot_training_compute(
             label = rf"fit $\alpha$={law.alpha:.3f} [{ci['alpha_lo']:.3f}, {ci['alpha_hi']:.3f}]"
             ax.plot(c, law.loss(c), "--", color=color, linewidth=1, label=label)
     ax.set(xscale="log", xlabel="training FLOPs", ylabel="validation bits per byte")
+    low, high = runs["flops_seen"].min(), runs["flops_seen"].max()
+    if high < 4 * low:  # one budget (runs stop within a step of it): a readable span around it
+        ax.set_xlim(low / 2, high * 2)
     ax.set_title(
         f"{runs['dataset'].iloc[0]}: compute-matched runs\n"
         "frontier: mean over seeds, bars min-max over seeds; fit: 90% bootstrap CI of alpha",

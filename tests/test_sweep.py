@@ -345,6 +345,31 @@ def test_configurations_are_tuned_with_the_rate_and_the_best_runs_the_grid(tmp_p
         Sweep.from_dict({**SPEC, "architectures": {"decoder": {"sizes": ["cpu-xs"], "configs": configs}}})
 
 
+def test_the_configuration_of_lowest_mean_over_tuning_seeds_wins_and_is_in_run_json(tmp_path):
+    """tune_seeds=2: seed 0 alone would choose w1024x1 (2.80 against 2.85), the mean over seeds 0 and 1
+    chooses w128x8 (2.70 against 2.90); the grid's run.json info names it and its options."""
+    configs = {
+        "w1024x1": {"data.init_args.seq_len": 1024, "data.init_args.batch_size": 1},
+        "w128x8": {"data.init_args.seq_len": 128, "data.init_args.batch_size": 8},
+    }
+    sweep = make(tmp_path, lrs=[1e-3], seeds=[0, 1], tune_seeds=2, budgets=[1e12], tune_budget=2.5e11)
+    sweep.architectures = {"decoder": Architecture(sizes=["cpu-xs"], configs=configs)}
+    vals = {("w1024x1", 0): 2.80, ("w1024x1", 1): 3.00, ("w128x8", 0): 2.85, ("w128x8", 1): 2.55}
+
+    def launch(run):
+        val = vals.get((run.info["config"], run.info["seed"]), 2.5) if run.info["stage"] == "tune" else 2.5
+        write_json_atomic(
+            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val}}}
+        )
+        return 0
+
+    assert run_sweep(sweep, launch=launch, echo=lambda line: None) == []
+    grid = expand(sweep)[len(expand_tuning(sweep)) :]
+    assert [r.id for r in grid] == ["decoder-w128x8-c1e12-seed0", "decoder-w128x8-c1e12-seed1"]
+    for run in grid:  # what `bytelab fit` writes into run.json's "sweep"
+        assert run.info["config"] == "w128x8" and run.info["config_options"] == configs["w128x8"]
+
+
 def test_a_tuned_grid_starts_without_waiting_for_other_architectures_tuning(tmp_path):
     """With 2 jobs, decoder cpu-s's last tuning run holds until a decoder cpu-xs grid run starts:
     that happens only if cpu-xs's grid joins the queue when its own tuning ends (before, every grid
