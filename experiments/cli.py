@@ -37,8 +37,8 @@ SUBCOMMANDS = {
         "test": "Score a checkpoint on the test split.",
     },
     "run studies": {
-        "compare": "Run a compute-matched comparison of Decoder, PerceiverAR and MEGABYTE, then its "
-        "analysis.",
+        "compare": "Run a compute-matched comparison of two decoders, PerceiverAR and MEGABYTE, then "
+        "its analysis.",
         "sweep": "Run a compute-matched grid of ``bytelab fit`` runs, or print their commands.",
         "study": "Run one of the MEGABYTE paper's tables, then lay it out beside the paper's numbers.",
     },

@@ -1,5 +1,6 @@
-"""``bytelab compare``: the main job. A compute-matched comparison of Decoder, PerceiverAR and
-MEGABYTE, then its analysis: the table in the terminal, tables and plots under ``results/compare``.
+"""``bytelab compare``: the main job. A compute-matched comparison of the full-attention and the
+windowed decoder, PerceiverAR and MEGABYTE, each at its own tuned window and rate, then its analysis:
+the table in the terminal, tables and plots under ``results/compare``.
 
 It is a sweep (``experiments/sweeps/compare.yaml`` unless ``--sweep`` names another) followed by
 ``bytelab analyze``; options replace the sweep's data, budgets, sizes or device. Like any sweep it
@@ -94,7 +95,7 @@ def compare(
     jobs: int | None = None,
     threads: int | None = None,
 ) -> int:
-    """Run a compute-matched comparison of Decoder, PerceiverAR and MEGABYTE, then its analysis.
+    """Run a compute-matched comparison of two decoders, PerceiverAR and MEGABYTE, then its analysis.
 
     Args:
         sweep: The sweep file to run (replaces ``preset``).
