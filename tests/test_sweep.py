@@ -124,13 +124,15 @@ def test_skip_finished_resume_interrupted_start_new(tmp_path):
     assert json.loads((new.run_dir / SWEEP_INFO).read_text())["args"] == new.args
 
 
-def fake_run(val_bpb: dict[float, float]):
-    """A launcher that finishes a run at once, its final val/bpb a function of its learning rate."""
+def fake_run(val_bpb: dict, by: tuple[str, ...] = ("lr",), default: float | None = None):
+    """A launcher that finishes a run at once, its final val/bpb looked up by its learning rate (or by
+    the run-info fields ``by``, as a tuple); runs not in ``val_bpb`` get ``default`` where given."""
 
     def launch(run):
-        lr = run.info["lr"]
+        key = tuple(run.info[name] for name in by) if len(by) > 1 else run.info[by[0]]
+        val = val_bpb[key] if default is None else val_bpb.get(key, default)
         write_json_atomic(
-            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val_bpb[lr]}}}
+            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val}}}
         )
         return 0
 
@@ -263,13 +265,7 @@ def test_tuning_with_several_seeds_ranks_rates_by_their_mean(tmp_path):
         (9e-3, 1): 3.3,
     }
 
-    def launch(run):
-        val = vals.get((run.info["lr"], run.info["seed"]), 3.0)  # the grid's runs: any value
-        write_json_atomic(
-            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val}}}
-        )
-        return 0
-
+    launch = fake_run(vals, by=("lr", "seed"), default=3.0)  # the grid's runs: any value
     lines = []
     assert run_sweep(sweep, launch=launch, echo=lines.append) == []
     tuning = expand_tuning(sweep)
@@ -315,13 +311,7 @@ def test_configurations_are_tuned_with_the_rate_and_the_best_runs_the_grid(tmp_p
         ("s-w128x8", 3e-3): 2.70,
     }
 
-    def launch(run):
-        val = vals.get((run.info["config"], run.info["lr"]), 2.5)  # the grid's runs: any value
-        write_json_atomic(
-            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val}}}
-        )
-        return 0
-
+    launch = fake_run(vals, by=("config", "lr"), default=2.5)  # the grid's runs: any value
     lines = []
     assert run_sweep(sweep, launch=launch, echo=lines.append) == []
     tuning = expand_tuning(sweep)
@@ -356,13 +346,7 @@ def test_the_configuration_of_lowest_mean_over_tuning_seeds_wins_and_is_in_run_j
     sweep.architectures = {"decoder": Architecture(sizes=["cpu-xs"], configs=configs)}
     vals = {("w1024x1", 0): 2.80, ("w1024x1", 1): 3.00, ("w128x8", 0): 2.85, ("w128x8", 1): 2.55}
 
-    def launch(run):
-        val = vals.get((run.info["config"], run.info["seed"]), 2.5) if run.info["stage"] == "tune" else 2.5
-        write_json_atomic(
-            run.run_dir / "run.json", {"status": "finished", "metrics": {"final": {"val/bpb": val}}}
-        )
-        return 0
-
+    launch = fake_run(vals, by=("config", "seed"), default=2.5)  # the grid's runs: any value
     assert run_sweep(sweep, launch=launch, echo=lambda line: None) == []
     grid = expand(sweep)[len(expand_tuning(sweep)) :]
     assert [r.id for r in grid] == ["decoder-w128x8-c1e12-seed0", "decoder-w128x8-c1e12-seed1"]
