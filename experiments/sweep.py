@@ -58,10 +58,11 @@ class Architecture:
             label instead (``no_local: {model: megabyte, options: {...no_local: true}}``); None: the key.
         configs: Candidate configurations, tuned like the learning rate (SpaceByte's protocol):
             name -> ``bytelab fit`` options (training window, windows per step, attention window,
-            ...) and optionally ``size`` (default: the first of ``sizes``). Every candidate is tuned
-            over ``lrs`` at ``tune_budget``; the grid then runs only the candidate (and its rate) of
-            lowest mean validation bits per byte, one row for the architecture, its name in every
-            run.json. Empty: every size is a row of its own, as without tuning.
+            ...) and optionally ``size`` (default: every one of ``sizes``, a candidate each). Every
+            candidate is tuned over ``lrs`` at ``tune_budget``; the grid then runs, per size, only
+            the candidate (and its rate) of lowest mean validation bits per byte: one row per size,
+            the configuration's name in every run.json. Empty: every size is a row of its own, as
+            without tuning.
         lrs: This architecture's own learning rates to tune over (each candidate's), in place of the
             sweep's ``lrs``: a grid centred where the family trains best spends fewer tuning runs than
             one grid wide enough for every family (``lr_extend`` still steps past an edge).
@@ -74,14 +75,39 @@ class Architecture:
     lrs: list[float] | None = None
 
     def candidates(self) -> dict[str, tuple[str, dict[str, Any]]]:
-        """The units tuned and run: key -> (size, extra options); a size is its own key without
-        ``configs``."""
+        """The units tuned and run: key -> (size, extra options). A size is its own key without
+        ``configs``; a configuration is its name's key where it names its size or the architecture
+        has one size, else ``NAME-SIZE`` once per size."""
         if not self.configs:
             return {size: (size, {}) for size in self.sizes}
-        return {
-            name: (str(options.get("size", self.sizes[0])), {k: v for k, v in options.items() if k != "size"})
-            for name, options in self.configs.items()
-        }
+        units = {}
+        for name, options in self.configs.items():
+            rest = {k: v for k, v in options.items() if k != "size"}
+            if "size" in options or len(self.sizes) == 1:
+                units[name] = (str(options.get("size", self.sizes[0])), rest)
+            else:
+                units |= {f"{name}-{size}": (size, rest) for size in self.sizes}
+        return units
+
+    def rows(self) -> dict[str, list[str]]:
+        """The grid's rows and the candidates that compete for each: row -> candidate keys. Without
+        ``configs`` every size is a row; a configuration tuned at each size (``NAME-SIZE``)
+        competes with the others at that size only (row: the size), so that every size keeps its
+        own best; every other configuration competes in the architecture's one row ("")."""
+        if not self.configs:
+            return {size: [size] for size in self.sizes}
+        rows: dict[str, list[str]] = {}
+        for key, (size, _) in self.candidates().items():
+            rows.setdefault("" if key in self.configs else size, []).append(key)
+        return rows
+
+    def config_name(self, key: str) -> str | None:
+        """The configuration a candidate key stands for (None without ``configs``)."""
+        if not self.configs:
+            return None
+        if key in self.configs:
+            return key
+        return next(name for name in self.configs for size in self.sizes if key == f"{name}-{size}")
 
 
 @dataclass
@@ -298,8 +324,9 @@ def _run(
         "architecture": arch,
         "variant": label,
         "size": size,
-        # The candidate configuration (None without ``configs``) and what it sets.
-        "config": key if spec.configs else None,
+        # The candidate configuration (None without ``configs``), its key and what it sets.
+        "config": spec.config_name(key),
+        "candidate": key,
         "config_options": config_options if spec.configs else None,
         "budget_flops": budget,
         "budget_bytes": sweep.budget_bytes,
@@ -415,32 +442,42 @@ def tuned_lrs(sweep: Sweep, only: tuple[str, str] | None = None) -> dict[tuple[s
     return {key: min(rates, key=lambda lr: sum(rates[lr]) / len(rates[lr])) for key, rates in vals.items()}
 
 
-def chosen_configs(sweep: Sweep, lrs: dict[tuple[str, str], float]) -> dict[str, str]:
-    """For each architecture with ``configs`` whose candidates all have a tuned rate in ``lrs``: the
-    candidate whose tuning runs at that rate reached the lowest mean validation bits per byte (the
-    first in the file's order on a tie)."""
+def chosen_configs(sweep: Sweep, lrs: dict[tuple[str, str], float]) -> dict[tuple[str, str], str]:
+    """For each (architecture with ``configs``, row of its grid: ``Architecture.rows``) whose
+    candidates all have a tuned rate in ``lrs``: the candidate whose tuning runs at that rate reached
+    the lowest mean validation bits per byte (the first in the file's order on a tie)."""
     budget = tune_budget(sweep)
     chosen = {}
     for label, spec in sweep.architectures.items():
-        keys = list(spec.candidates())
-        if spec.configs and all((label, key) in lrs for key in keys):
-            vals = {key: rate_val(sweep, label, key, budget, lrs[(label, key)]) for key in keys}
-            chosen[label] = min(keys, key=lambda k: vals[k])
+        if not spec.configs:
+            continue
+        for row, keys in spec.rows().items():
+            if all((label, key) in lrs for key in keys):
+                vals = {key: rate_val(sweep, label, key, budget, lrs[(label, key)]) for key in keys}
+                chosen[(label, row)] = min(keys, key=lambda k: vals[k])
     return chosen
 
 
 def expand_main(
-    sweep: Sweep, lrs: dict[tuple[str, str], float] | None = None, chosen: dict[str, str] | None = None
+    sweep: Sweep,
+    lrs: dict[tuple[str, str], float] | None = None,
+    chosen: dict[tuple[str, str], str] | None = None,
 ) -> list[Run]:
     """The grid's runs, in a stable order with stable ids; ``lrs`` gives tuned learning rates and
-    ``chosen`` the configuration of each architecture with ``configs`` (one without a choice yet has
-    no grid runs: they join when its tuning ends)."""
+    ``chosen`` the configuration of each (architecture with ``configs``, row): a row without a choice
+    yet has no grid runs, they join when its tuning ends."""
     budgets: list[float | None] = list(sweep.budgets) or [None]
     lrs, chosen = lrs or {}, chosen or {}
+
+    def keys(label: str, spec: Architecture) -> list[str]:
+        if not spec.configs:
+            return spec.sizes
+        return [chosen[(label, row)] for row in spec.rows() if (label, row) in chosen]
+
     return [
         _run(sweep, label, key, budget, seed, lrs.get((label, key)))
         for label, spec in sweep.architectures.items()
-        for key in ([chosen[label]] if label in chosen else [] if spec.configs else spec.sizes)
+        for key in keys(label, spec)
         for budget in budgets
         for seed in sweep.seeds
     ]
@@ -448,7 +485,7 @@ def expand_main(
 
 def grid_count(sweep: Sweep) -> int:
     """How many runs the grid has once every configuration is chosen."""
-    rows = sum(1 if spec.configs else len(spec.sizes) for spec in sweep.architectures.values())
+    rows = sum(len(spec.rows()) for spec in sweep.architectures.values())
     return rows * max(len(sweep.budgets), 1) * len(sweep.seeds)
 
 
@@ -635,7 +672,7 @@ def largest_model_params(runs: Sequence[Run]) -> int:
 def group(run: Run) -> tuple[str, str]:
     """The (architecture label, candidate) a run belongs to: the unit whose learning rate is tuned
     (the candidate is the size, or the configuration's name with ``configs``)."""
-    return run.info["variant"], run.info.get("config") or run.info["size"]
+    return run.info["variant"], run.info.get("candidate") or run.info["size"]
 
 
 def run_sweep(
@@ -704,14 +741,19 @@ def run_sweep(
         how = f"mean val bpb over {sweep.tune_seeds} seeds," if sweep.tune_seeds > 1 else "val bpb of"
         echo(f"  learning rate of {key[0]} {key[1]}: {lr:g} (lowest {how} {len(mine)} runs)")
         lrs[key] = lr
-        label = key[0]
-        if not sweep.architectures[label].configs:
+        label, spec = key[0], sweep.architectures[key[0]]
+        if not spec.configs:
             return [r for r in expand_main(sweep, {key: lr}) if group(r) == key]
+        row = next(row for row, keys in spec.rows().items() if key[1] in keys)
         chosen = chosen_configs(sweep, lrs)
-        if label not in chosen:
-            return []  # another configuration of this architecture is still tuning
-        echo(f"  configuration of {label}: {chosen[label]} (lowest val bpb of its candidates at their rates)")
-        return [r for r in expand_main(sweep, lrs, chosen) if r.info["variant"] == label]
+        if (label, row) not in chosen:
+            return []  # another configuration of this row is still tuning
+        pick = chosen[(label, row)]
+        echo(
+            f"  configuration of {label}{f' {row}' if row else ''}: {spec.config_name(pick)} "
+            "(lowest val bpb of its candidates at their rates)"
+        )
+        return [r for r in expand_main(sweep, lrs, chosen) if group(r) == (label, pick)]
 
     lrs: dict[tuple[str, str], float] = {}
     grid = expand_main(sweep)  # the tuned groups' runs join, with their rates, through follow
@@ -892,6 +934,29 @@ srun bash -c "${{runs[$SLURM_ARRAY_TASK_ID]}}"
 """
 
 
+def run_interruptible(
+    grid: Sweep, command: str, jobs: int | None, inline: bool, threads: int | None
+) -> list[Run]:
+    """``run_sweep`` for a command line (``bytelab sweep``, ``bytelab compare``): a SIGTERM (``kill``,
+    a job scheduler) stops it as Ctrl-C does, children first, each run saving its step; either prints
+    one line on how to resume and raises KeyboardInterrupt on. (Inline, the run in progress gets the
+    SIGTERM through Lightning and the sweep then stops.)"""
+    previous = signal.getsignal(signal.SIGTERM)
+    if not inline:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return run_sweep(grid, jobs=jobs, inline=inline, threads=threads)
+    except KeyboardInterrupt:
+        print(
+            f"bytelab {command}: interrupted; the runs in progress are marked interrupted in their "
+            "run.json, run the same command again to resume them",
+            file=sys.stderr,
+        )
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def use_data(sweep: Sweep, data: DataConfig) -> None:
     """Give every run of the sweep this DataModule config instead of the sweep's data config files
     (those under a ``data/`` folder), in place; the sweep's ``data.*`` options still apply on top."""
@@ -944,18 +1009,9 @@ def sweep(
         text = "\n".join(run.command for run in runs) if print_commands else slurm_script(grid, runs)
         print(text.rstrip())
         return 0
-    if not inline:
-        # A SIGTERM to the sweep (a job scheduler stopping it) stops it as Ctrl-C does: children
-        # first. (Inline, the run in progress gets it through Lightning and the sweep then stops.)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        failed = run_sweep(grid, jobs=jobs, inline=inline, threads=threads)
+        failed = run_interruptible(grid, "sweep", jobs=jobs, inline=inline, threads=threads)
     except KeyboardInterrupt:
-        print(
-            "bytelab sweep: interrupted; the runs in progress are marked interrupted in their run.json, "
-            "run the same command again to resume them",
-            file=sys.stderr,
-        )
         return 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
     if failed:
         print(

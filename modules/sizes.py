@@ -12,7 +12,8 @@ global/local split only for Table 2 (and Table 13), so MEGABYTE's ``S*`` use the
 the global model and a local model of half its layers at a quarter of its width: that split is
 bytelab's choice, not the paper's. ``cpu-*`` sizes are for laptops and tests: at 256-byte windows
 (64 or 128 PerceiverAR latents) they cost about 1.1-1.4 (xs), 3.0-3.7 (s) and 5.2-7.5 (m) MFLOPs per
-training byte.
+training byte; ``cpu-xxs``, the scaling study's small size, costs 3-3.7x less than ``cpu-xs`` at
+128-byte windows (0.19-0.55 MFLOPs per byte), so that its compute-optimal size can move within 16x.
 
 Options that depend on the study rather than the size (``max_seq_len``, ``num_latents``,
 ``patch_size`` of a CPU run) come from the sweep file. ``test`` sizes are the tiny models the test
@@ -131,6 +132,7 @@ def _spacebyte(local_width: int, layers: int, heads: int, window: int | None = N
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "decoder": {
         "test": _flat(2, 32, 4),
+        "cpu-xxs": _flat(2, 32, 2),
         "cpu-xs": _flat(2, 64, 4),
         "cpu-s": _flat(3, 96, 4),
         "cpu-m": _flat(4, 128, 4),
@@ -148,6 +150,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     # 2.61 bits per byte against 3.66 for 1024 (cpu-xs, 3e12 FLOPs). A 2-layer stack reads 255 bytes.
     "decoder_windowed": {
         "test": _windowed(2, 32, 4, 16),  # reads 31 bytes: the 96-byte test windows cross its edge
+        "cpu-xxs": _windowed(2, 32, 2, 128),
         "cpu-xs": _windowed(2, 64, 4, 128),
         "cpu-s": _windowed(3, 96, 4, 128),
         "cpu-m": _windowed(4, 128, 4, 128),
@@ -155,6 +158,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "perceiver_ar": {
         "test": {**_flat(2, 32, 4), "num_latents": 24},
+        "cpu-xxs": _flat(2, 32, 2),
         "cpu-xs": _flat(2, 64, 4),
         "cpu-s": _flat(3, 96, 4),
         "cpu-m": _flat(4, 128, 4),
@@ -172,6 +176,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "megabyte": {
         "test": _cpu_megabyte(2, 64, 32),
+        "cpu-xxs": {**_cpu_megabyte(2, 64, 32), "n_heads": 2},
         "cpu-xs": _cpu_megabyte(2, 128, 64),
         "cpu-s": _cpu_megabyte(2, 256, 64),
         "cpu-m": _cpu_megabyte(3, 256, 96),
@@ -252,6 +257,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     # text model. bench: the bench decoder's five blocks of width 512, three over a 4x shorter sequence.
     "hourglass": {
         "test": _hourglass(32, "1@1 2@3 1@1"),
+        "cpu-xxs": _hourglass(32, "1@1 2@3 1@1", heads=2),
         "cpu-xs": _hourglass(56, "1@1 2@3 1@1"),
         "cpu-s": _hourglass(96, "1@1 4@3 1@1"),
         "cpu-m": _hourglass(128, "1@1 2@2 6@6 2@2 1@1"),
@@ -264,6 +270,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     # size's training FLOPs per byte within 4% (2.35 / 5.84 / 11.19 against 2.26 / 5.68 / 11.21 M).
     "hnet": {
         "test": _hnet(32, 64, 1, 2),
+        "cpu-xxs": _hnet(24, 64, 1, 3, n_heads=2, main_n_heads=2),
         "cpu-xs": _hnet(48, 128, 1, 3),
         "cpu-s": _hnet(64, 256, 1, 4),
         "cpu-m": _hnet(96, 256, 2, 4),
@@ -279,6 +286,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     # its smallest published one (GitHub: 12 + 12 blocks, T = 8192 = 8 T_G).
     "spacebyte": {
         "test": {**_spacebyte(32, 2, 4, window=16), "patch_size": 6},
+        "cpu-xxs": _spacebyte(40, 2, 2),
         "cpu-xs": _spacebyte(80, 2, 4),
         "cpu-s": _spacebyte(96, 4, 4),
         "cpu-m": _spacebyte(128, 4, 4),

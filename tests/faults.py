@@ -119,3 +119,26 @@ class NanOnRank(L.Callback):
         if trainer.global_step == self.step and trainer.global_rank == self.rank:
             with torch.no_grad():
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+class SignalMidSweep(L.Callback):
+    """A signal to the sweep (``SignalAtStep`` with ``parent=True``) at step ``step`` of the first run
+    to get there once ``after`` runs of ``runs`` (a run root) have finished, and only while the file
+    ``flag`` exists (the run that removes it is the one that signals), so that the kill lands in the
+    middle of a study and its rerun is not signalled."""
+
+    def __init__(self, step: int, name: str, flag: str, runs: str, after: int) -> None:
+        self.signal = SignalAtStep(step, name, parent=True)
+        self.flag, self.runs, self.after = Path(flag), Path(runs), after
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step != self.signal.step or not self.flag.exists():
+            return
+        finished = sum('"status": "finished"' in p.read_text() for p in self.runs.glob("*/run.json"))
+        if finished < self.after:
+            return
+        try:
+            self.flag.unlink()
+        except FileNotFoundError:  # another run got there first
+            return
+        self.signal.on_train_batch_end(trainer, *args)
