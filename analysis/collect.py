@@ -81,6 +81,8 @@ def run_row(run_dir: Path, manifest: dict[str, Any], allow_unfinished: bool = Fa
         **{key: data.get(key) for key in EVAL_PROTOCOL},
         "architecture": model["class"],
         "variant": sweep.get("variant", model["class"]),  # a sweep's label for an option set
+        # The registered architecture whatever the label (a context study's decoder-w512 is a Decoder).
+        "family": NAMES.get(sweep.get("architecture"), model["class"]),
         # A tuned configuration (sweep ``configs``) is part of what a row is: "cpu-xs w128x8".
         "size": " ".join(str(part) for part in (sweep.get("size", ""), sweep.get("config")) if part),
         "config": sweep.get("config") or "",

@@ -21,6 +21,7 @@ percentile interval (``bootstrap_fit``).
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -117,21 +118,17 @@ def fit_power_law(compute: np.ndarray, loss: np.ndarray) -> PowerLaw:
     return PowerLaw(l_inf, math.exp(log_c0), alpha, math.sqrt(error / len(loss)), len(loss))
 
 
-def bootstrap_fit(
-    budgets: list[tuple[np.ndarray, np.ndarray]],
-    resamples: int = RESAMPLES,
-    level: float = LEVEL,
-    seed: int = BOOTSTRAP_SEED,
-) -> dict[str, float | str | int]:
-    """Percentile interval of alpha and L_inf from refits on resampled data.
+def bootstrap_draws(
+    budgets: list[tuple[np.ndarray, np.ndarray]], resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Refits on resampled data: (l_inf, alpha, log C0) arrays, one entry per resample, and how the
+    data were resampled.
 
     ``budgets`` holds, per frontier budget, the (compute, loss) arrays of its runs, one per seed.
     Where any budget has several seeds, each resample draws that many seeds with replacement within
     every budget and fits the means (a budget with one seed keeps it); with one seed everywhere
     it draws the frontier points themselves with replacement (resamples with fewer than 3 distinct
-    budgets cannot be fitted and are redrawn). Deterministic for a given ``seed``. The frontier's
-    sizes stay those the means chose: the interval is conditional on that choice, and with few
-    seeds it is narrow by the bootstrap's factor sqrt((n - 1) / n) (0.82 for 3 seeds).
+    budgets cannot be fitted and are redrawn). Deterministic for a given ``seed``.
     """
     rng = np.random.default_rng(seed)
     counts = [len(loss) for _, loss in budgets]
@@ -150,7 +147,23 @@ def bootstrap_fit(
         pick = pick[[len(set(row)) >= 3 for row in pick]][:resamples]
         log_c, loss = np.log(compute[pick]), bpb[pick]
         method = "points (1 seed per budget)"
-    l_inf, alpha, _, _ = _fit_rows(log_c, loss)
+    l_inf, alpha, log_c0, _ = _fit_rows(log_c, loss)
+    return l_inf, alpha, log_c0, method
+
+
+def bootstrap_fit(
+    budgets: list[tuple[np.ndarray, np.ndarray]],
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, float | str | int]:
+    """Percentile interval of alpha and L_inf from refits on resampled data (``bootstrap_draws``).
+
+    The frontier's sizes stay those the means chose: the interval is conditional on that choice,
+    and with few seeds it is narrow by the bootstrap's factor sqrt((n - 1) / n) (0.82 for 3 seeds,
+    0.71 for 2).
+    """
+    l_inf, alpha, _, method = bootstrap_draws(budgets, resamples, seed)
     tail = 100 * (1 - level) / 2
     return {
         "alpha_lo": float(np.nanpercentile(alpha, tail)),
@@ -188,6 +201,7 @@ def points(runs: pd.DataFrame) -> pd.DataFrame:
     if "test_bpb" in runs.columns:
         parts.append(spread_stats(grouped["test_bpb"], "test_bpb"))
     same = [
+        "family",
         "params",
         "params_non_embedding",
         "inference_flops_per_byte",
@@ -216,6 +230,12 @@ def seed_values(runs: pd.DataFrame, point: pd.Series) -> pd.DataFrame:
     return runs[runs["run_dir"].isin(point["run_dirs"])]
 
 
+def frontier_seeds(runs: pd.DataFrame, group: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per frontier point of ``group`` (rows of ``frontier``), the (FLOPs, bpb) arrays of its seeds."""
+    seeds = [seed_values(runs, point) for _, point in group.iterrows()]
+    return [(s["flops_seen"].to_numpy(), s["val_bpb"].to_numpy()) for s in seeds]
+
+
 def fit_frontiers(runs: pd.DataFrame) -> pd.DataFrame:
     """One fit per dataset and architecture, with a bootstrap interval, or NaN and ``why`` not.
 
@@ -236,8 +256,7 @@ def fit_frontiers(runs: pd.DataFrame) -> pd.DataFrame:
             row["why"] = f"no fit: {refusal}; a fit needs at least {MIN_BUDGETS} over at least {MIN_SPAN:g}x"
         else:
             row |= asdict(fit_power_law(compute, loss))
-            seeds = [seed_values(runs, point) for _, point in group.iterrows()]
-            row |= bootstrap_fit([(s["flops_seen"].to_numpy(), s["val_bpb"].to_numpy()) for s in seeds])
+            row |= bootstrap_fit(frontier_seeds(runs, group))
             row["why"] = ""
         rows.append(row)
     return pd.DataFrame(rows)
@@ -268,15 +287,55 @@ def _multiplier(row: pd.Series, ref: pd.DataFrame, reference: str) -> dict[str, 
     return {"loss": loss, "multiplier": as_law(row).compute(loss) / as_law(r).compute(loss)}
 
 
-def compute_multipliers(fits: pd.DataFrame, reference: str = "Decoder") -> pd.DataFrame:
+def draws_seed(dataset: str, architecture: str) -> int:
+    """The bootstrap seed of one fit's draws: fixed, and different for every architecture, so that
+    the resamples of two fits are independent (equal seeds would pair their draws)."""
+    return BOOTSTRAP_SEED + zlib.crc32(f"{dataset}/{architecture}".encode())
+
+
+def multiplier_interval(
+    runs: pd.DataFrame, dataset: str, architecture: str, reference: str, loss: float, level: float = LEVEL
+) -> tuple[float, float]:
+    """The percentile interval of the compute multiplier at ``loss``: both frontiers refitted on
+    independent resamples of their seeds (``bootstrap_draws``), the multiplier read off each pair.
+    A resample whose L_inf lies at or above ``loss`` never reaches it: its compute is infinite."""
+    best = frontier(runs)
+    computes = []
+    for arch in (architecture, reference):
+        group = best[(best["dataset"] == dataset) & (best["architecture"] == arch)]
+        l_inf, alpha, log_c0, _ = bootstrap_draws(frontier_seeds(runs, group), seed=draws_seed(dataset, arch))
+        gap = np.maximum(loss - l_inf, 1e-300)
+        computes.append(np.where(loss > l_inf, log_c0 - np.log(gap) / alpha, np.inf))
+    with np.errstate(invalid="ignore"):
+        ratio = np.exp(computes[0] - computes[1])  # inf/inf: NaN, left out
+    tail = 100 * (1 - level) / 2
+    return float(np.nanpercentile(ratio, tail)), float(np.nanpercentile(ratio, 100 - tail))
+
+
+def verdict(lo: float, hi: float, reference: str) -> str:
+    """What a multiplier's interval says: less or more compute than the reference, or a tie."""
+    if hi < 1:
+        return f"less compute than {reference}"
+    if lo > 1:
+        return f"more compute than {reference}"
+    return "tie: the interval holds 1"
+
+
+def compute_multipliers(
+    fits: pd.DataFrame, reference: str = "Decoder", runs: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """How many times the reference's compute each architecture needs to reach the same loss.
 
     Read at the middle of the loss range both architectures' frontiers (mean bpb over seeds) cover,
     where both fits interpolate; ``multiplier`` < 1 means the architecture needs less compute than
     the reference. No overlap, or no fit, gives NaN and ``why no multiplier`` rather than an
-    extrapolation.
+    extrapolation. Given the ``runs`` the fits came from, each multiplier also gets its 90%
+    bootstrap interval (``multiplier_lo``, ``multiplier_hi``) and a ``verdict``: less or more compute
+    where the interval excludes 1, else a tie.
     """
     columns = ["dataset", "architecture", "reference", "loss", "multiplier", "why no multiplier"]
+    if runs is not None:
+        columns[5:5] = ["multiplier_lo", "multiplier_hi", "verdict"]
     rows = []
     for dataset, group in fits.groupby("dataset"):
         ref = group[group["architecture"] == reference]
@@ -284,4 +343,7 @@ def compute_multipliers(fits: pd.DataFrame, reference: str = "Decoder") -> pd.Da
             out = {"dataset": dataset, "architecture": row["architecture"], "reference": reference}
             rows.append(out | {"loss": np.nan, "multiplier": np.nan, "why no multiplier": ""})
             rows[-1] |= _multiplier(row, ref, reference)
+            if runs is not None and not np.isnan(rows[-1]["multiplier"]):
+                lo, hi = multiplier_interval(runs, dataset, row["architecture"], reference, rows[-1]["loss"])
+                rows[-1] |= {"multiplier_lo": lo, "multiplier_hi": hi, "verdict": verdict(lo, hi, reference)}
     return pd.DataFrame(rows, columns=columns)

@@ -28,17 +28,20 @@ import pandas as pd  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 from .fits import as_law, frontier  # noqa: E402
 
-# The paper's three keep their colours from earlier plots; any other architecture (or study
-# variant) takes one of the remaining tab10 colours, chosen by its name, so a new model needs no
-# entry here and keeps its colour from plot to plot whatever else is drawn beside it.
+# The paper's three keep their colours from earlier plots, and the other registered families take
+# one each so that a plot of all seven has no two alike; any other architecture (or study variant)
+# takes one of the remaining colours, chosen by its name, so a new model needs no entry here and
+# keeps its colour from plot to plot whatever else is drawn beside it.
 COLORS = {"Decoder": "tab:blue", "PerceiverAR": "tab:green", "Megabyte": "tab:red"}
-PALETTE = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+FAMILY_COLORS = {"Windowed decoder": "tab:cyan", "SpaceByte": "tab:olive", "Hourglass": "tab:purple"}
+FAMILY_COLORS["HNet"] = "tab:brown"
+PALETTE = ["tab:orange", "tab:pink", "tab:gray", "gold", "black", "lightcoral", "teal"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
 def architecture_color(arch: str) -> str:
     """The colour of an architecture: its own, or a stable one from ``PALETTE`` (crc32 of its name)."""
-    return COLORS.get(arch) or PALETTE[zlib.crc32(arch.encode()) % len(PALETTE)]
+    return COLORS.get(arch) or FAMILY_COLORS.get(arch) or PALETTE[zlib.crc32(arch.encode()) % len(PALETTE)]
 
 
 def reference_lines(reference: pd.DataFrame, dataset: str, split: str = "val") -> dict[str, float]:
@@ -152,6 +155,39 @@ def plot_inference_pareto(runs: pd.DataFrame, path: Path, reference: dict[str, f
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("validation bits per byte")
     axes[0][0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_context(table: pd.DataFrame, path: Path, reference: dict[str, float]) -> list[Path]:
+    """Bits per byte against the training window (``context_table`` rows of one dataset): each
+    family's mean over seeds with min-max bars, on the same scored bytes, and the reference lines."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    draw_reference(ax, reference)
+    for family, group in table.groupby("family"):
+        group = group.sort_values("window")
+        bars = [group["val_bpb"] - group["val_bpb_min"], group["val_bpb_max"] - group["val_bpb"]]
+        style = "s--" if family in ("Decoder", "Windowed decoder") else "o-"
+        ax.errorbar(
+            group["window"],
+            group["val_bpb"],
+            yerr=bars,
+            fmt=style,
+            color=architecture_color(family),
+            capsize=3,
+            label=family,
+        )
+    windows = sorted(table["window"].unique())
+    ax.set(xscale="log", xlabel="training and evaluation window (bytes)", ylabel="validation bits per byte")
+    ax.set_xticks(windows, [str(int(w)) for w in windows])
+    ax.minorticks_off()
+    scored = ", ".join(str(int(s)) for s in sorted(table["scored"].unique()))
+    ax.set_title(
+        f"{table['dataset'].iloc[0]}: context length at {table['budget'].iloc[0]:.3g} training FLOPs\n"
+        f"the same bytes scored at every window (the last {scored} of each); mean over seeds, bars min-max",
+        fontsize=9,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -12,7 +12,11 @@ from .collect import collect
 from .fits import compute_multipliers, fit_frontiers, main_runs
 from .reference import runs_reference
 from .tables import (
+    FLAT,
     config_tuning_table,
+    context_table,
+    crossover_table,
+    crossover_words,
     fits_table,
     grid_table,
     lr_tuning_table,
@@ -44,6 +48,9 @@ class Report:
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
     configs: pd.DataFrame = field(default_factory=pd.DataFrame)
     reference: pd.DataFrame = field(default_factory=pd.DataFrame)
+    multipliers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    context: pd.DataFrame = field(default_factory=pd.DataFrame)
+    crossover: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _slug(text: str) -> str:
@@ -60,17 +67,33 @@ def analyze(
     """Collect runs, write the tables (Markdown, CSV, LaTeX) and plots (PNG, PDF) under ``out``.
 
     Always: ``table``, ``ranking``, ``grid``, ``fits`` and the plots; ``lr_tuning`` where the runs
-    include learning-rate tuning runs. Tables, fits and plots use the main runs, ``grid`` all."""
+    include learning-rate tuning runs; ``multipliers`` where two architectures have fits (against
+    ``reference`` and each flat decoder that ran, with bootstrap intervals); ``context``,
+    ``crossover`` and their plot where a family ran at several training windows. Tables, fits and
+    plots use the main runs, ``grid`` all."""
     out = Path(out)
     runs, curves = collect(paths, allow_unfinished)
     fits = fit_frontiers(runs)
     report = Report(runs, paper_table(runs, budget), fits_table(fits, compute_multipliers(fits, reference)))
+    references = [reference, *(name for name in FLAT if name != reference)]
+    references = [name for name in references if name in set(fits["architecture"])]
+    if fits["alpha"].notna().sum() > 1 and references:
+        report.multipliers = pd.concat(
+            [compute_multipliers(fits, name, main_runs(runs)) for name in references], ignore_index=True
+        )
     report.ranking, report.tuning = ranking_table(runs, budget), lr_tuning_table(runs)
     report.reference = refs = runs_reference(runs)
     report.files += write_table(report.paper, out, "table", refs, paper_display)
     report.files += write_table(report.ranking, out, "ranking", refs)
     report.files += write_table(grid_table(runs), out, "grid", refs)
     report.files += write_table(report.fits, out, "fits")
+    if len(report.multipliers):
+        report.files += write_table(report.multipliers, out, "multipliers")
+    report.context, report.crossover = context_table(runs), crossover_table(runs)
+    if len(report.context):
+        report.files += write_table(report.context, out, "context", refs)
+    if len(report.crossover):
+        report.files += write_table(report.crossover, out, "crossover")
     if len(report.tuning):
         report.files += write_table(report.tuning, out, "lr_tuning", refs)
     report.configs = config_tuning_table(runs)
@@ -88,6 +111,9 @@ def analyze(
         report.files += plots.plot_inference_pareto(group, out / f"bpb_vs_inference_flops{suffix}", lines)
         ds_curves = curves[curves["run_dir"].isin(group["run_dir"])]
         report.files += plots.plot_learning_curves(group, ds_curves, out / f"learning_curves{suffix}", lines)
+        context = report.context[report.context["dataset"] == dataset] if len(report.context) else []
+        if len(context):
+            report.files += plots.plot_context(context, out / f"bpb_vs_context{suffix}", lines)
     return report
 
 
@@ -127,6 +153,18 @@ def describe(report: Report) -> str:
             *[f"- {line}" for line in ranking_words(report.ranking)],
             "",
             to_markdown(report.fits),
+            *(
+                ["", "Compute multipliers (90% bootstrap intervals; an interval holding 1 is a tie):"]
+                + [to_markdown(report.multipliers)]
+                if len(report.multipliers)
+                else []
+            ),
+            *(
+                ["", "Context length (the same bytes scored at every window):", to_markdown(report.crossover)]
+                + [f"- {line}" for line in crossover_words(report.crossover)]
+                if len(report.crossover)
+                else []
+            ),
             f"wrote {len(report.files)} files to {report.files[0].parent}",
         ]
     )

@@ -279,6 +279,94 @@ def config_tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["dataset", "architecture", "val_bpb"]).reset_index(drop=True)
 
 
+# The flat models of a context study; every other family is multiscale.
+FLAT = ("Decoder", "Windowed decoder")
+
+
+def context_points(runs: pd.DataFrame) -> pd.DataFrame:
+    """The points (``points``) of every family that ran at several training windows (``seq_len``) at
+    one budget and size: a context-length study. Empty where no family did."""
+    pts = points(runs)
+    if pts.empty or "family" not in pts:
+        return pd.DataFrame()
+    windows = pts.groupby(["dataset", "family", "budget"])["seq_len"].transform("nunique")
+    return pts[windows > 1].sort_values(["dataset", "family", "seq_len"]).reset_index(drop=True)
+
+
+def context_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Bits per byte against context length: per dataset, family and training window, the mean over
+    seeds with its spread, the bytes scored per window and the budget."""
+    pts = context_points(runs)
+    if pts.empty:
+        return pd.DataFrame()
+    table = pts.rename(columns={"seq_len": "window", "score_len": "scored"})
+    columns = ["dataset", "family", "window", "scored", "budget", "val_bpb", "val_bpb_std"]
+    columns += ["val_bpb_min", "val_bpb_max", "seeds", "architecture"]
+    return table[columns].rename(columns={"architecture": "row"})
+
+
+def crossover_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """At each window of a context study, the best flat family (``FLAT``) against the best multiscale
+    one (lowest mean bits per byte each), with ``pair_verdict``'s rule: a mean difference smaller
+    than the larger spread over seeds is a tie. ``ahead``: which kind leads, or tie."""
+    pts = context_points(runs)
+    rows = []
+    for (dataset, budget, window), group in pts.groupby(["dataset", "budget", "seq_len"]):
+        flat = group[group["family"].isin(FLAT)].sort_values("val_bpb", kind="stable")
+        multi = group[~group["family"].isin(FLAT)].sort_values("val_bpb", kind="stable")
+        if flat.empty or multi.empty:
+            continue
+        best_flat, best_multi = (kind.iloc[0].rename(kind.iloc[0]["family"]) for kind in (flat, multi))
+        better, worse = sorted((best_flat, best_multi), key=lambda p: p["val_bpb"])
+        pair = pair_verdict(better, worse, runs)
+        ahead = "tie" if pair["verdict"] == "tie" else "flat" if better is best_flat else "multiscale"
+        if pair["verdict"] == "no claim":
+            ahead = f"{ahead} (1 seed: no claim)"
+        rows.append(
+            {
+                "dataset": dataset,
+                "budget": budget,
+                "window": int(window),
+                "best flat": best_flat.name,
+                "flat bpb": best_flat["val_bpb"],
+                "best multiscale": best_multi.name,
+                "multiscale bpb": best_multi["val_bpb"],
+                "multiscale - flat": best_multi["val_bpb"] - best_flat["val_bpb"],
+                "spread": pair["spread"],
+                "seeds holding": pair["seeds holding"],
+                "ahead": ahead,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def crossover_words(crossover: pd.DataFrame) -> list[str]:
+    """Where multiscale overtakes flat, per dataset: the shortest window from which a multiscale
+    family leads beyond the spread at every longer window too, or that it does not."""
+    lines = []
+    for dataset, group in crossover.groupby("dataset"):
+        group = group.sort_values("window")
+        leads = group["ahead"].eq("multiscale").to_numpy()
+        windows = group["window"].tolist()
+        start = next((i for i in range(len(leads)) if leads[i:].all()), None)
+        span = f"windows {windows[0]}-{windows[-1]} at {group['budget'].iloc[0]:.3g} FLOPs"
+        if start is None:
+            best = group.loc[group["multiscale - flat"].idxmin()]
+            lines.append(
+                f"{dataset}, {span}: multiscale does not overtake flat; its closest is "
+                f"{best['best multiscale']} at {best['window']} bytes, {best['multiscale - flat']:+.3f} bits "
+                f"against {best['best flat']} ({best['ahead']})"
+            )
+        else:
+            row = group.iloc[start]
+            lines.append(
+                f"{dataset}, {span}: multiscale overtakes flat from {row['window']} bytes "
+                f"({row['best multiscale']} {row['multiscale bpb']:.3f} against {row['best flat']} "
+                f"{row['flat bpb']:.3f}, seeds holding {row['seeds holding']})"
+            )
+    return lines
+
+
 def fits_table(fits: pd.DataFrame, multipliers: pd.DataFrame) -> pd.DataFrame:
     """The fit parameters per dataset and architecture with their bootstrap interval (or ``why``
     there is no fit), and the compute multiplier vs the reference (or ``why no multiplier``)."""
