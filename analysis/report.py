@@ -80,7 +80,7 @@ def analyze(
     if fits["alpha"].notna().sum() > 1 and references:
         report.multipliers = pd.concat(
             [compute_multipliers(fits, name, main_runs(runs)) for name in references], ignore_index=True
-        )
+        ).rename(columns={"loss": "at bpb", "multiplier": "compute multiplier"})
     report.ranking, report.tuning = ranking_table(runs, budget), lr_tuning_table(runs)
     report.reference = refs = runs_reference(runs)
     report.files += write_table(report.paper, out, "table", refs, paper_display)

@@ -38,7 +38,6 @@ DEFAULT_SWEEP = REPO / "experiments" / "sweeps" / "compare.yaml"
 PRESETS = {
     "default": DEFAULT_SWEEP,
     "smoke": REPO / "experiments" / "sweeps" / "compare_smoke.yaml",
-    "long": REPO / "experiments" / "sweeps" / "compare_long.yaml",
     "scaling": REPO / "experiments" / "sweeps" / "compare_scaling.yaml",
     "context": REPO / "experiments" / "sweeps" / "compare_context.yaml",
     "scaling_gpu": REPO / "experiments" / "sweeps" / "compare_scaling_gpu.yaml",
@@ -145,7 +144,7 @@ def plan(grid: Sweep) -> list[str]:
 
 def compare(
     sweep: str | None = None,
-    preset: Literal["default", "smoke", "long", "scaling", "scaling_gpu", "context"] = "default",
+    preset: Literal["default", "smoke", "scaling", "scaling_gpu", "context"] = "default",
     data: DataConfig | None = None,
     budgets: list[float] | None = None,
     sizes: list[str] | None = None,
@@ -164,8 +163,10 @@ def compare(
     Args:
         sweep: The sweep file to run (replaces ``preset``).
         preset: ``default`` (the main job: 3 seeds, tuned learning rates, minutes on 2 CPU cores),
-            ``smoke`` (seconds, for tests and a first look) or ``long`` (the study a GPU or an
-            afternoon affords: enough budgets for a scaling fit).
+            ``smoke`` (seconds, for tests and a first look), ``scaling`` (every family at 2 sizes
+            and 5 budgets over 16x: the fits, in about 90 minutes on 2 CPU cores), ``scaling_gpu``
+            (the same 100x, for one GPU; give a corpus with ``--data``) or ``context`` (4 families
+            at windows of 128, 512 and 2048 bytes at equal FLOPs); docs/SCALING.md.
         data: A DataModule config replacing the sweep's data config, read as ``bytelab fit --data``
             reads it: a YAML file with class_path and init_args, a class name, and/or
             ``--data.init_args.KEY=VALUE``, on fit's default (the embedded text).

@@ -328,3 +328,34 @@ def test_the_plan_counts_the_runs_their_flops_and_the_gpu_hours_they_take(capsys
     assert training_bytes_per_flop(run) == model.scored_len(64) / (3 * model.forward_flops(64))
     most = max(training_bytes_per_flop(r) for r in expand_main(configure(PRESETS["smoke"])))
     assert lines[3].startswith(f"# the largest run trains on {8e8 * most:.3g} bytes")
+
+
+def test_analyze_writes_the_context_tables_and_plot_with_the_reference_rows(tmp_path):
+    """Run directories of a context study (three families at two windows, 2 seeds): analyze writes
+    context (with the compressor rows), crossover and bpb_vs_context; the family column names the
+    registered architecture whatever the sweep's label."""
+    from analysis.report import analyze
+    from tests.test_analysis import write_run
+
+    for label, family in (("decoder", "Decoder"), ("decoder_windowed", "Decoder"), ("megabyte", "Megabyte")):
+        for window, bpb in ((128, 2.6), (512, 2.5)):
+            for seed in (0, 1):
+                value = bpb + 0.01 * seed + (0.2 if label == "megabyte" and window == 128 else 0)
+                data = {"class": "TextBytes", "name": "shakespeare", "id": "abc123", "seq_len": window}
+                data |= {"score_len": 64, "max_eval_bytes": 16384}
+                sweep = {"id": f"{label}-w{window}-{seed}", "size": "S1", "seed": seed, "stage": "main"}
+                sweep |= {"architecture": label, "variant": f"{label}-w{window}"}
+                run = write_run(
+                    tmp_path / "runs", f"{family}-w{window}-{label}", "S1", 1e12, value, seed, data=data
+                )
+                manifest = json.loads((run / "run.json").read_text())
+                manifest["model"]["class"] = family
+                manifest["sweep"] = sweep
+                (run / "run.json").write_text(json.dumps(manifest))
+    report = analyze([tmp_path / "runs"], tmp_path / "out")
+    names = {p.name for p in report.files}
+    assert {"context.md", "crossover.md", "bpb_vs_context.png", "bpb_vs_context.pdf"} <= names
+    assert set(report.context["family"].dropna()) == {"Decoder", "Windowed decoder", "Megabyte"}
+    assert "| zlib -9 |" in (tmp_path / "out" / "context.md").read_text()
+    crossover = report.crossover.set_index("window")
+    assert crossover.loc[128, "ahead"] == "flat" and crossover.loc[512, "ahead"] == "tie"
