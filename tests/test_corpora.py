@@ -7,8 +7,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import tarfile
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import zstandard
 
 from datamodules import ImageBytes, TextBytes
 from datamodules.records import without_suffix
+from experiments import data as bytelab_data
 from experiments.cli import main
 from experiments.data import order0_bits
 
@@ -250,6 +253,39 @@ def test_data_commands_print_one_line_for_bad_input_and_inspect_a_cache(
     assert next(line for line in out.splitlines() if line.startswith("documents")).split()[1:] == counts
     assert f"{order0_bits(train.data):.3f}" in out
     assert repr(bytes(train.document(0)[:60])) in out
+
+
+def reference_cells(out: str) -> dict[str, list[str]]:
+    """The rows of inspect's reference table: label -> the train, val and test cells."""
+    table = out.split("reference compressors")[1].splitlines()[2:9]
+    return {label: cells for label, *cells in (re.split(r"\s{2,}", line) for line in table)}
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("bound", [None, 1000])
+def test_inspect_prints_the_reference_compressors_on_the_scored_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, bound: int | None
+) -> None:
+    """zlib -9 as the test computes it, on the whole splits or on inspect's bound of their first bytes;
+    repetitive documents cost less given the training split than alone."""
+    if bound:
+        monkeypatch.setattr(bytelab_data, "INSPECT_BYTES", bound)
+    for i in range(40):
+        (tmp_path / f"d{i}.txt").write_text(f"line {i} of a document, the same words again\n" * 50)
+    options = {"paths": str(tmp_path / "d*.txt"), "cache_dir": str(tmp_path / "cache"), "seq_len": 16}
+    args = ["data", "inspect", "--data=TextBytes", *(f"--data.init_args.{k}={v}" for k, v in options.items())]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    cells = reference_cells(out)
+    dm = built(options["paths"], tmp_path / "cache")
+    scored = [bytes(dm.splits[s].data[:bound]) for s in ("train", "val", "test")]
+    assert cells["zlib -9"] == [f"{len(zlib.compress(b, 9)) * 8 / len(b):.3f}" for b in scored]
+    for name in ("zlib -9", "bz2 -9", "xz -9e"):
+        assert cells[f"{name} | train"][0] == "-"
+        alone, given = (np.array(cells[row][1:], dtype=float) for row in (name, f"{name} | train"))
+        assert (given < alone).all(), name
+    assert f"val {len(scored[1]):,} and test {len(scored[2]):,} bytes" in out
+    assert ("inspect's bound" in out) == bool(bound)
 
 
 def test_order0_entropy_of_known_data() -> None:
