@@ -36,6 +36,7 @@ from .datasets import (
     collate_evaluation,
     collate_train,
 )
+from .files import resolved
 from .pool import default_workers
 from .protocol import (
     SPLITS,
@@ -278,11 +279,15 @@ class ByteDataModule(L.LightningDataModule):
     @property
     def cache_path(self) -> Path:
         """The cache directory of the current sources and options."""
+        sources = self.sources()
         key = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "format_version": FORMAT_VERSION,
             "options": self._options(),
-            "sources": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in self.sources()],
+            "sources": [
+                [path, stat.st_size, stat.st_mtime_ns]
+                for path, stat in zip(resolved(sources), map(os.stat, sources), strict=True)
+            ],
         }
         return self.cache_dir / f"{type(self).__name__.lower()}-{digest(key)}"
 

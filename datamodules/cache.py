@@ -32,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .files import CHUNK_BYTES
+from .files import CHUNK_BYTES, resolved
 
 FORMAT_VERSION = 1
 # Below this many source bytes a build takes about a second, so a progress bar would only flicker.
@@ -58,10 +58,10 @@ def file_record(path: Path) -> dict[str, Any]:
 def source_records(sources: Sequence[Path]) -> list[dict[str, Any]]:
     """Path, size and SHA-256 of every source file, as a manifest records what it was built from."""
     records = []
-    for path in sources:
+    for path, resolved_path in zip(sources, resolved(sources), strict=True):
         with open(path, "rb") as f:
             sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        records.append({"path": str(path.resolve()), "size": path.stat().st_size, "sha256": sha256})
+        records.append({"path": resolved_path, "size": path.stat().st_size, "sha256": sha256})
     return records
 
 

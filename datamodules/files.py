@@ -60,6 +60,24 @@ def named_files(files: Sequence[Path]) -> Iterator[tuple[str, Path]]:
         yield file.relative_to(root).as_posix(), file
 
 
+def resolved(paths: Sequence[Path]) -> list[str]:
+    """``str(path.resolve())`` of every path, each folder resolved once: ``resolve`` lstats every
+    component of every path, which for a corpus of many small files costs more than reading them.
+    A file that is itself a link, or a path that is not absolute and normal, is resolved alone."""
+    folders: dict[str, str] = {}
+    names = []
+    for path in paths:
+        text = str(path)
+        if not os.path.isabs(text) or os.path.normpath(text) != text or os.path.islink(text):
+            names.append(str(path.resolve()))
+            continue
+        folder, name = os.path.split(text)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        names.append(os.path.join(folders[folder], name))
+    return names
+
+
 def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The bytes of a file, ``chunk`` bytes at a time."""
     with open(path, "rb") as f:

@@ -64,11 +64,9 @@ class TextBytes(ByteDataModule):
         self.column = column
         self.on_error = on_error
         self.files = None if paths is None else with_saved_datasets(find_files(paths))
-
-    @property
-    def raw(self) -> bool:
-        """Whether every file is read raw (one file, one document)."""
-        return self.files is None or all(file_format(f, self.format) == "raw" for f in self.files)
+        # Whether every file is read raw (one file, one document); the files are fixed, and a build
+        # asks several times.
+        self.raw = self.files is None or all(file_format(f, format) == "raw" for f in self.files)
 
     def cache_options(self) -> dict[str, Any]:
         """The options that change the bytes of row files (none for raw files alone)."""

@@ -21,6 +21,7 @@ import pytest
 import zstandard
 
 from datamodules import ImageBytes, TextBytes
+from datamodules.files import resolved
 from datamodules.records import without_suffix
 from experiments import data as bytelab_data
 from experiments.cli import main
@@ -86,6 +87,26 @@ def test_rows_are_named_by_file_without_suffix_and_row() -> None:
     assert without_suffix("part-0.parquet", "parquet") == "part-0"
     assert without_suffix("notes.txt", "jsonl") == "notes.txt"
     assert without_suffix("x.json.gz", "jsonl") == "x"
+
+
+def test_sources_resolve_as_pathlib_does_through_linked_folders_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache key's paths (each folder resolved once) are ``Path.resolve``'s, links included."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    for name in ("a.txt", "sub/b.txt"):
+        (tmp_path / "real" / name).write_text(name)
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "c.txt").symlink_to(tmp_path / "real" / "sub" / "b.txt")
+    monkeypatch.chdir(tmp_path)
+    paths = [
+        tmp_path / "real" / "a.txt",
+        tmp_path / "linked" / "sub" / "b.txt",
+        tmp_path / "linked" / "c.txt",
+        Path("linked/a.txt"),
+        Path(f"{tmp_path}/real/sub/../a.txt"),
+    ]
+    assert resolved(paths) == [str(path.resolve()) for path in paths]
 
 
 def test_column_option_and_explicit_format(tmp_path: Path) -> None:
