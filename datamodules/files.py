@@ -11,6 +11,9 @@ from pathlib import Path
 # Files are read in pieces of this size: a cache build's memory stays bounded by a few of them
 # whatever the size of the corpus (a corpus may be larger than the machine's memory).
 CHUNK_BYTES = 4 * 2**20
+# Files written or read a document at a time are buffered this much, so that a small document is a
+# copy into the buffer rather than a system call of its own.
+BUFFER_BYTES = 2**20
 
 
 def _files_under(path: Path) -> list[Path]:
@@ -83,6 +86,8 @@ def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while data := f.read(chunk):
             yield data
+            if len(data) < chunk:  # a short read of a file is its end: no read to learn it
+                return
 
 
 def read_tar(archive: Path) -> Iterator[tuple[str, bytes]]:

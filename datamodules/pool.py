@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import BinaryIO
 
-from .files import CHUNK_BYTES
+from .files import BUFFER_BYTES, CHUNK_BYTES
 
 # A group holds consecutive files up to this many, or up to this many source bytes: big enough that
 # a task's start-up is noise beside its work, small enough that the cores share the corpus evenly.
@@ -87,7 +87,7 @@ def file_groups(files: Sequence[tuple[str, Path]], workers: int = 1) -> list[lis
 def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path) -> Part:
     """Decode the files of one group into ``part_path`` (what a worker runs)."""
     part = Part(part_path)
-    with open(part_path, "wb") as f:
+    with open(part_path, "wb", buffering=BUFFER_BYTES) as f:
         for name, path in group:
             start, documents, rejected = f.tell(), len(part.documents), len(part.rejected)
             try:
@@ -140,7 +140,7 @@ def decoded_parts(
 
 def part_documents(part: Part) -> Iterator[tuple[str, Iterable[bytes]]]:
     """The documents of a part file as (name, its bytes in pieces); the file is deleted once read."""
-    with open(part.path, "rb") as f:
+    with open(part.path, "rb", buffering=BUFFER_BYTES) as f:
         for name, size in part.documents:
             yield name, _pieces(f, size)
     part.path.unlink()

@@ -21,7 +21,8 @@ import pytest
 import zstandard
 
 from datamodules import ImageBytes, TextBytes
-from datamodules.files import resolved
+from datamodules.cache import adjacent_merged
+from datamodules.files import read_chunks, resolved
 from datamodules.records import without_suffix
 from experiments import data as bytelab_data
 from experiments.cli import main
@@ -107,6 +108,14 @@ def test_sources_resolve_as_pathlib_does_through_linked_folders_and_files(
         Path(f"{tmp_path}/real/sub/../a.txt"),
     ]
     assert resolved(paths) == [str(path.resolve()) for path in paths]
+
+
+def test_files_are_read_and_ranges_copied_in_as_few_pieces_as_their_bytes_allow(tmp_path: Path) -> None:
+    for size, pieces in ((10, [4, 4, 2]), (8, [4, 4]), (3, [3]), (0, [])):
+        (tmp_path / "f").write_bytes(bytes(range(size)))
+        assert [len(data) for data in read_chunks(tmp_path / "f", 4)] == pieces
+    ranges = [(0, 3), (3, 5), (7, 9), (9, 9), (10, 12)]
+    assert adjacent_merged(ranges) == [(0, 5), (7, 9), (10, 12)]
 
 
 def test_column_option_and_explicit_format(tmp_path: Path) -> None:
