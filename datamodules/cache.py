@@ -206,21 +206,27 @@ def write_corpus(
     total: int | None,
 ) -> tuple[list[str], np.ndarray]:
     """Write every non-empty document (name, its bytes in pieces) end to end into `path`, counting
-    the bytes on a task of ``progress`` (``total`` of them, if known); return their names and int64
-    offsets."""
+    the bytes on a task of ``progress`` (``total`` of them, if known) a BUFFER_BYTES or more at a
+    time (the bar redraws a few times a second, an update per small document would only cost);
+    return their names and int64 offsets."""
     task = progress.add_task(description, total=total)
     names: list[str] = []
     ends = [0]
+    unreported = 0
     with open(path, "wb", buffering=BUFFER_BYTES) as f:
         for name, chunks in documents:
             size = 0
             for data in chunks:
                 f.write(data)
                 size += len(data)
-                progress.update(task, advance=len(data))
+                unreported += len(data)
+                if unreported >= BUFFER_BYTES:
+                    progress.update(task, advance=unreported)
+                    unreported = 0
             if size:
                 names.append(name)
                 ends.append(ends[-1] + size)
+    progress.update(task, advance=unreported)
     return names, np.array(ends, dtype=np.int64)
 
 

@@ -19,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from rich.progress import Progress
 
 from datamodules import ImageBytes, TextBytes
-from datamodules.cache import adjacent_merged
+from datamodules.cache import adjacent_merged, write_corpus
 from datamodules.files import read_chunks, resolved
 from datamodules.records import without_suffix
 from experiments import data as bytelab_data
@@ -115,7 +116,15 @@ def test_files_are_read_and_ranges_copied_in_as_few_pieces_as_their_bytes_allow(
         (tmp_path / "f").write_bytes(bytes(range(size)))
         assert [len(data) for data in read_chunks(tmp_path / "f", 4)] == pieces
     ranges = [(0, 3), (3, 5), (7, 9), (9, 9), (10, 12)]
-    assert adjacent_merged(ranges) == [(0, 5), (7, 9), (10, 12)]
+    assert adjacent_merged(ranges) == [(0, 5), (7, 9), (10, 12)] and adjacent_merged([]) == []
+
+
+def test_the_progress_bar_counts_every_byte_written(tmp_path: Path) -> None:
+    """Updates come a BUFFER_BYTES at a time, and the last one brings the count to the corpus's bytes."""
+    documents = [(f"d{i}", [b"x" * 1000]) for i in range(3000)] + [("big", [b"y" * 3 * 2**20, b"z"])]
+    progress = Progress(disable=True)
+    names, offsets = write_corpus(tmp_path / "corpus.bin", documents, progress, "writing", None)
+    assert len(names) == 3001 and progress.tasks[0].completed == offsets[-1] == 3000 * 1000 + 3 * 2**20 + 1
 
 
 def test_column_option_and_explicit_format(tmp_path: Path) -> None:
