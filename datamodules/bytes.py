@@ -186,6 +186,8 @@ class ByteDataModule(L.LightningDataModule):
         self.splits: dict[str, ByteSplit] = {}
         self.manifest: dict[str, Any] = {}
         self.skipped: list[dict[str, str]] = []
+        # SHA-256 of the source files a build hashed as it read them whole (the manifest's, read once).
+        self.read_digests: dict[Path, str] = {}
         self._resume_samples: int | None = None
 
     # The data's unit in bytes (a pixel or patch of pixels, a 16-bit sample): every window starts and
@@ -325,6 +327,7 @@ class ByteDataModule(L.LightningDataModule):
         """Write the split files into `directory` and return the manifest."""
         corpus_path = directory / "corpus.bin"
         self.skipped = []
+        self.read_digests = {}
         seen = 0
 
         def counted() -> Iterator[tuple[str, Iterable[bytes]]]:
@@ -368,7 +371,7 @@ class ByteDataModule(L.LightningDataModule):
             "format_version": FORMAT_VERSION,
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "options": self._options(),
-            "sources": source_records(self.sources()),
+            "sources": source_records(self.sources(), self.read_digests),
             "splits": counts,
             "skipped": self.skipped,
             "empty_documents": self.empty_documents,

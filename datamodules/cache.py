@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,16 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
 
 
-def source_records(sources: Sequence[Path]) -> list[dict[str, Any]]:
-    """Path, size and SHA-256 of every source file, as a manifest records what it was built from."""
+def source_records(sources: Sequence[Path], digests: Mapping[Path, str]) -> list[dict[str, Any]]:
+    """Path, size and SHA-256 of every source file, as a manifest records what it was built from;
+    ``digests`` holds the SHA-256 of the files the build hashed as it read them, the others are read
+    here."""
     records = []
     for path, resolved_path in zip(sources, resolved(sources), strict=True):
-        with open(path, "rb") as f:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        sha256 = digests.get(path)
+        if sha256 is None:
+            with open(path, "rb") as f:
+                sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         records.append({"path": resolved_path, "size": path.stat().st_size, "sha256": sha256})
     return records
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -88,6 +89,16 @@ def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
             yield data
             if len(data) < chunk:  # a short read of a file is its end: no read to learn it
                 return
+
+
+def hashed_chunks(path: Path, digests: dict[Path, str]) -> Iterator[bytes]:
+    """``read_chunks(path)``, and once the file is read to its end its SHA-256 in ``digests[path]``:
+    what the cache's manifest records of a source, without reading the file a second time."""
+    sha256 = hashlib.sha256()
+    for data in read_chunks(path):
+        sha256.update(data)
+        yield data
+    digests[path] = sha256.hexdigest()
 
 
 def read_tar(archive: Path) -> Iterator[tuple[str, bytes]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .bytes import ByteDataModule
-from .files import find_files, named_files, read_chunks, read_tar
+from .files import find_files, hashed_chunks, named_files, read_tar
 from .pool import pooled_documents
 from .records import FORMATS, file_format, text_rows, with_saved_datasets
 
@@ -79,13 +79,14 @@ class TextBytes(ByteDataModule):
 
     def document_chunks(self) -> Iterator[tuple[str, Iterable[bytes]]]:
         """Every document as (name, its bytes in pieces): a file larger than memory streams through.
-        Raw files are copied here; a corpus with row files is decoded in the pool, raw files too."""
+        Raw files are copied here (hashed for the manifest as they are read); a corpus with row files
+        is decoded in the pool, raw files too."""
         if self.files is None:
             for name, data in read_tar(SHAKESPEARE):
                 yield name, (data,)
         elif self.raw:
             for name, file in named_files(self.files):
-                yield name, read_chunks(file)
+                yield name, hashed_chunks(file, self.read_digests)
         else:
             reader = functools.partial(text_rows, format=self.format, column=self.column)
             files = list(named_files(self.files))

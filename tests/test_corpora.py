@@ -5,6 +5,7 @@ memory, and one line for every kind of bad input."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -125,6 +126,28 @@ def test_the_progress_bar_counts_every_byte_written(tmp_path: Path) -> None:
     progress = Progress(disable=True)
     names, offsets = write_corpus(tmp_path / "corpus.bin", documents, progress, "writing", None)
     assert len(names) == 3001 and progress.tasks[0].completed == offsets[-1] == 3000 * 1000 + 3 * 2**20 + 1
+
+
+@pytest.mark.parametrize("kind", ["raw", "parquet"])
+def test_the_manifest_records_every_source_s_sha256_whether_hashed_as_read_or_after(
+    tmp_path: Path, kind: str
+) -> None:
+    """Raw files are hashed as they are copied, row files after the build: the same record either way."""
+    for i in range(4):
+        if kind == "raw":
+            (tmp_path / "c").mkdir(exist_ok=True)
+            (tmp_path / "c" / f"{i}.txt").write_text(f"document {i}\n" * (i + 1))
+        else:
+            write_rows(tmp_path / "c", kind, [f"{i}:{row}" for row in ROWS], f"s{i}")
+    dm = built(str(tmp_path / "c"), tmp_path / "cache", workers=1)
+    files = sorted((tmp_path / "c").iterdir())
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    expected = [
+        {"path": str(f.resolve()), "size": f.stat().st_size, "sha256": digest}
+        for f, digest in zip(files, digests, strict=True)
+    ]
+    assert dm.manifest["sources"] == expected
+    assert sorted(dm.read_digests) == (files if kind == "raw" else [])
 
 
 def test_column_option_and_explicit_format(tmp_path: Path) -> None:
