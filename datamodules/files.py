@@ -59,23 +59,30 @@ def files_with_suffix(patterns: str | Sequence[str], suffixes: Sequence[str]) ->
 def named_files(files: Sequence[Path]) -> Iterator[tuple[str, Path]]:
     """(name, path) of every file, named by its path relative to the folder common to all (one file: its
     name), so that moving a corpus keeps its split."""
-    root = Path(os.path.commonpath([f.parent for f in files]))
-    for file in files:
-        yield file.relative_to(root).as_posix(), file
+    texts = [str(file) for file in files]
+    if not all(map(os.path.isabs, texts)):
+        root = Path(os.path.commonpath([f.parent for f in files]))
+        yield from ((file.relative_to(root).as_posix(), file) for file in files)
+        return
+    # An absolute path's text begins with its folders' common path: slicing it off is relative_to
+    # without a Path made and parsed per file.
+    start = len(os.path.commonpath([os.path.dirname(text) for text in texts]).rstrip(os.sep)) + 1
+    for file, text in zip(files, texts, strict=True):
+        yield text[start:].replace(os.sep, "/"), file
 
 
 def resolved(paths: Sequence[Path]) -> list[str]:
     """``str(path.resolve())`` of every path, each folder resolved once: ``resolve`` lstats every
     component of every path, which for a corpus of many small files costs more than reading them.
-    A file that is itself a link, or a path that is not absolute and normal, is resolved alone."""
+    A file that is itself a link, or a path ending in ``..``, is resolved alone."""
     folders: dict[str, str] = {}
     names = []
     for path in paths:
         text = str(path)
-        if not os.path.isabs(text) or os.path.normpath(text) != text or os.path.islink(text):
+        folder, name = os.path.split(text)
+        if name in ("", ".", "..") or os.path.islink(text):
             names.append(str(path.resolve()))
             continue
-        folder, name = os.path.split(text)
         if folder not in folders:
             folders[folder] = os.path.realpath(folder)
         names.append(os.path.join(folders[folder], name))

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 import tracemalloc
@@ -24,7 +25,7 @@ from rich.progress import Progress
 
 from datamodules import ImageBytes, TextBytes
 from datamodules.cache import adjacent_merged, write_corpus
-from datamodules.files import read_chunks, resolved
+from datamodules.files import named_files, read_chunks, resolved
 from datamodules.records import without_suffix
 from experiments import data as bytelab_data
 from experiments.cli import main
@@ -109,7 +110,18 @@ def test_sources_resolve_as_pathlib_does_through_linked_folders_and_files(
         Path("linked/a.txt"),
         Path(f"{tmp_path}/real/sub/../a.txt"),
     ]
+    paths += [Path("real/sub/.."), Path("a.txt"), Path(".")]
     assert resolved(paths) == [str(path.resolve()) for path in paths]
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [["/c/a/x.txt", "/c/b/y/z.txt"], ["/x.txt", "/d/y.txt"], ["/c/a.txt"], ["c/a.txt", "c/b/y.txt"], ["a"]],
+)
+def test_files_are_named_by_their_path_below_the_folder_common_to_all(paths: list[str]) -> None:
+    files = [Path(p) for p in paths]
+    root = Path(os.path.commonpath([f.parent for f in files]))
+    assert list(named_files(files)) == [(f.relative_to(root).as_posix(), f) for f in files]
 
 
 def test_files_are_read_and_ranges_copied_in_as_few_pieces_as_their_bytes_allow(tmp_path: Path) -> None:
