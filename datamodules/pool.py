@@ -50,9 +50,20 @@ class Rejected:
     reason: str
 
 
+@dataclass(frozen=True)
+class Rows:
+    """What a reader may yield for many documents at once (a batch of a Parquet or Arrow file's
+    rows): their names, their lengths and their bytes end to end, written in one call."""
+
+    names: list[str]
+    lengths: list[int]
+    data: memoryview
+
+
 # A reader turns one file (its name relative to the corpus root, its path) into documents, each
-# (name, its bytes in pieces), or ``Rejected`` members; it raises ``Unreadable`` for a bad file.
-Reader = Callable[[str, Path], Iterable[tuple[str, Iterable[bytes]] | Rejected]]
+# (name, its bytes in pieces) or many as ``Rows``, or ``Rejected`` members; it raises
+# ``Unreadable`` for a bad file.
+Reader = Callable[[str, Path], Iterable[tuple[str, Iterable[bytes]] | Rows | Rejected]]
 
 
 @dataclass
@@ -94,9 +105,12 @@ def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path)
                 for item in reader(name, path):
                     if isinstance(item, Rejected):
                         part.rejected.append(item)
-                        continue
-                    document, chunks = item
-                    part.documents.append((document, sum(f.write(data) for data in chunks)))
+                    elif isinstance(item, Rows):
+                        f.write(item.data)
+                        part.documents.extend(zip(item.names, item.lengths, strict=True))
+                    else:
+                        document, chunks = item
+                        part.documents.append((document, sum(f.write(data) for data in chunks)))
             except Unreadable as error:
                 f.seek(start)
                 f.truncate()

@@ -22,7 +22,7 @@ import numpy as np
 
 from .files import CHUNK_BYTES, read_chunks
 from .native import require
-from .pool import Unreadable
+from .pool import Rows, Unreadable
 
 FORMATS = ("auto", "raw", "parquet", "jsonl", "arrow")
 COMPRESSIONS = (".gz", ".zst")
@@ -96,18 +96,26 @@ def with_saved_datasets(files: list[Path]) -> list[Path]:
     return sorted(set(kept))
 
 
-def text_rows(name: str, path: Path, *, format: str, column: str) -> Iterator[tuple[str, Iterable[bytes]]]:
+def text_rows(
+    name: str, path: Path, *, format: str, column: str
+) -> Iterator[tuple[str, Iterable[bytes]] | Rows]:
     """The documents of one file (name: its path relative to the corpus root): a raw file whole,
-    or every row of a Parquet, JSON lines or Arrow file as ``name-without-suffix/row``. Raises
-    ``Unreadable`` for a file that is truncated, corrupt or lacks the column."""
+    or every row of a Parquet, JSON lines or Arrow file as ``name-without-suffix/row`` (a Parquet or
+    Arrow batch's rows as one ``Rows``, written in one call). Raises ``Unreadable`` for a file that
+    is truncated, corrupt or lacks the column."""
     kind = file_format(path, format)
     if kind == "raw":
         yield name, read_chunks(path)
         return
     stem = without_suffix(name, kind)
-    rows = {"parquet": parquet_rows, "arrow": arrow_rows, "jsonl": json_rows}[kind](path, column)
-    for row, data in enumerate(rows):
-        yield f"{stem}/{row}", (data,)
+    if kind == "jsonl":
+        for row, data in enumerate(json_rows(path, column)):
+            yield f"{stem}/{row}", (data,)
+        return
+    row = 0
+    for data, lengths in {"parquet": parquet_batches, "arrow": arrow_batches}[kind](path, column):
+        yield Rows([f"{stem}/{i}" for i in range(row, row + len(lengths))], lengths, data)
+        row += len(lengths)
 
 
 def decompressed(path: Path) -> Iterator[bytes]:
@@ -198,8 +206,9 @@ def string_column(schema: Any, column: str) -> int:
     return schema.get_field_index(column)
 
 
-def string_values(array: Any, first_row: int) -> Iterator[memoryview]:
-    """The UTF-8 bytes of every value of an Arrow string array, sliced from its buffer (no copy)."""
+def string_values(array: Any, first_row: int) -> tuple[memoryview, list[int]]:
+    """The UTF-8 bytes of the values of an Arrow string array end to end, sliced from its buffer (no
+    copy), and each value's length."""
     pa = require("pyarrow", "Parquet and Arrow files")
     if array.null_count:
         row = first_row + array.is_null().index(True).as_py()
@@ -209,14 +218,14 @@ def string_values(array: Any, first_row: int) -> Iterator[memoryview]:
     wide = pa.types.is_large_string(array.type)
     _, offsets_buffer, data = array.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if wide else np.int32)
-    bounds = offsets[array.offset : array.offset + len(array) + 1].tolist()
+    bounds = offsets[array.offset : array.offset + len(array) + 1]
     view = memoryview(data if data is not None else b"")
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        yield view[start:end]
+    return view[int(bounds[0]) : int(bounds[-1])], np.diff(bounds).tolist()
 
 
-def parquet_rows(path: Path, column: str) -> Iterator[memoryview]:
-    """The values of a Parquet file's string column, read ROWS_PER_BATCH rows of a row group at a time."""
+def parquet_batches(path: Path, column: str) -> Iterator[tuple[memoryview, list[int]]]:
+    """The values of a Parquet file's string column (``string_values``), ROWS_PER_BATCH rows of a
+    row group at a time."""
     pa = require("pyarrow", "Parquet files")
     pq = require("pyarrow.parquet", "Parquet files")
     try:
@@ -224,14 +233,15 @@ def parquet_rows(path: Path, column: str) -> Iterator[memoryview]:
             string_column(parquet.schema_arrow, column)
             row = 0
             for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, columns=[column], use_threads=False):
-                yield from string_values(batch.column(0), row)
+                yield string_values(batch.column(0), row)
                 row += batch.num_rows
     except (pa.ArrowException, OSError) as error:
         raise Unreadable(f"not a complete Parquet file ({type(error).__name__}: {error})") from None
 
 
-def arrow_rows(path: Path, column: str) -> Iterator[memoryview]:
-    """The values of an Arrow IPC file's string column (a saved dataset's data file), a batch at a time."""
+def arrow_batches(path: Path, column: str) -> Iterator[tuple[memoryview, list[int]]]:
+    """The values of an Arrow IPC file's string column (a saved dataset's data file;
+    ``string_values``), a record batch at a time."""
     pa = require("pyarrow", "Arrow files")
     try:
         with pa.OSFile(str(path)) as source:
@@ -246,7 +256,7 @@ def arrow_rows(path: Path, column: str) -> Iterator[memoryview]:
             index = string_column(reader.schema, column)
             row = 0
             for batch in batches:
-                yield from string_values(batch.column(index), row)
+                yield string_values(batch.column(index), row)
                 row += batch.num_rows
     except (pa.ArrowException, OSError) as error:
         raise Unreadable(f"not a complete Arrow file ({type(error).__name__}: {error})") from None

@@ -26,7 +26,7 @@ from rich.progress import Progress
 from datamodules import ImageBytes, TextBytes
 from datamodules.cache import adjacent_merged, write_corpus
 from datamodules.files import named_files, read_chunks, resolved
-from datamodules.records import without_suffix
+from datamodules.records import string_values, without_suffix
 from experiments import data as bytelab_data
 from experiments.cli import main
 from experiments.data import order0_bits
@@ -160,6 +160,14 @@ def test_the_manifest_records_every_source_s_sha256_whether_hashed_as_read_or_af
     ]
     assert dm.manifest["sources"] == expected
     assert sorted(dm.read_digests) == (files if kind == "raw" else [])
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.string_view()])
+def test_a_batch_of_rows_is_its_values_end_to_end_with_their_lengths(kind: pa.DataType) -> None:
+    values = ["", "é and bytes", "x", "", "row four"]
+    for array in (pa.array(values, kind), pa.array(["skipped", *values], kind).slice(1)):
+        data, lengths = string_values(array, 0)
+        assert bytes(data) == "".join(values).encode() and lengths == [len(v.encode()) for v in values]
 
 
 def test_column_option_and_explicit_format(tmp_path: Path) -> None:
