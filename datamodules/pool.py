@@ -52,12 +52,12 @@ class Rejected:
 
 @dataclass(frozen=True)
 class Rows:
-    """What a reader may yield for many documents at once (a batch of a Parquet or Arrow file's
-    rows): their names, their lengths and their bytes end to end, written in one call."""
+    """What a reader may yield for many documents at once (a batch of a row file's rows): their
+    names, their lengths and their bytes end to end, written in one call."""
 
     names: list[str]
     lengths: list[int]
-    data: memoryview
+    data: bytes | memoryview
 
 
 # A reader turns one file (its name relative to the corpus root, its path) into documents, each

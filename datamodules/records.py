@@ -100,20 +100,17 @@ def text_rows(
     name: str, path: Path, *, format: str, column: str
 ) -> Iterator[tuple[str, Iterable[bytes]] | Rows]:
     """The documents of one file (name: its path relative to the corpus root): a raw file whole,
-    or every row of a Parquet, JSON lines or Arrow file as ``name-without-suffix/row`` (a Parquet or
-    Arrow batch's rows as one ``Rows``, written in one call). Raises ``Unreadable`` for a file that
-    is truncated, corrupt or lacks the column."""
+    or every row of a Parquet, JSON lines or Arrow file as ``name-without-suffix/row``, a batch of
+    rows as one ``Rows`` (written in one call). Raises ``Unreadable`` for a file that is truncated,
+    corrupt or lacks the column."""
     kind = file_format(path, format)
     if kind == "raw":
         yield name, read_chunks(path)
         return
     stem = without_suffix(name, kind)
-    if kind == "jsonl":
-        for row, data in enumerate(json_rows(path, column)):
-            yield f"{stem}/{row}", (data,)
-        return
+    batches = {"parquet": parquet_batches, "arrow": arrow_batches, "jsonl": json_batches}[kind]
     row = 0
-    for data, lengths in {"parquet": parquet_batches, "arrow": arrow_batches}[kind](path, column):
+    for data, lengths in batches(path, column):
         yield Rows([f"{stem}/{i}" for i in range(row, row + len(lengths))], lengths, data)
         row += len(lengths)
 
@@ -155,38 +152,47 @@ def zstd_chunks(path: Path) -> Iterator[bytes]:
         raise Unreadable("truncated: its last zstd frame ends early")
 
 
-def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The lines of a stream of pieces (without their newlines)."""
+def line_batches(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """The lines of a stream of pieces (without their newlines), as the list of lines each piece
+    completes."""
     rest = b""
     for data in chunks:
         pieces = (rest + data).split(b"\n")
         rest = pieces.pop()
-        yield from pieces
+        yield pieces
     if rest:
-        yield rest
+        yield [rest]
 
 
-def json_rows(path: Path, field: str) -> Iterator[bytes]:
-    """The UTF-8 bytes of ``field`` of every JSON object line of a file (blank lines skipped)."""
-    for number, line in enumerate(lines(decompressed(path)), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise Unreadable(f"line {number} is not JSON ({error})") from None
-        if not isinstance(record, dict):
-            raise Unreadable(f"line {number} is {json_type(record)}, not a JSON object")
-        if field not in record:
-            fields = ", ".join(map(repr, list(record)[:10])) or "none"
-            raise Unreadable(f"line {number} has no field {field!r} (its fields: {fields}; set column=...)")
-        value = record[field]
-        if not isinstance(value, str):
-            raise Unreadable(f"line {number}: {field!r} is {json_type(value)}, not a string")
-        try:
-            yield value.encode()
-        except UnicodeEncodeError as error:
-            raise Unreadable(f"line {number}: {field!r} is not valid Unicode ({error.reason})") from None
+def json_batches(path: Path, field: str) -> Iterator[tuple[bytes, list[int]]]:
+    """The UTF-8 bytes of ``field`` of every JSON object line of a file (blank lines skipped), end to
+    end with their lengths, one batch per piece of the decompressed file."""
+    first = 1  # the number of the batch's first line
+    for lines in line_batches(decompressed(path)):
+        values = [json_value(line, number, field) for number, line in enumerate(lines, first) if line.strip()]
+        first += len(lines)
+        yield b"".join(values), [len(value) for value in values]
+
+
+def json_value(line: bytes, number: int, field: str) -> bytes:
+    """The UTF-8 bytes of ``field`` of the JSON object on line ``number``, or ``Unreadable`` saying
+    what the line holds instead."""
+    try:
+        record = json.loads(line)
+    except ValueError as error:
+        raise Unreadable(f"line {number} is not JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise Unreadable(f"line {number} is {json_type(record)}, not a JSON object")
+    if field not in record:
+        fields = ", ".join(map(repr, list(record)[:10])) or "none"
+        raise Unreadable(f"line {number} has no field {field!r} (its fields: {fields}; set column=...)")
+    value = record[field]
+    if not isinstance(value, str):
+        raise Unreadable(f"line {number}: {field!r} is {json_type(value)}, not a string")
+    try:
+        return value.encode()
+    except UnicodeEncodeError as error:
+        raise Unreadable(f"line {number}: {field!r} is not valid Unicode ({error.reason})") from None
 
 
 def json_type(value: Any) -> str:
