@@ -6,7 +6,7 @@ import glob
 import hashlib
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 # Files are read in pieces of this size: a cache build's memory stays bounded by a few of them
@@ -98,11 +98,11 @@ def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
                 return
 
 
-def hashed_chunks(path: Path, digests: dict[Path, str]) -> Iterator[bytes]:
-    """``read_chunks(path)``, and once the file is read to its end its SHA-256 in ``digests[path]``:
-    what the cache's manifest records of a source, without reading the file a second time."""
+def hashed(chunks: Iterable[bytes], path: Path, digests: dict[Path, str]) -> Iterator[bytes]:
+    """``chunks``, the bytes of the file ``path`` in pieces, and once they are all read their SHA-256
+    in ``digests[path]``: what the cache's manifest records of a source, without reading it again."""
     sha256 = hashlib.sha256()
-    for data in read_chunks(path):
+    for data in chunks:
         sha256.update(data)
         yield data
     digests[path] = sha256.hexdigest()

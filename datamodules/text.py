@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .bytes import ByteDataModule
-from .files import find_files, hashed_chunks, named_files, read_tar
+from .files import find_files, hashed, named_files, read_chunks, read_tar
 from .pool import pooled_documents
 from .records import FORMATS, file_format, text_rows, with_saved_datasets
 
@@ -86,7 +86,7 @@ class TextBytes(ByteDataModule):
                 yield name, (data,)
         elif self.raw:
             for name, file in named_files(self.files):
-                yield name, hashed_chunks(file, self.read_digests)
+                yield name, hashed(read_chunks(file), file, self.read_digests)
         else:
             reader = functools.partial(text_rows, format=self.format, column=self.column)
             files = list(named_files(self.files))
