@@ -36,6 +36,7 @@ from .datasets import (
     collate_evaluation,
     collate_train,
 )
+from .files import resolved
 from .pool import default_workers
 from .protocol import (
     SPLITS,
@@ -185,6 +186,8 @@ class ByteDataModule(L.LightningDataModule):
         self.splits: dict[str, ByteSplit] = {}
         self.manifest: dict[str, Any] = {}
         self.skipped: list[dict[str, str]] = []
+        # SHA-256 of the source files a build hashed as it read them whole (the manifest's, read once).
+        self.read_digests: dict[Path, str] = {}
         self._resume_samples: int | None = None
 
     # The data's unit in bytes (a pixel or patch of pixels, a 16-bit sample): every window starts and
@@ -278,11 +281,15 @@ class ByteDataModule(L.LightningDataModule):
     @property
     def cache_path(self) -> Path:
         """The cache directory of the current sources and options."""
+        sources = self.sources()
         key = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "format_version": FORMAT_VERSION,
             "options": self._options(),
-            "sources": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in self.sources()],
+            "sources": [
+                [path, stat.st_size, stat.st_mtime_ns]
+                for path, stat in zip(resolved(sources), map(os.stat, sources), strict=True)
+            ],
         }
         return self.cache_dir / f"{type(self).__name__.lower()}-{digest(key)}"
 
@@ -320,6 +327,7 @@ class ByteDataModule(L.LightningDataModule):
         """Write the split files into `directory` and return the manifest."""
         corpus_path = directory / "corpus.bin"
         self.skipped = []
+        self.read_digests = {}
         seen = 0
 
         def counted() -> Iterator[tuple[str, Iterable[bytes]]]:
@@ -363,7 +371,7 @@ class ByteDataModule(L.LightningDataModule):
             "format_version": FORMAT_VERSION,
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "options": self._options(),
-            "sources": source_records(self.sources()),
+            "sources": source_records(self.sources(), self.read_digests),
             "splits": counts,
             "skipped": self.skipped,
             "empty_documents": self.empty_documents,

@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .files import CHUNK_BYTES
+from .files import BUFFER_BYTES, CHUNK_BYTES, resolved
 
 FORMAT_VERSION = 1
 # Below this many source bytes a build takes about a second, so a progress bar would only flicker.
@@ -55,13 +55,17 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
 
 
-def source_records(sources: Sequence[Path]) -> list[dict[str, Any]]:
-    """Path, size and SHA-256 of every source file, as a manifest records what it was built from."""
+def source_records(sources: Sequence[Path], digests: Mapping[Path, str]) -> list[dict[str, Any]]:
+    """Path, size and SHA-256 of every source file, as a manifest records what it was built from;
+    ``digests`` holds the SHA-256 of the files the build hashed as it read them, the others are read
+    here."""
     records = []
-    for path in sources:
-        with open(path, "rb") as f:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        records.append({"path": str(path.resolve()), "size": path.stat().st_size, "sha256": sha256})
+    for path, resolved_path in zip(sources, resolved(sources), strict=True):
+        sha256 = digests.get(path)
+        if sha256 is None:
+            with open(path, "rb") as f:
+                sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        records.append({"path": resolved_path, "size": path.stat().st_size, "sha256": sha256})
     return records
 
 
@@ -206,21 +210,27 @@ def write_corpus(
     total: int | None,
 ) -> tuple[list[str], np.ndarray]:
     """Write every non-empty document (name, its bytes in pieces) end to end into `path`, counting
-    the bytes on a task of ``progress`` (``total`` of them, if known); return their names and int64
-    offsets."""
+    the bytes on a task of ``progress`` (``total`` of them, if known) a BUFFER_BYTES or more at a
+    time (the bar redraws a few times a second, an update per small document would only cost);
+    return their names and int64 offsets."""
     task = progress.add_task(description, total=total)
     names: list[str] = []
     ends = [0]
-    with open(path, "wb") as f:
+    unreported = 0
+    with open(path, "wb", buffering=BUFFER_BYTES) as f:
         for name, chunks in documents:
             size = 0
             for data in chunks:
                 f.write(data)
                 size += len(data)
-                progress.update(task, advance=len(data))
+                unreported += len(data)
+                if unreported >= BUFFER_BYTES:
+                    progress.update(task, advance=unreported)
+                    unreported = 0
             if size:
                 names.append(name)
                 ends.append(ends[-1] + size)
+    progress.update(task, advance=unreported)
     return names, np.array(ends, dtype=np.int64)
 
 
@@ -235,6 +245,18 @@ def copy_range(source: Any, target: Any, start: int, end: int, chunk: int = CHUN
         start += len(data)
 
 
+def adjacent_merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Byte ranges with every run of adjacent ones merged: the documents of a split that follow each
+    other in the corpus (most of the training split's) are copied at once, not one by one."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if merged and merged[-1][1] == lo:
+            merged[-1] = (merged[-1][0], int(hi))
+        else:
+            merged.append((int(lo), int(hi)))
+    return merged
+
+
 def write_splits(
     directory: Path,
     corpus_path: Path,
@@ -246,22 +268,24 @@ def write_splits(
 
     With ``documents_in_split`` None a range is one document, copied in pieces with plain reads (a
     memory map would leave every page it touched resident, so the build's memory would grow with the
-    corpus); otherwise ``documents_in_split(split, range's bytes)`` gives its documents.
+    corpus), adjacent ranges at once; otherwise ``documents_in_split(split, range's bytes)`` gives
+    its documents.
     """
     corpus = np.memmap(corpus_path, dtype=np.uint8, mode="r")
     counts = {}
     with open(corpus_path, "rb") as source:
         for split, split_ranges in ranges.items():
-            lengths = []
-            with open(directory / f"{split}.bin", "wb") as f:
-                for lo, hi in split_ranges:
-                    if documents_in_split is None:
-                        copy_range(source, f, int(lo), int(hi))
-                        lengths.append(int(hi - lo))
-                        continue
-                    for document in documents_in_split(split, corpus[lo:hi]):
-                        f.write(document)
-                        lengths.append(len(document))
+            with open(directory / f"{split}.bin", "wb", buffering=BUFFER_BYTES) as f:
+                if documents_in_split is None:
+                    for lo, hi in adjacent_merged(split_ranges):
+                        copy_range(source, f, lo, hi)
+                    lengths = [int(hi - lo) for lo, hi in split_ranges]
+                else:
+                    lengths = []
+                    for lo, hi in split_ranges:
+                        for document in documents_in_split(split, corpus[lo:hi]):
+                            f.write(document)
+                            lengths.append(len(document))
             doc_offsets = np.cumsum([0, *lengths], dtype=np.int64)
             np.save(directory / f"{split}.docs.npy", doc_offsets)
             counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(lengths)}

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 # Files are read in pieces of this size: a cache build's memory stays bounded by a few of them
 # whatever the size of the corpus (a corpus may be larger than the machine's memory).
 CHUNK_BYTES = 4 * 2**20
+# Files written or read a document at a time are buffered this much, so that a small document is a
+# copy into the buffer rather than a system call of its own.
+BUFFER_BYTES = 2**20
 
 
 def _files_under(path: Path) -> list[Path]:
@@ -55,9 +59,34 @@ def files_with_suffix(patterns: str | Sequence[str], suffixes: Sequence[str]) ->
 def named_files(files: Sequence[Path]) -> Iterator[tuple[str, Path]]:
     """(name, path) of every file, named by its path relative to the folder common to all (one file: its
     name), so that moving a corpus keeps its split."""
-    root = Path(os.path.commonpath([f.parent for f in files]))
-    for file in files:
-        yield file.relative_to(root).as_posix(), file
+    texts = [str(file) for file in files]
+    if not all(map(os.path.isabs, texts)):
+        root = Path(os.path.commonpath([f.parent for f in files]))
+        yield from ((file.relative_to(root).as_posix(), file) for file in files)
+        return
+    # An absolute path's text begins with its folders' common path: slicing it off is relative_to
+    # without a Path made and parsed per file.
+    start = len(os.path.commonpath([os.path.dirname(text) for text in texts]).rstrip(os.sep)) + 1
+    for file, text in zip(files, texts, strict=True):
+        yield text[start:].replace(os.sep, "/"), file
+
+
+def resolved(paths: Sequence[Path]) -> list[str]:
+    """``str(path.resolve())`` of every path, each folder resolved once: ``resolve`` lstats every
+    component of every path, which for a corpus of many small files costs more than reading them.
+    A file that is itself a link, or a path ending in ``..``, is resolved alone."""
+    folders: dict[str, str] = {}
+    names = []
+    for path in paths:
+        text = str(path)
+        folder, name = os.path.split(text)
+        if name in ("", ".", "..") or os.path.islink(text):
+            names.append(str(path.resolve()))
+            continue
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        names.append(os.path.join(folders[folder], name))
+    return names
 
 
 def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -65,6 +94,18 @@ def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while data := f.read(chunk):
             yield data
+            if len(data) < chunk:  # a short read of a file is its end: no read to learn it
+                return
+
+
+def hashed(chunks: Iterable[bytes], path: Path, digests: dict[Path, str]) -> Iterator[bytes]:
+    """``chunks``, the bytes of the file ``path`` in pieces, and once they are all read their SHA-256
+    in ``digests[path]``: what the cache's manifest records of a source, without reading it again."""
+    sha256 = hashlib.sha256()
+    for data in chunks:
+        sha256.update(data)
+        yield data
+    digests[path] = sha256.hexdigest()
 
 
 def read_tar(archive: Path) -> Iterator[tuple[str, bytes]]:

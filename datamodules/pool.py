@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import BinaryIO
 
-from .files import CHUNK_BYTES
+from .files import BUFFER_BYTES, CHUNK_BYTES
 
 # A group holds consecutive files up to this many, or up to this many source bytes: big enough that
 # a task's start-up is noise beside its work, small enough that the cores share the corpus evenly.
@@ -50,9 +50,20 @@ class Rejected:
     reason: str
 
 
+@dataclass(frozen=True)
+class Rows:
+    """What a reader may yield for many documents at once (a batch of a row file's rows): their
+    names, their lengths and their bytes end to end, written in one call."""
+
+    names: list[str]
+    lengths: list[int]
+    data: bytes | memoryview
+
+
 # A reader turns one file (its name relative to the corpus root, its path) into documents, each
-# (name, its bytes in pieces), or ``Rejected`` members; it raises ``Unreadable`` for a bad file.
-Reader = Callable[[str, Path], Iterable[tuple[str, Iterable[bytes]] | Rejected]]
+# (name, its bytes in pieces) or many as ``Rows``, or ``Rejected`` members; it raises
+# ``Unreadable`` for a bad file.
+Reader = Callable[[str, Path], Iterable[tuple[str, Iterable[bytes]] | Rows | Rejected]]
 
 
 @dataclass
@@ -87,16 +98,19 @@ def file_groups(files: Sequence[tuple[str, Path]], workers: int = 1) -> list[lis
 def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path) -> Part:
     """Decode the files of one group into ``part_path`` (what a worker runs)."""
     part = Part(part_path)
-    with open(part_path, "wb") as f:
+    with open(part_path, "wb", buffering=BUFFER_BYTES) as f:
         for name, path in group:
             start, documents, rejected = f.tell(), len(part.documents), len(part.rejected)
             try:
                 for item in reader(name, path):
                     if isinstance(item, Rejected):
                         part.rejected.append(item)
-                        continue
-                    document, chunks = item
-                    part.documents.append((document, sum(f.write(data) for data in chunks)))
+                    elif isinstance(item, Rows):
+                        f.write(item.data)
+                        part.documents.extend(zip(item.names, item.lengths, strict=True))
+                    else:
+                        document, chunks = item
+                        part.documents.append((document, sum(f.write(data) for data in chunks)))
             except Unreadable as error:
                 f.seek(start)
                 f.truncate()
@@ -140,7 +154,7 @@ def decoded_parts(
 
 def part_documents(part: Part) -> Iterator[tuple[str, Iterable[bytes]]]:
     """The documents of a part file as (name, its bytes in pieces); the file is deleted once read."""
-    with open(part.path, "rb") as f:
+    with open(part.path, "rb", buffering=BUFFER_BYTES) as f:
         for name, size in part.documents:
             yield name, _pieces(f, size)
     part.path.unlink()

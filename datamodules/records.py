@@ -22,7 +22,7 @@ import numpy as np
 
 from .files import CHUNK_BYTES, read_chunks
 from .native import require
-from .pool import Unreadable
+from .pool import Rows, Unreadable
 
 FORMATS = ("auto", "raw", "parquet", "jsonl", "arrow")
 COMPRESSIONS = (".gz", ".zst")
@@ -96,18 +96,23 @@ def with_saved_datasets(files: list[Path]) -> list[Path]:
     return sorted(set(kept))
 
 
-def text_rows(name: str, path: Path, *, format: str, column: str) -> Iterator[tuple[str, Iterable[bytes]]]:
+def text_rows(
+    name: str, path: Path, *, format: str, column: str
+) -> Iterator[tuple[str, Iterable[bytes]] | Rows]:
     """The documents of one file (name: its path relative to the corpus root): a raw file whole,
-    or every row of a Parquet, JSON lines or Arrow file as ``name-without-suffix/row``. Raises
-    ``Unreadable`` for a file that is truncated, corrupt or lacks the column."""
+    or every row of a Parquet, JSON lines or Arrow file as ``name-without-suffix/row``, a batch of
+    rows as one ``Rows`` (written in one call). Raises ``Unreadable`` for a file that is truncated,
+    corrupt or lacks the column."""
     kind = file_format(path, format)
     if kind == "raw":
         yield name, read_chunks(path)
         return
     stem = without_suffix(name, kind)
-    rows = {"parquet": parquet_rows, "arrow": arrow_rows, "jsonl": json_rows}[kind](path, column)
-    for row, data in enumerate(rows):
-        yield f"{stem}/{row}", (data,)
+    batches = {"parquet": parquet_batches, "arrow": arrow_batches, "jsonl": json_batches}[kind]
+    row = 0
+    for data, lengths in batches(path, column):
+        yield Rows([f"{stem}/{i}" for i in range(row, row + len(lengths))], lengths, data)
+        row += len(lengths)
 
 
 def decompressed(path: Path) -> Iterator[bytes]:
@@ -147,38 +152,47 @@ def zstd_chunks(path: Path) -> Iterator[bytes]:
         raise Unreadable("truncated: its last zstd frame ends early")
 
 
-def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The lines of a stream of pieces (without their newlines)."""
+def line_batches(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """The lines of a stream of pieces (without their newlines), as the list of lines each piece
+    completes."""
     rest = b""
     for data in chunks:
         pieces = (rest + data).split(b"\n")
         rest = pieces.pop()
-        yield from pieces
+        yield pieces
     if rest:
-        yield rest
+        yield [rest]
 
 
-def json_rows(path: Path, field: str) -> Iterator[bytes]:
-    """The UTF-8 bytes of ``field`` of every JSON object line of a file (blank lines skipped)."""
-    for number, line in enumerate(lines(decompressed(path)), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise Unreadable(f"line {number} is not JSON ({error})") from None
-        if not isinstance(record, dict):
-            raise Unreadable(f"line {number} is {json_type(record)}, not a JSON object")
-        if field not in record:
-            fields = ", ".join(map(repr, list(record)[:10])) or "none"
-            raise Unreadable(f"line {number} has no field {field!r} (its fields: {fields}; set column=...)")
-        value = record[field]
-        if not isinstance(value, str):
-            raise Unreadable(f"line {number}: {field!r} is {json_type(value)}, not a string")
-        try:
-            yield value.encode()
-        except UnicodeEncodeError as error:
-            raise Unreadable(f"line {number}: {field!r} is not valid Unicode ({error.reason})") from None
+def json_batches(path: Path, field: str) -> Iterator[tuple[bytes, list[int]]]:
+    """The UTF-8 bytes of ``field`` of every JSON object line of a file (blank lines skipped), end to
+    end with their lengths, one batch per piece of the decompressed file."""
+    first = 1  # the number of the batch's first line
+    for lines in line_batches(decompressed(path)):
+        values = [json_value(line, number, field) for number, line in enumerate(lines, first) if line.strip()]
+        first += len(lines)
+        yield b"".join(values), [len(value) for value in values]
+
+
+def json_value(line: bytes, number: int, field: str) -> bytes:
+    """The UTF-8 bytes of ``field`` of the JSON object on line ``number``, or ``Unreadable`` saying
+    what the line holds instead."""
+    try:
+        record = json.loads(line)
+    except ValueError as error:
+        raise Unreadable(f"line {number} is not JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise Unreadable(f"line {number} is {json_type(record)}, not a JSON object")
+    if field not in record:
+        fields = ", ".join(map(repr, list(record)[:10])) or "none"
+        raise Unreadable(f"line {number} has no field {field!r} (its fields: {fields}; set column=...)")
+    value = record[field]
+    if not isinstance(value, str):
+        raise Unreadable(f"line {number}: {field!r} is {json_type(value)}, not a string")
+    try:
+        return value.encode()
+    except UnicodeEncodeError as error:
+        raise Unreadable(f"line {number}: {field!r} is not valid Unicode ({error.reason})") from None
 
 
 def json_type(value: Any) -> str:
@@ -198,8 +212,9 @@ def string_column(schema: Any, column: str) -> int:
     return schema.get_field_index(column)
 
 
-def string_values(array: Any, first_row: int) -> Iterator[memoryview]:
-    """The UTF-8 bytes of every value of an Arrow string array, sliced from its buffer (no copy)."""
+def string_values(array: Any, first_row: int) -> tuple[memoryview, list[int]]:
+    """The UTF-8 bytes of the values of an Arrow string array end to end, sliced from its buffer (no
+    copy), and each value's length."""
     pa = require("pyarrow", "Parquet and Arrow files")
     if array.null_count:
         row = first_row + array.is_null().index(True).as_py()
@@ -209,14 +224,14 @@ def string_values(array: Any, first_row: int) -> Iterator[memoryview]:
     wide = pa.types.is_large_string(array.type)
     _, offsets_buffer, data = array.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if wide else np.int32)
-    bounds = offsets[array.offset : array.offset + len(array) + 1].tolist()
+    bounds = offsets[array.offset : array.offset + len(array) + 1]
     view = memoryview(data if data is not None else b"")
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        yield view[start:end]
+    return view[int(bounds[0]) : int(bounds[-1])], np.diff(bounds).tolist()
 
 
-def parquet_rows(path: Path, column: str) -> Iterator[memoryview]:
-    """The values of a Parquet file's string column, read ROWS_PER_BATCH rows of a row group at a time."""
+def parquet_batches(path: Path, column: str) -> Iterator[tuple[memoryview, list[int]]]:
+    """The values of a Parquet file's string column (``string_values``), ROWS_PER_BATCH rows of a
+    row group at a time."""
     pa = require("pyarrow", "Parquet files")
     pq = require("pyarrow.parquet", "Parquet files")
     try:
@@ -224,14 +239,15 @@ def parquet_rows(path: Path, column: str) -> Iterator[memoryview]:
             string_column(parquet.schema_arrow, column)
             row = 0
             for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, columns=[column], use_threads=False):
-                yield from string_values(batch.column(0), row)
+                yield string_values(batch.column(0), row)
                 row += batch.num_rows
     except (pa.ArrowException, OSError) as error:
         raise Unreadable(f"not a complete Parquet file ({type(error).__name__}: {error})") from None
 
 
-def arrow_rows(path: Path, column: str) -> Iterator[memoryview]:
-    """The values of an Arrow IPC file's string column (a saved dataset's data file), a batch at a time."""
+def arrow_batches(path: Path, column: str) -> Iterator[tuple[memoryview, list[int]]]:
+    """The values of an Arrow IPC file's string column (a saved dataset's data file;
+    ``string_values``), a record batch at a time."""
     pa = require("pyarrow", "Arrow files")
     try:
         with pa.OSFile(str(path)) as source:
@@ -246,7 +262,7 @@ def arrow_rows(path: Path, column: str) -> Iterator[memoryview]:
             index = string_column(reader.schema, column)
             row = 0
             for batch in batches:
-                yield from string_values(batch.column(index), row)
+                yield string_values(batch.column(index), row)
                 row += batch.num_rows
     except (pa.ArrowException, OSError) as error:
         raise Unreadable(f"not a complete Arrow file ({type(error).__name__}: {error})") from None

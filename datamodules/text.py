@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .bytes import ByteDataModule
-from .files import find_files, named_files, read_chunks, read_tar
+from .files import find_files, hashed, named_files, read_chunks, read_tar
 from .pool import pooled_documents
 from .records import FORMATS, file_format, text_rows, with_saved_datasets
 
@@ -64,11 +64,9 @@ class TextBytes(ByteDataModule):
         self.column = column
         self.on_error = on_error
         self.files = None if paths is None else with_saved_datasets(find_files(paths))
-
-    @property
-    def raw(self) -> bool:
-        """Whether every file is read raw (one file, one document)."""
-        return self.files is None or all(file_format(f, self.format) == "raw" for f in self.files)
+        # Whether every file is read raw (one file, one document); the files are fixed, and a build
+        # asks several times.
+        self.raw = self.files is None or all(file_format(f, format) == "raw" for f in self.files)
 
     def cache_options(self) -> dict[str, Any]:
         """The options that change the bytes of row files (none for raw files alone)."""
@@ -81,13 +79,14 @@ class TextBytes(ByteDataModule):
 
     def document_chunks(self) -> Iterator[tuple[str, Iterable[bytes]]]:
         """Every document as (name, its bytes in pieces): a file larger than memory streams through.
-        Raw files are copied here; a corpus with row files is decoded in the pool, raw files too."""
+        Raw files are copied here (hashed for the manifest as they are read); a corpus with row files
+        is decoded in the pool, raw files too."""
         if self.files is None:
             for name, data in read_tar(SHAKESPEARE):
                 yield name, (data,)
         elif self.raw:
             for name, file in named_files(self.files):
-                yield name, read_chunks(file)
+                yield name, hashed(read_chunks(file), file, self.read_digests)
         else:
             reader = functools.partial(text_rows, format=self.format, column=self.column)
             files = list(named_files(self.files))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +17,16 @@ from datamodules import ByteDataModule
 from datamodules.cache import cache_problem
 from datamodules.datasets import ByteSplit
 from datamodules.protocol import SPLITS
+from datamodules.reference import COMPRESSORS, EVALUATION_SPLITS, ROWS, RULE, compressed_bits, reference
 
 from .subcommand import DataConfig
 from .trainer_cli import DEFAULT_DATA
 
 # Bytes counted at a time for the entropy: a split larger than memory streams through.
 COUNT_BYTES = 64 * 2**20
+# The reference compressors see at most this many bytes of a split (xz -9e runs at about 1 MB/s),
+# so inspect stays bounded on any corpus; beyond them only the priors cost (64 MiB at most).
+INSPECT_BYTES = 8 * 2**20
 
 
 def order0_bits(data: np.ndarray) -> float:
@@ -41,6 +47,58 @@ MEASURES: dict[str, Callable[[ByteSplit], str]] = {
     "bytes": lambda split: f"{int(split.offsets[-1]):,}",
     "order-0 entropy (bits/byte)": lambda split: f"{order0_bits(split.data):.3f}",
 }
+
+
+def scored_length(dm: ByteDataModule, split: str) -> int:
+    """How many bytes of a split evaluation scores (all of it, or its first ``max_eval_bytes``)."""
+    return int(dm.windows(split)[:, 3].sum())
+
+
+def bounded(dm: ByteDataModule) -> ByteDataModule:
+    """``dm``, or where it scores more than INSPECT_BYTES of an evaluation split, a copy that scores
+    their first INSPECT_BYTES (``reference`` keys its cached numbers by ``max_eval_bytes``)."""
+    if all(scored_length(dm, split) <= INSPECT_BYTES for split in EVALUATION_SPLITS):
+        return dm
+    copied = copy.copy(dm)
+    copied.max_eval_bytes = INSPECT_BYTES
+    return copied
+
+
+def reference_table(dm: ByteDataModule) -> str:
+    """The reference compressors of ``datamodules.reference`` per split, in bits per byte, and which
+    bytes they compressed: val and test the bytes evaluation scores (at most INSPECT_BYTES), train
+    its first INSPECT_BYTES, alone only (its tail is the other rows' prior)."""
+    scored = bounded(dm)
+    numbers = reference(scored)["splits"]
+    train = bytes(dm.splits["train"].data[:INSPECT_BYTES])
+    train_cells = {name: f"{compressed_bits(name, train) / max(len(train), 1):.3f}" for name in COMPRESSORS}
+    rows = {
+        row: [train_cells.get(row, "-"), *(f"{numbers[s]['bpb'][row]:.3f}" for s in EVALUATION_SPLITS)]
+        for row in ROWS
+    }
+    return "\n".join(
+        [
+            f"reference compressors (datamodules/reference.py), bits per byte, on at most {INSPECT_BYTES:,} "
+            "bytes of a split",
+            table(rows, ["", *SPLITS]),
+            textwrap.fill(f"{compressed_note(dm, scored, numbers, len(train))} {RULE}", 100),
+        ]
+    )
+
+
+def compressed_note(dm: ByteDataModule, scored: ByteDataModule, numbers: dict[str, Any], train: int) -> str:
+    """Which bytes of each split the reference table compressed, in one sentence."""
+    splits = " and ".join(f"{s} {numbers[s]['bytes']:,}" for s in EVALUATION_SPLITS)
+    if scored is not dm:
+        evaluated = " and ".join(f"{scored_length(dm, s):,}" for s in EVALUATION_SPLITS)
+        which = f"their first bytes, inspect's bound (evaluation scores {evaluated})"
+    elif dm.max_eval_bytes:
+        which = f"the bytes evaluation scores (max_eval_bytes={dm.max_eval_bytes:,})"
+    else:
+        which = "the whole split, as evaluation scores it"
+    whole = int(dm.splits["train"].offsets[-1])
+    first = "the whole split" if train == whole else f"its first bytes, inspect's bound (of {whole:,})"
+    return f"Compressed: {splits} bytes, {which}; train {train:,} bytes, {first}, alone only."
 
 
 def datamodule(data: dict[str, Any] | None) -> ByteDataModule:
@@ -85,6 +143,8 @@ def inspect_cache(dm: ByteDataModule, documents: int, length: int) -> str:
         f"left out: {skipped} unreadable files (on_error=skip), {empty} empty documents",
         "",
         table(rows, ["", *SPLITS]),
+        "",
+        reference_table(dm),
     ]
     for split in SPLITS:
         shown = min(documents, len(dm.splits[split]))
@@ -103,7 +163,9 @@ def data_command(
 
     ``prepare`` builds the cache with a progress bar and exits, so a cluster job can build it once on
     one node before its ranks start (docs/DATA.md); ``inspect`` prints, per split, the documents, bytes
-    and order-0 entropy, the cache's path and size, and the first bytes of a few documents.
+    and order-0 entropy, the reference compressors (``datamodules.reference``: zlib, bz2 and xz alone
+    and given the training split, on at most INSPECT_BYTES of a split), the cache's path and size,
+    and the first bytes of a few documents.
 
     Args:
         action: ``inspect`` or ``prepare``.

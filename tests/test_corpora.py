@@ -5,10 +5,14 @@ memory, and one line for every kind of bad input."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
+import os
+import re
 import tarfile
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from rich.progress import Progress
 
 from datamodules import ImageBytes, TextBytes
-from datamodules.records import without_suffix
+from datamodules.cache import adjacent_merged, write_corpus
+from datamodules.files import named_files, read_chunks, resolved
+from datamodules.records import string_values, without_suffix
+from experiments import data as bytelab_data
 from experiments.cli import main
 from experiments.data import order0_bits
 
@@ -83,6 +91,83 @@ def test_rows_are_named_by_file_without_suffix_and_row() -> None:
     assert without_suffix("part-0.parquet", "parquet") == "part-0"
     assert without_suffix("notes.txt", "jsonl") == "notes.txt"
     assert without_suffix("x.json.gz", "jsonl") == "x"
+
+
+def test_sources_resolve_as_pathlib_does_through_linked_folders_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache key's paths (each folder resolved once) are ``Path.resolve``'s, links included."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    for name in ("a.txt", "sub/b.txt"):
+        (tmp_path / "real" / name).write_text(name)
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "c.txt").symlink_to(tmp_path / "real" / "sub" / "b.txt")
+    monkeypatch.chdir(tmp_path)
+    paths = [
+        tmp_path / "real" / "a.txt",
+        tmp_path / "linked" / "sub" / "b.txt",
+        tmp_path / "linked" / "c.txt",
+        Path("linked/a.txt"),
+        Path(f"{tmp_path}/real/sub/../a.txt"),
+    ]
+    paths += [Path("real/sub/.."), Path("a.txt"), Path(".")]
+    assert resolved(paths) == [str(path.resolve()) for path in paths]
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [["/c/a/x.txt", "/c/b/y/z.txt"], ["/x.txt", "/d/y.txt"], ["/c/a.txt"], ["c/a.txt", "c/b/y.txt"], ["a"]],
+)
+def test_files_are_named_by_their_path_below_the_folder_common_to_all(paths: list[str]) -> None:
+    files = [Path(p) for p in paths]
+    root = Path(os.path.commonpath([f.parent for f in files]))
+    assert list(named_files(files)) == [(f.relative_to(root).as_posix(), f) for f in files]
+
+
+def test_files_are_read_and_ranges_copied_in_as_few_pieces_as_their_bytes_allow(tmp_path: Path) -> None:
+    for size, pieces in ((10, [4, 4, 2]), (8, [4, 4]), (3, [3]), (0, [])):
+        (tmp_path / "f").write_bytes(bytes(range(size)))
+        assert [len(data) for data in read_chunks(tmp_path / "f", 4)] == pieces
+    ranges = [(0, 3), (3, 5), (7, 9), (9, 9), (10, 12)]
+    assert adjacent_merged(ranges) == [(0, 5), (7, 9), (10, 12)] and adjacent_merged([]) == []
+
+
+def test_the_progress_bar_counts_every_byte_written(tmp_path: Path) -> None:
+    """Updates come a BUFFER_BYTES at a time, and the last one brings the count to the corpus's bytes."""
+    documents = [(f"d{i}", [b"x" * 1000]) for i in range(3000)] + [("big", [b"y" * 3 * 2**20, b"z"])]
+    progress = Progress(disable=True)
+    names, offsets = write_corpus(tmp_path / "corpus.bin", documents, progress, "writing", None)
+    assert len(names) == 3001 and progress.tasks[0].completed == offsets[-1] == 3000 * 1000 + 3 * 2**20 + 1
+
+
+@pytest.mark.parametrize("kind", ["raw", "parquet"])
+def test_the_manifest_records_every_source_s_sha256_whether_hashed_as_read_or_after(
+    tmp_path: Path, kind: str
+) -> None:
+    """Raw files are hashed as they are copied, row files after the build: the same record either way."""
+    for i in range(4):
+        if kind == "raw":
+            (tmp_path / "c").mkdir(exist_ok=True)
+            (tmp_path / "c" / f"{i}.txt").write_text(f"document {i}\n" * (i + 1))
+        else:
+            write_rows(tmp_path / "c", kind, [f"{i}:{row}" for row in ROWS], f"s{i}")
+    dm = built(str(tmp_path / "c"), tmp_path / "cache", workers=1)
+    files = sorted((tmp_path / "c").iterdir())
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    expected = [
+        {"path": str(f.resolve()), "size": f.stat().st_size, "sha256": digest}
+        for f, digest in zip(files, digests, strict=True)
+    ]
+    assert dm.manifest["sources"] == expected
+    assert sorted(dm.read_digests) == (files if kind == "raw" else [])
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.string_view()])
+def test_a_batch_of_rows_is_its_values_end_to_end_with_their_lengths(kind: pa.DataType) -> None:
+    values = ["", "é and bytes", "x", "", "row four"]
+    for array in (pa.array(values, kind), pa.array(["skipped", *values], kind).slice(1)):
+        data, lengths = string_values(array, 0)
+        assert bytes(data) == "".join(values).encode() and lengths == [len(v.encode()) for v in values]
 
 
 def test_column_option_and_explicit_format(tmp_path: Path) -> None:
@@ -250,6 +335,39 @@ def test_data_commands_print_one_line_for_bad_input_and_inspect_a_cache(
     assert next(line for line in out.splitlines() if line.startswith("documents")).split()[1:] == counts
     assert f"{order0_bits(train.data):.3f}" in out
     assert repr(bytes(train.document(0)[:60])) in out
+
+
+def reference_cells(out: str) -> dict[str, list[str]]:
+    """The rows of inspect's reference table: label -> the train, val and test cells."""
+    table = out.split("reference compressors")[1].splitlines()[2:9]
+    return {label: cells for label, *cells in (re.split(r"\s{2,}", line) for line in table)}
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("bound", [None, 1000])
+def test_inspect_prints_the_reference_compressors_on_the_scored_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, bound: int | None
+) -> None:
+    """zlib -9 as the test computes it, on the whole splits or on inspect's bound of their first bytes;
+    repetitive documents cost less given the training split than alone."""
+    if bound:
+        monkeypatch.setattr(bytelab_data, "INSPECT_BYTES", bound)
+    for i in range(40):
+        (tmp_path / f"d{i}.txt").write_text(f"line {i} of a document, the same words again\n" * 50)
+    options = {"paths": str(tmp_path / "d*.txt"), "cache_dir": str(tmp_path / "cache"), "seq_len": 16}
+    args = ["data", "inspect", "--data=TextBytes", *(f"--data.init_args.{k}={v}" for k, v in options.items())]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    cells = reference_cells(out)
+    dm = built(options["paths"], tmp_path / "cache")
+    scored = [bytes(dm.splits[s].data[:bound]) for s in ("train", "val", "test")]
+    assert cells["zlib -9"] == [f"{len(zlib.compress(b, 9)) * 8 / len(b):.3f}" for b in scored]
+    for name in ("zlib -9", "bz2 -9", "xz -9e"):
+        assert cells[f"{name} | train"][0] == "-"
+        alone, given = (np.array(cells[row][1:], dtype=float) for row in (name, f"{name} | train"))
+        assert (given < alone).all(), name
+    assert f"val {len(scored[1]):,} and test {len(scored[2]):,} bytes" in out
+    assert ("inspect's bound" in out) == bool(bound)
 
 
 def test_order0_entropy_of_known_data() -> None:
