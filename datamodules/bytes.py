@@ -366,7 +366,9 @@ class ByteDataModule(L.LightningDataModule):
                 )
         # Documents kept as they are (text) stream from the corpus file to the splits.
         streamed = type(self).documents_in_split is ByteDataModule.documents_in_split
-        counts = write_splits(directory, corpus_path, ranges, None if streamed else self.documents_in_split)
+        written: dict[str, str] = {}
+        transform = None if streamed else self.documents_in_split
+        counts = write_splits(directory, corpus_path, ranges, transform, written)
         return {
             "format_version": FORMAT_VERSION,
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -375,6 +377,7 @@ class ByteDataModule(L.LightningDataModule):
             "splits": counts,
             "skipped": self.skipped,
             "empty_documents": self.empty_documents,
+            "files": written,  # the split files' SHA-256, for build() to record
         }
 
     def setup(self, stage: str | None = None) -> None:

@@ -47,11 +47,13 @@ def digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def file_record(path: Path) -> dict[str, Any]:
-    """Size, modification time and SHA-256 of a cache file, as its manifest keeps them."""
+def file_record(path: Path, sha256: str | None = None) -> dict[str, Any]:
+    """Size, modification time and SHA-256 of a cache file, as its manifest keeps them; the file is
+    read for its SHA-256 unless given (taken as it was written)."""
     stat = path.stat()
-    with open(path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    if sha256 is None:
+        with open(path, "rb") as f:
+            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
 
 
@@ -135,7 +137,8 @@ def build(
     """Build the cache directory ``final`` (named ``KIND-DIGEST``) of the corpus ``corpus_id``.
 
     ``write(directory)`` writes the split files into a fresh temporary sibling and returns the
-    manifest, which gets the corpus id and every file's record and is written last; the directory is
+    manifest (its "files" may hold the SHA-256 of files it hashed as it wrote them, so they are not
+    read again), which gets the corpus id and every file's record and is written last; the directory is
     then renamed into place. On any failure the temporary directory is removed and the previous cache
     kept; a full disk raises one line naming the space needed. Caches of the same corpus built from
     older versions of its sources are replaced, each with a one-line notice.
@@ -152,8 +155,9 @@ def build(
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=final.parent))
     try:
         manifest = write(tmp)
+        written = manifest.pop("files", {})
         manifest["corpus_id"] = corpus_id
-        manifest["files"] = {f.name: file_record(f) for f in sorted(tmp.iterdir())}
+        manifest["files"] = {f.name: file_record(f, written.get(f.name)) for f in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
@@ -234,14 +238,16 @@ def write_corpus(
     return names, np.array(ends, dtype=np.int64)
 
 
-def copy_range(source: Any, target: Any, start: int, end: int, chunk: int = CHUNK_BYTES) -> None:
-    """Copy bytes [start, end) of the open file ``source`` to the open file ``target``, in pieces."""
+def copy_range(source: Any, target: Any, start: int, end: int, sha256: Any, chunk: int = CHUNK_BYTES) -> None:
+    """Copy bytes [start, end) of the open file ``source`` to the open file ``target``, in pieces,
+    each also added to the hash ``sha256``."""
     source.seek(start)
     while start < end:
         data = source.read(min(chunk, end - start))
         if not data:
             raise OSError(f"{source.name} ended at byte {start}, before {end}")
         target.write(data)
+        sha256.update(data)
         start += len(data)
 
 
@@ -262,9 +268,11 @@ def write_splits(
     corpus_path: Path,
     ranges: dict[str, list[tuple[int, int]]],
     documents_in_split: Callable[[str, np.ndarray], list[np.ndarray]] | None,
+    digests: dict[str, str],
 ) -> dict[str, dict[str, int]]:
     """Write ``{split}.bin`` and ``{split}.docs.npy`` of every split from the byte ranges of the corpus
-    file, then delete it; return each split's bytes and documents.
+    file, then delete it; return each split's bytes and documents. ``digests[f"{split}.bin"]`` gets
+    the SHA-256 of each split file, hashed as it is written: the manifest's, without reading it again.
 
     With ``documents_in_split`` None a range is one document, copied in pieces with plain reads (a
     memory map would leave every page it touched resident, so the build's memory would grow with the
@@ -275,17 +283,20 @@ def write_splits(
     counts = {}
     with open(corpus_path, "rb") as source:
         for split, split_ranges in ranges.items():
+            sha256 = hashlib.sha256()
             with open(directory / f"{split}.bin", "wb", buffering=BUFFER_BYTES) as f:
                 if documents_in_split is None:
                     for lo, hi in adjacent_merged(split_ranges):
-                        copy_range(source, f, lo, hi)
+                        copy_range(source, f, lo, hi, sha256)
                     lengths = [int(hi - lo) for lo, hi in split_ranges]
                 else:
                     lengths = []
                     for lo, hi in split_ranges:
                         for document in documents_in_split(split, corpus[lo:hi]):
                             f.write(document)
+                            sha256.update(document)
                             lengths.append(len(document))
+            digests[f"{split}.bin"] = sha256.hexdigest()
             doc_offsets = np.cumsum([0, *lengths], dtype=np.int64)
             np.save(directory / f"{split}.docs.npy", doc_offsets)
             counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(lengths)}

@@ -160,6 +160,17 @@ def test_the_manifest_records_every_source_s_sha256_whether_hashed_as_read_or_af
     ]
     assert dm.manifest["sources"] == expected
     assert sorted(dm.read_digests) == (files if kind == "raw" else [])
+    assert recorded_files(dm) == real_files(dm)
+
+
+def recorded_files(dm: TextBytes | ImageBytes) -> dict[str, tuple[int, str]]:
+    return {name: (r["size"], r["sha256"]) for name, r in dm.manifest["files"].items()}
+
+
+def real_files(dm: TextBytes | ImageBytes) -> dict[str, tuple[int, str]]:
+    """Size and SHA-256 of every file of the cache, read now (the manifest's hashed as written)."""
+    files = sorted(f for f in dm.cache_path.iterdir() if f.name != "manifest.json")
+    return {f.name: (f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest()) for f in files}
 
 
 @pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.string_view()])
@@ -219,6 +230,7 @@ def test_image_shards_and_files_decode_the_same_with_any_worker_count(tmp_path: 
         dm.setup()
         results.append(splits(dm))
         assert sum(len(s) for s in dm.splits.values()) == 13  # 12 shard members and the loose file
+        assert recorded_files(dm) == real_files(dm) and len(real_files(dm)) == 6  # held-out tiles too
     assert results[0] == results[1]
 
 
