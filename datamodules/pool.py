@@ -153,11 +153,36 @@ def decoded_parts(
 
 
 def part_documents(part: Part) -> Iterator[tuple[str, Iterable[bytes]]]:
-    """The documents of a part file as (name, its bytes in pieces); the file is deleted once read."""
+    """The documents of a part file as (name, its bytes in pieces); the file is deleted once read.
+    Consecutive documents are read together, up to CHUNK_BYTES in one read, each a slice of it (most
+    are far smaller than a read); a larger document is read in pieces of its own."""
     with open(part.path, "rb", buffering=BUFFER_BYTES) as f:
+        batch: list[tuple[str, int]] = []
+        batch_bytes = 0
         for name, size in part.documents:
-            yield name, _pieces(f, size)
+            if batch and batch_bytes + size > CHUNK_BYTES:
+                yield from _sliced(f, batch, batch_bytes)
+                batch, batch_bytes = [], 0
+            if size > CHUNK_BYTES:
+                yield name, _pieces(f, size)
+            else:
+                batch.append((name, size))
+                batch_bytes += size
+        yield from _sliced(f, batch, batch_bytes)
     part.path.unlink()
+
+
+def _sliced(
+    f: BinaryIO, documents: list[tuple[str, int]], size: int
+) -> Iterator[tuple[str, Iterable[bytes]]]:
+    # One read of the next ``size`` bytes, which hold these documents end to end.
+    data = memoryview(f.read(size))
+    if len(data) < size:
+        raise OSError(f"{f.name} ended {size - len(data)} bytes early")
+    start = 0
+    for name, length in documents:
+        yield name, (data[start : start + length],)
+        start += length
 
 
 def _pieces(f: BinaryIO, size: int) -> Iterator[bytes]:

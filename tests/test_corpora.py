@@ -23,7 +23,7 @@ import pytest
 import zstandard
 from rich.progress import Progress
 
-from datamodules import ImageBytes, TextBytes
+from datamodules import ImageBytes, TextBytes, pool
 from datamodules.cache import adjacent_merged, write_corpus
 from datamodules.files import named_files, read_chunks, resolved
 from datamodules.records import string_values, without_suffix
@@ -130,6 +130,23 @@ def test_files_are_read_and_ranges_copied_in_as_few_pieces_as_their_bytes_allow(
         assert [len(data) for data in read_chunks(tmp_path / "f", 4)] == pieces
     ranges = [(0, 3), (3, 5), (7, 9), (9, 9), (10, 12)]
     assert adjacent_merged(ranges) == [(0, 5), (7, 9), (10, 12)] and adjacent_merged([]) == []
+
+
+def test_a_part_file_gives_its_documents_back_in_as_few_reads_as_their_sizes_allow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads of up to CHUNK_BYTES (8 here) hold whole documents; a larger one is read in pieces."""
+    monkeypatch.setattr(pool, "CHUNK_BYTES", 8)
+    sizes = [0, 3, 5, 8, 2, 19, 0, 4, 4, 1]
+    documents = [bytes([65 + i]) * size for i, size in enumerate(sizes)]
+    path = tmp_path / "part.bin"
+    path.write_bytes(b"".join(documents))
+    part = pool.Part(path, [(f"d{i}", size) for i, size in enumerate(sizes)])
+    given = [(name, [bytes(piece) for piece in pieces]) for name, pieces in pool.part_documents(part)]
+    assert [name for name, _ in given] == [f"d{i}" for i in range(len(sizes))] and not path.exists()
+    assert [b"".join(pieces) for _, pieces in given] == documents
+    assert [len(pieces[0]) for _, pieces in given if len(pieces) == 1] == [0, 3, 5, 8, 2, 0, 4, 4, 1]
+    assert [len(piece) for piece in given[5][1]] == [8, 8, 3]
 
 
 def test_the_progress_bar_counts_every_byte_written(tmp_path: Path) -> None:
