@@ -421,4 +421,34 @@ def test_data_bench_measures_builds_beside_the_read_limit(
     assert table.loc[["raw", "jsonl.zst", "parquet"], "amount"].tolist() == [round(megabytes, 3)] * 3
     assert table.loc["jpeg", "amount"] == 12 and table.loc["jpeg", "unit"] == "images/s"
     assert (table[["workers_1", "workers_2"]] > 0).all().all()
-    assert "limit_over_2_workers" in (tmp_path / "out" / "summary.md").read_text()
+    large = sum(len(d.encode()) for d in bench.text_documents(scale=bench.SCALE)) / 1e6
+    assert bench.text_documents(scale=bench.SCALE)[:24] == documents
+    assert table.loc[["raw", "jsonl.zst", "parquet"], "large_amount"].tolist() == [round(large, 3)] * 3
+    assert table.loc["jpeg", "large_amount"] == 12 * bench.SCALE
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "limit_over_2_workers" in summary and "marginal_limit_over_2_workers" in summary
+
+
+def test_the_data_bench_splits_build_times_into_fixed_seconds_and_a_marginal_rate() -> None:
+    from experiments.bench import data as bench
+
+    # 0.5 s fixed, then 20 MB/s: 1.5 s for 20 MB, 4.5 s for 80 MB.
+    fixed, rate = bench.fixed_and_rate((20.0, 80.0), (1.5, 4.5))
+    assert fixed == pytest.approx(0.5) and rate == pytest.approx(20.0)
+    assert all(np.isnan(bench.fixed_and_rate((20.0, 80.0), (1.5, 1.4))))  # noise beyond the work
+    small = {"files": 3, "amount": 20.0, "unit": "MB/s", "tool": ["cat"], "limit": 0.25}
+    large = {"amount": 80.0, "limit": 0.55}
+    row = bench.table_row("raw", {**small, "builds": {1: 1.5, 2: 1.0}}, {**large, "builds": {1: 4.5, 2: 2.5}})
+    assert (row["workers_1"], row["workers_2"], row["limit"], row["limit_over_2_workers"]) == (
+        pytest.approx(20 / 1.5, abs=1e-3),
+        20.0,
+        80.0,
+        4.0,
+    )
+    assert (row["fixed_s_1"], row["fixed_s_2"], row["marginal_1"], row["marginal_2"]) == (
+        0.5,
+        0.5,
+        20.0,
+        40.0,
+    )
+    assert row["marginal_limit"] == 200.0 and row["marginal_limit_over_2_workers"] == 5.0
