@@ -8,7 +8,7 @@ and 2 workers (the median of ``reps`` builds); the machine's limit is the same f
 ``cat``, or decompressed by ``zstd -dc``, measured in the same run after one warm-up read, so both
 read from the page cache.
 
-A build of 20 MB takes about a second, of which a fixed part (starting the pool, the manifest)
+A build of 20 MB takes a second or less, of which a fixed part (starting the pool, the manifest)
 would dominate, and says little about a corpus of gigabytes. So every corpus is also generated
 SCALE times larger (SCALE times the documents, the same number of shards) and timed the same way;
 the two sizes give each build, and the limit tool, a line: its intercept is the fixed seconds, its
@@ -213,7 +213,7 @@ def bench_data(folder: Path, reps: int = 3, note: str = "") -> int:
         "workers, beside the same files read by the limit tool in the same run (page cache warm); the\n"
         f"median of {reps} builds. `limit_over_2_workers`: how many times longer a 2-worker build takes\n"
         "than the tool (the goal: 2 or less).\n\n"
-        "A build of this size takes about a second, and a fixed part of it (starting the worker pool,\n"
+        "A build of this size takes a second or less, and a fixed part of it (starting the worker pool,\n"
         "writing the manifest) weighs more than it would in a large corpus. So every corpus is also\n"
         f"built at {SCALE}x the documents (`large_amount`: as many shards, {SCALE}x the raw files) and the\n"
         "line through the two sizes splits each time into `fixed_s_1` / `fixed_s_2` (its intercept,\n"
