@@ -269,11 +269,21 @@ def config_tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
         scored=("score_len", "first"),
         windows_per_step=("batch_size", "first"),
         params=("params", "first"),
+        config=("config", "first"),
     )
     best = rates.reset_index().sort_values(["val_bpb", "lr"]).groupby(key).head(1)
     table = best.sort_values([*key]).reset_index(drop=True)
-    winner = table.sort_values("val_bpb", kind="stable").groupby(["dataset", "architecture"]).head(1)
+    # The choice is per model size (the sweep's row): "cpu-xs w128x8" is size "cpu-xs", config "w128x8".
+    pairs = zip(table["size"], table["config"], strict=True)
+    model_size = [size.removesuffix(config).strip() for size, config in pairs]
+    winner = (
+        table.assign(model_size=model_size)
+        .sort_values("val_bpb", kind="stable")
+        .groupby(["dataset", "architecture", "model_size"])
+        .head(1)
+    )
     table["chosen"] = table.index.isin(winner.index)
+    table = table.drop(columns="config")
     names = {"size": "configuration", "lr": "best lr", "windows_per_step": "windows/step"}
     table = table.rename(columns=names)
     return table.sort_values(["dataset", "architecture", "val_bpb"]).reset_index(drop=True)
@@ -285,11 +295,12 @@ FLAT = ("Decoder", "Windowed decoder")
 
 def context_points(runs: pd.DataFrame) -> pd.DataFrame:
     """The points (``points``) of every family that ran at several training windows (``seq_len``) at
-    one budget and size: a context-length study. Empty where no family did."""
+    one budget and size: a context-length study. Empty where no family did (a scaling study whose
+    sizes chose different windows is not one)."""
     pts = points(runs)
     if pts.empty or "family" not in pts:
         return pd.DataFrame()
-    windows = pts.groupby(["dataset", "family", "budget"])["seq_len"].transform("nunique")
+    windows = pts.groupby(["dataset", "family", "budget", "size"])["seq_len"].transform("nunique")
     return pts[windows > 1].sort_values(["dataset", "family", "seq_len"]).reset_index(drop=True)
 
 

@@ -550,7 +550,7 @@ def test_configurations_compare_on_the_same_bytes_and_the_table_names_each_ones_
     """A decoder tuned over two windows: runs that score the same bytes compare whatever their
     windows; the main table says each architecture's window and windows per step, and the
     config_tuning table marks the candidate of lowest val bpb at its best rate (w128x8: 2.6 at 3e-3,
-    against w1024x1's best, 2.9 at 1e-3)."""
+    against w1024x1's best, 2.9 at 1e-3), per size (S2 chooses w1024x1)."""
 
     def data(seq_len: int, batch: int) -> dict[str, object]:
         return {
@@ -573,6 +573,21 @@ def test_configurations_compare_on_the_same_bytes_and_the_table_names_each_ones_
         manifest = json.loads((run / "run.json").read_text())
         manifest["sweep"]["config"] = config
         write_json_atomic(run / "run.json", manifest)
+    for config, bpb in (("w1024x1", 2.7), ("w128x8", 2.8)):  # a second size chooses on its own
+        seq_len, batch = (1024, 1) if config == "w1024x1" else (128, 8)
+        run = write_run(
+            root / f"S2-{config}",
+            "Decoder",
+            "S2",
+            1e11,
+            bpb,
+            lr=1e-3,
+            stage="tune",
+            data=data(seq_len, batch),
+        )
+        manifest = json.loads((run / "run.json").read_text())
+        manifest["sweep"]["config"] = config
+        write_json_atomic(run / "run.json", manifest)
     for seed, bpb in enumerate((2.5, 2.52)):
         run = write_run(root / "main", "Decoder", "S1", 1e12, bpb, seed=seed, data=data(128, 8))
         manifest = json.loads((run / "run.json").read_text())
@@ -584,7 +599,8 @@ def test_configurations_compare_on_the_same_bytes_and_the_table_names_each_ones_
     assert (decoder["size"], decoder["window"], decoder["windows/step"]) == ("S1 w128x8", 128, 8)
     assert report.paper.set_index("architecture").loc["Megabyte", "window"] == 1024
     configs = report.configs.set_index("configuration")
-    assert configs["chosen"].to_dict() == {"S1 w128x8": True, "S1 w1024x1": False}
+    chosen = {"S1 w128x8": True, "S1 w1024x1": False, "S2 w1024x1": True, "S2 w128x8": False}
+    assert configs["chosen"].to_dict() == chosen
     assert configs.loc["S1 w128x8", "best lr"] == 3e-3 and configs.loc["S1 w1024x1", "best lr"] == 1e-3
     assert configs.loc["S1 w128x8", "val_bpb"] == pytest.approx(2.6)
     assert (tmp_path / "out" / "config_tuning.md").is_file()

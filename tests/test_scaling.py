@@ -17,6 +17,7 @@ import yaml
 from analysis.fits import PowerLaw, compute_multipliers, fit_frontiers
 from analysis.tables import context_table, crossover_table, crossover_words
 from experiments.sweep import REPO, Architecture, Sweep, expand, expand_tuning, run_sweep
+from tests.conftest import fox_corpus
 from tests.test_sweep import SPEC, fake_run
 
 # ---------------------------------------------------------------------------------------------------
@@ -210,6 +211,10 @@ def test_context_table_and_the_crossover_where_multiscale_leads_from_a_window_on
     assert "multiscale does not overtake flat; its closest is Megabyte at 2048 bytes, +0.300 bits" in words
     one_window = runs[runs["seq_len"] == 128]
     assert context_table(one_window).empty and crossover_table(one_window).empty
+    # A scaling study where each size chose its own window (SpaceByte: 128 at cpu-xxs, 256 at cpu-xs)
+    by_size = runs[runs["seq_len"] < 2048]
+    by_size = by_size.assign(size=np.where(by_size["seq_len"] == 128, "cpu-xxs", "cpu-xs"))
+    assert context_table(by_size).empty and crossover_table(by_size).empty
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,12 +269,7 @@ def test_a_study_killed_mid_way_and_rerun_ends_with_the_uninterrupted_table(tmp_
     at step 2 of the first run to start after 3 have finished: the killed one exits 130 with one line,
     its runs in flight marked interrupted; the rerun resumes them and its tables equal the straight
     run's to the last digit."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(6):
-        (corpus / f"doc{i}.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * (30 + 4 * i))
-    data = tmp_path / "data.yaml"
-    data.write_text(f"class_path: datamodules.TextBytes\ninit_args:\n  paths: {corpus}\n")
+    data = fox_corpus(tmp_path)
     cache = tmp_path / "cache"
 
     flag = tmp_path / "armed"  # absent: the straight study is never signalled
