@@ -62,6 +62,19 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+def fox_corpus(tmp_path: Path) -> Path:
+    """Six documents of one sentence repeated 30-50 times under ``tmp_path/corpus``, and a TextBytes
+    config reading them at ``tmp_path/data.yaml``: the corpus of the end-to-end studies. Returns the
+    config."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i in range(6):
+        (root / f"doc{i}.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * (30 + 4 * i))
+    config = tmp_path / "data.yaml"
+    config.write_text(f"class_path: datamodules.TextBytes\ninit_args:\n  paths: {root}\n")
+    return config
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """Five small text documents (a test module may define its own ``corpus`` instead)."""

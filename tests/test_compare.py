@@ -14,18 +14,14 @@ from experiments.compare import compare, configure
 from experiments.subcommand import parser_for
 from experiments.sweep import REPO
 
+from .conftest import fox_corpus
+
 SMOKE = REPO / "experiments" / "sweeps" / "compare_smoke.yaml"
 
 
 @pytest.fixture
 def data_config(tmp_path: Path) -> Path:
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(6):
-        (corpus / f"doc{i}.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * (30 + 4 * i))
-    config = tmp_path / "data.yaml"
-    config.write_text(f"class_path: datamodules.TextBytes\ninit_args:\n  paths: {corpus}\n")
-    return config
+    return fox_corpus(tmp_path)
 
 
 def test_compare_smoke_preset(tmp_path, data_config, capsys, monkeypatch):

@@ -21,6 +21,8 @@ from experiments.sweep import expand
 from modules.base import build_model
 from modules.sizes import paper_counts
 
+from .conftest import fox_corpus
+
 NAMES = sorted(path.stem for path in STUDIES.glob("*.yaml"))
 
 
@@ -168,10 +170,8 @@ def test_seeds_from_the_command_line_replace_every_parts_and_bound_its_tuning_se
 def test_mini_inference_study_end_to_end(tmp_path, monkeypatch, capsys):
     """Table 11's mini on a tiny corpus and model: one training run, four evaluations, the table."""
     monkeypatch.setenv("BYTELAB_CACHE", str(tmp_path / "cache"))
+    fox_corpus(tmp_path)
     corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(6):
-        (corpus / f"doc{i}.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * (30 + 4 * i))
     tiny = {"global_d_model": 32, "global_layers": 1, "local_d_model": 16, "local_layers": 1}
     sets = [f"model.model.init_args.{k}={v}" for k, v in tiny.items()] + [f"data.init_args.paths={corpus}"]
     out = tmp_path / "out"
