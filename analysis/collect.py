@@ -86,6 +86,7 @@ def run_row(run_dir: Path, manifest: dict[str, Any], allow_unfinished: bool = Fa
         # A tuned configuration (sweep ``configs``) is part of what a row is: "cpu-xs w128x8".
         "size": " ".join(str(part) for part in (sweep.get("size", ""), sweep.get("config")) if part),
         "config": sweep.get("config") or "",
+        "model_size": sweep.get("size", ""),  # the size alone: a sweep chooses a configuration per size
         "batch_size": data.get("batch_size"),
         "seed": sweep.get("seed", np.nan),
         "lr": float(next((v for v in (lr, sweep.get("lr")) if v is not None), np.nan)),

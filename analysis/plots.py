@@ -27,14 +27,19 @@ import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .fits import as_law, frontier  # noqa: E402
+from .tables import FLAT  # noqa: E402
 
 # The paper's three keep their colours from earlier plots, and the other registered families take
 # one each so that a plot of all seven has no two alike; any other architecture (or study variant)
 # takes one of the remaining colours, chosen by its name, so a new model needs no entry here and
 # keeps its colour from plot to plot whatever else is drawn beside it.
 COLORS = {"Decoder": "tab:blue", "PerceiverAR": "tab:green", "Megabyte": "tab:red"}
-FAMILY_COLORS = {"Windowed decoder": "tab:cyan", "SpaceByte": "tab:olive", "Hourglass": "tab:purple"}
-FAMILY_COLORS["HNet"] = "tab:brown"
+FAMILY_COLORS = {
+    "Windowed decoder": "tab:cyan",
+    "SpaceByte": "tab:olive",
+    "Hourglass": "tab:purple",
+    "HNet": "tab:brown",
+}
 PALETTE = ["tab:orange", "tab:pink", "tab:gray", "gold", "black", "lightcoral", "teal"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
 
@@ -166,7 +171,7 @@ def plot_context(table: pd.DataFrame, path: Path, reference: dict[str, float]) -
     for family, group in table.groupby("family"):
         group = group.sort_values("window")
         bars = [group["val_bpb"] - group["val_bpb_min"], group["val_bpb_max"] - group["val_bpb"]]
-        style = "s--" if family in ("Decoder", "Windowed decoder") else "o-"
+        style = "s--" if family in FLAT else "o-"
         ax.errorbar(
             group["window"],
             group["val_bpb"],

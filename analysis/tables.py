@@ -269,21 +269,15 @@ def config_tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
         scored=("score_len", "first"),
         windows_per_step=("batch_size", "first"),
         params=("params", "first"),
-        config=("config", "first"),
+        model_size=("model_size", "first"),
     )
     best = rates.reset_index().sort_values(["val_bpb", "lr"]).groupby(key).head(1)
     table = best.sort_values([*key]).reset_index(drop=True)
-    # The choice is per model size (the sweep's row): "cpu-xs w128x8" is size "cpu-xs", config "w128x8".
-    pairs = zip(table["size"], table["config"], strict=True)
-    model_size = [size.removesuffix(config).strip() for size, config in pairs]
-    winner = (
-        table.assign(model_size=model_size)
-        .sort_values("val_bpb", kind="stable")
-        .groupby(["dataset", "architecture", "model_size"])
-        .head(1)
-    )
+    # The sweep chooses per model size (its row): "cpu-xs w128x8" competes with "cpu-xs w256x4".
+    ranked = table.sort_values("val_bpb", kind="stable")
+    winner = ranked.groupby(["dataset", "architecture", "model_size"]).head(1)
     table["chosen"] = table.index.isin(winner.index)
-    table = table.drop(columns="config")
+    table = table.drop(columns="model_size")
     names = {"size": "configuration", "lr": "best lr", "windows_per_step": "windows/step"}
     table = table.rename(columns=names)
     return table.sort_values(["dataset", "architecture", "val_bpb"]).reset_index(drop=True)
