@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from .cache import (
     build,
     cache_problem,
     digest,
+    frozen_objects,
     progress_bar,
     source_records,
     write_corpus,
@@ -36,8 +37,8 @@ from .datasets import (
     collate_evaluation,
     collate_train,
 )
-from .files import resolved
-from .pool import default_workers
+from .files import resolved_stats
+from .pool import Part, Reader, Workers, default_workers
 from .protocol import (
     SPLITS,
     check_alignment,
@@ -65,8 +66,9 @@ class ByteDataModule(L.LightningDataModule):
 
     Subclasses implement ``documents()`` (name and bytes of every document), ``sources()`` (the files
     it reads) and, if they have options that change the bytes, ``cache_options()``. Modalities that
-    decode files call ``reject()`` for a file they cannot read; they may also override
-    ``documents_in_split()`` (what a document becomes once its split is known) and ``train_dataset()``.
+    decode files call ``reject()`` for a file they cannot read, and may decode them in the build's
+    worker processes (``corpus_parts()`` with ``decoded_parts()``); they may also override
+    ``split_transform()`` (what a document becomes once its split is known) and ``train_dataset()``.
 
     Split: with 3 or more documents, documents are ordered by the SHA-256 of their name; the first
     ceil(val_fraction * n) go to val, the next ceil(test_fraction * n) to test, the rest to train.
@@ -178,16 +180,14 @@ class ByteDataModule(L.LightningDataModule):
             raise ValueError(f"max_eval_bytes={max_eval_bytes} must be at least 1 (or None for whole splits)")
         self.max_eval_bytes = max_eval_bytes
         self.workers = default_workers() if workers is None else workers
-        # The temporary folder of the cache build in progress (decoders write their parts there).
-        self.scratch: Path | None = None
         # Show the build's progress bar: None for builds of 64 MB of sources or more.
         self.progress: bool | None = None
         self.empty_documents = 0
         self.splits: dict[str, ByteSplit] = {}
         self.manifest: dict[str, Any] = {}
         self.skipped: list[dict[str, str]] = []
-        # SHA-256 of the source files a build hashed as it read them whole (the manifest's, read once).
-        self.read_digests: dict[Path, str] = {}
+        # (resolved path, stat) of every source while a build runs: what keys the cache, taken once.
+        self._source_stats: list[tuple[str, os.stat_result]] | None = None
         self._resume_samples: int | None = None
 
     # The data's unit in bytes (a pixel or patch of pixels, a 16-bit sample): every window starts and
@@ -226,10 +226,43 @@ class ByteDataModule(L.LightningDataModule):
         progress bar's total, for its time left); None when decoding changes the size."""
         return None
 
-    def documents_in_split(self, split: str, document: np.ndarray) -> list[np.ndarray]:
-        """The documents that one corpus document (or, for 1 or 2 documents, one contiguous piece of
-        one) becomes in `split`, once the split is known; itself here."""
-        return [document]
+    def corpus_parts(self, workers: Workers, scratch: Path, progress: Progress) -> list[Part]:
+        """The corpus as parts, files holding its documents end to end, in order, what the build
+        copies into the splits (see ``cache.write_splits``). Here the documents of
+        ``document_chunks()``, written into one part file in ``scratch`` by this process; a
+        modality that decodes many files has ``workers`` decode them (``decoded_parts``), and raw
+        files can be parts themselves (``Part(source=True)``, see TextBytes)."""
+        path = scratch / "corpus.bin"
+        label = f"reading {type(self).__name__}"
+        return [Part(path, write_corpus(path, self.document_chunks(), progress, label, self.corpus_bytes()))]
+
+    def decoded_parts(
+        self,
+        reader: Reader,
+        files: list[tuple[str, Path]],
+        workers: Workers,
+        scratch: Path,
+        progress: Progress,
+    ) -> list[Part]:
+        """The parts of ``files`` (name, path) decoded by ``reader`` in the workers, in order, each
+        file or member they could not read passed to ``reject()`` in that order."""
+        task = progress.add_task(
+            f"decoding {type(self).__name__}", total=sum(p.stat().st_size for _, p in files)
+        )
+        parts = []
+        for part in workers.decode(reader, files, scratch):
+            for rejected in part.rejected:
+                self.reject(rejected.origin, rejected.reason)
+            progress.update(task, advance=part.read)
+            parts.append(part)
+        return parts
+
+    def split_transform(self) -> Callable[[str, np.ndarray], list[np.ndarray]] | None:
+        """What one corpus document (or, for 1 or 2 documents, one contiguous piece of one) becomes in
+        a split once the split is known, ``f(split, document) -> documents`` of the same bytes in
+        all (a function the workers can be handed: module level or a ``functools.partial`` of one);
+        None here, documents stay as they are."""
+        return None
 
     def split_ranges(self, names: list[str], offsets: np.ndarray) -> dict[str, list[tuple[int, int]]]:
         """The byte ranges of the corpus that become each split (see the class docstring); a modality
@@ -278,18 +311,19 @@ class ByteDataModule(L.LightningDataModule):
         more = f" and {len(names) - 3} more" if len(names) > 3 else ""
         return f"{type(self).__name__} corpus {', '.join(names[:3])}{more}"
 
+    def source_stats(self) -> list[tuple[str, os.stat_result]]:
+        """(resolved path, stat) of every source file, taken once for a whole build (one system call
+        a file: a corpus of many small files would otherwise spend more on them than on reading)."""
+        return self._source_stats if self._source_stats is not None else resolved_stats(self.sources())
+
     @property
     def cache_path(self) -> Path:
         """The cache directory of the current sources and options."""
-        sources = self.sources()
         key = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "format_version": FORMAT_VERSION,
             "options": self._options(),
-            "sources": [
-                [path, stat.st_size, stat.st_mtime_ns]
-                for path, stat in zip(resolved(sources), map(os.stat, sources), strict=True)
-            ],
+            "sources": [[path, stat.st_size, stat.st_mtime_ns] for path, stat in self.source_stats()],
         }
         return self.cache_dir / f"{type(self).__name__.lower()}-{digest(key)}"
 
@@ -309,81 +343,83 @@ class ByteDataModule(L.LightningDataModule):
         A cache whose files no longer match its manifest (truncated, edited, missing) is rebuilt, and
         a cache of the same corpus built from older versions of the sources is replaced, each with a
         one-line notice."""
+        self._prepare()
+
+    def _prepare(self) -> Path:
+        # prepare_data, returning the cache directory; the sources are looked at once.
+        with frozen_objects():
+            self._source_stats = resolved_stats(self.sources())
+            try:
+                return self._build_unless_cached()
+            finally:
+                self._source_stats = None
+
+    def _build_unless_cached(self) -> Path:
         final = self.cache_path
         problem = cache_problem(final)
-        if problem is None:
-            return
-        if (final / "manifest.json").exists():
-            log.warning("%s: %s; rebuilding it", final, problem)
-        build(final, self.corpus_id, type(self).__name__, self.sources(), self._write_splits)
+        if problem is not None:
+            if (final / "manifest.json").exists():
+                log.warning("%s: %s; rebuilding it", final, problem)
+            build(final, self.corpus_id, type(self).__name__, self.sources(), self._write_splits)
+        return final
 
     def _progress(self) -> Progress:
-        bar = progress_bar(sum(path.stat().st_size for path in self.sources()))
+        bar = progress_bar(sum(stat.st_size for _, stat in self.source_stats()))
         if self.progress is not None:
             bar.disable = not self.progress
         return bar
 
     def _write_splits(self, directory: Path) -> dict[str, Any]:
         """Write the split files into `directory` and return the manifest."""
-        corpus_path = directory / "corpus.bin"
         self.skipped = []
-        self.read_digests = {}
-        seen = 0
-
-        def counted() -> Iterator[tuple[str, Iterable[bytes]]]:
-            nonlocal seen
-            for document in self.document_chunks():
-                seen += 1
-                yield document
-
-        self.scratch = directory
-        try:
-            with self._progress() as progress:
-                names, offsets = write_corpus(
-                    corpus_path, counted(), progress, f"reading {type(self).__name__}", self.corpus_bytes()
+        scratch = directory / "parts"
+        scratch.mkdir()
+        with Workers(self.workers) as workers, self._progress() as progress:
+            parts = self.corpus_parts(workers, scratch, progress)
+            documents = [document for part in parts for document in part.documents]
+            lengths = [length for _, length in documents if length]
+            names = [name for name, length in documents if length]
+            self.empty_documents = len(documents) - len(names)
+            if self.empty_documents:
+                log.warning("left out %d empty documents of %s", self.empty_documents, self._describe())
+            if not names:
+                note = self._skipped_note()
+                raise ValueError(f"{self._describe()} holds no bytes: give it non-empty files{note}")
+            if self.skipped:
+                log.warning(
+                    "skipped %d unreadable files of %s (on_error=skip); they are listed in %s",
+                    len(self.skipped),
+                    self._describe(),
+                    self.cache_path / "manifest.json",
                 )
-        finally:
-            self.scratch = None
-        self.empty_documents = seen - len(names)
-        if self.empty_documents:
-            log.warning("left out %d empty documents of %s", self.empty_documents, self._describe())
-        if offsets[-1] == 0:
-            note = self._skipped_note()
-            raise ValueError(f"{self._describe()} holds no bytes: give it non-empty files{note}")
-        if self.skipped:
-            log.warning(
-                "skipped %d unreadable files of %s (on_error=skip); they are listed in %s",
-                len(self.skipped),
-                self._describe(),
-                self.cache_path / "manifest.json",
+            ranges = self.split_ranges(names, np.cumsum([0, *lengths], dtype=np.int64))
+            for split in SPLITS:
+                if not ranges[split]:
+                    raise ValueError(
+                        f"split {split!r} of {self._describe()} would be empty ({len(names)} documents); "
+                        "add documents or change val_fraction/test_fraction"
+                    )
+            counts, digests, files = write_splits(
+                directory, parts, ranges, self.split_transform(), workers, progress
             )
-        ranges = self.split_ranges(names, offsets)
-        for split in SPLITS:
-            if not ranges[split]:
-                raise ValueError(
-                    f"split {split!r} of {self._describe()} would be empty ({len(names)} documents); "
-                    "add documents or change val_fraction/test_fraction"
-                )
-        # Documents kept as they are (text) stream from the corpus file to the splits.
-        streamed = type(self).documents_in_split is ByteDataModule.documents_in_split
-        written: dict[str, str] = {}
-        transform = None if streamed else self.documents_in_split
-        counts = write_splits(directory, corpus_path, ranges, transform, written)
+            for part in parts:
+                digests.update(part.digests)
+            sources = source_records(self.source_stats(), self.sources(), digests, workers)
+        scratch.rmdir()
         return {
             "format_version": FORMAT_VERSION,
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "options": self._options(),
-            "sources": source_records(self.sources(), self.read_digests),
+            "sources": sources,
             "splits": counts,
             "skipped": self.skipped,
             "empty_documents": self.empty_documents,
-            "files": written,  # the split files' SHA-256, for build() to record
+            "files": files,  # every split file's record, hashed by the workers, for build() to keep
         }
 
     def setup(self, stage: str | None = None) -> None:
         """Open the cached splits (building them first if needed, e.g. outside a Trainer)."""
-        self.prepare_data()
-        directory = self.cache_path
+        directory = self._prepare()
         self.manifest = json.loads((directory / "manifest.json").read_text())
         self.splits = {split: ByteSplit(directory, split) for split in SPLITS}
         if self.manifest.get("skipped"):

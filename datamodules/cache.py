@@ -2,15 +2,20 @@
 
 A cache directory holds ``{split}.bin`` (the split's documents end to end, uint8), ``{split}.docs.npy``
 (int64 document offsets) and ``manifest.json`` (what was built from what, and the size, modification
-time and SHA-256 of every file). It is built in a temporary sibling directory that is renamed into
-place once complete, so a cache either is complete or does not exist; a build killed part-way leaves
-only its temporary directory, which the next build on the same host removes. The build streams: it
-reads and copies in pieces, so its memory does not grow with the corpus.
+time and block hash, ``blocks_sha256``, of every file). It is built in a temporary sibling directory
+that is renamed into place once complete, so a cache either is complete or does not exist; a build
+killed part-way leaves only its temporary directory, which the next build on the same host removes.
+The corpus comes as parts (files holding documents end to end: decoded part files, or raw source
+files); once every document's split is known, the workers copy the parts straight into split files
+of known size with positional writes (``write_splits``), in pieces, so the build's memory does not
+grow with the corpus and no byte passes through the main process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -18,9 +23,9 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from rich.progress import (
@@ -32,9 +37,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .files import BUFFER_BYTES, CHUNK_BYTES, resolved
+from .files import BUFFER_BYTES, CHUNK_BYTES
+from .pool import Part, Workers, file_sha256, sized_groups
 
-FORMAT_VERSION = 1
+# 2: the split files are hashed in blocks (``blocks_sha256``), the manifest lists one entry a line.
+FORMAT_VERSION = 2
+# Cache files are hashed in blocks of this size, as many at once as there are workers.
+HASH_BLOCK_BYTES = 16 * 2**20
+# A task of the copy into the splits holds up to this many parts (raw files).
+COPY_GROUP_FILES = 4096
 # Below this many source bytes a build takes about a second, so a progress bar would only flicker.
 PROGRESS_MIN_BYTES = 64 * 2**20
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -47,28 +58,100 @@ def digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def file_record(path: Path, sha256: str | None = None) -> dict[str, Any]:
-    """Size, modification time and SHA-256 of a cache file, as its manifest keeps them; the file is
-    read for its SHA-256 unless given (taken as it was written)."""
-    stat = path.stat()
-    if sha256 is None:
-        with open(path, "rb") as f:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+def block_sha256(path: Path | str, start: int, end: int) -> str:
+    """The SHA-256 of bytes [start, end) of a file, read in pieces."""
+    sha256 = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        while start < end:
+            data = f.read(min(CHUNK_BYTES, end - start))
+            if not data:
+                raise OSError(f"{path} ended at byte {start}, before {end}")
+            sha256.update(data)
+            start += len(data)
+    return sha256.hexdigest()
 
 
-def source_records(sources: Sequence[Path], digests: Mapping[Path, str]) -> list[dict[str, Any]]:
-    """Path, size and SHA-256 of every source file, as a manifest records what it was built from;
-    ``digests`` holds the SHA-256 of the files the build hashed as it read them, the others are read
-    here."""
-    records = []
-    for path, resolved_path in zip(sources, resolved(sources), strict=True):
-        sha256 = digests.get(path)
-        if sha256 is None:
-            with open(path, "rb") as f:
-                sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        records.append({"path": resolved_path, "size": path.stat().st_size, "sha256": sha256})
-    return records
+def file_blocks(path: Path, size: int) -> list[tuple[str, int, int]]:
+    """The HASH_BLOCK_BYTES blocks of a file of ``size`` bytes as (path, start, end); one (empty)
+    block for an empty file."""
+    return [
+        (str(path), lo, min(lo + HASH_BLOCK_BYTES, size)) for lo in range(0, max(size, 1), HASH_BLOCK_BYTES)
+    ]
+
+
+def blocks_sha256(block_digests: Iterable[str]) -> str:
+    """The SHA-256 of the SHA-256 digests (32 bytes each) of a file's blocks, in order: a file's
+    hash in the manifest, which N workers compute N blocks at a time."""
+    return hashlib.sha256(b"".join(bytes.fromhex(d) for d in block_digests)).hexdigest()
+
+
+def file_records(
+    paths: Sequence[Path], workers: Workers | None = None, progress: Progress | None = None
+) -> dict[str, dict[str, Any]]:
+    """Size, modification time and ``blocks_sha256`` of cache files, as the manifest keeps them,
+    named by file name; the blocks are hashed by ``workers`` (None: in this process), counted on a
+    task of ``progress`` if given."""
+    stats = [path.stat() for path in paths]
+    blocks = [file_blocks(path, stat.st_size) for path, stat in zip(paths, stats, strict=True)]
+    task = (
+        None
+        if progress is None
+        else progress.add_task("hashing the splits", total=sum(s.st_size for s in stats))
+    )
+    digests = []
+    for (_, start, end), block_digest in zip(
+        tasks := [block for file in blocks for block in file],
+        (workers or Workers(1)).map(block_sha256, tasks),
+        strict=True,
+    ):
+        digests.append(block_digest)
+        if task is not None:
+            progress.update(task, advance=end - start)
+    ordered = iter(digests)
+    return {
+        path.name: {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "blocks_sha256": blocks_sha256([next(ordered) for _ in file]),
+        }
+        for path, stat, file in zip(paths, stats, blocks, strict=True)
+    }
+
+
+def source_records(
+    sources: Sequence[tuple[str, os.stat_result]],
+    paths: Sequence[Path],
+    digests: Mapping[str, str],
+    workers: Workers,
+) -> list[dict[str, Any]]:
+    """Path (resolved), size and SHA-256 of every source file, as a manifest records what it was
+    built from; ``digests`` holds the SHA-256 of the files the workers hashed as they read them (by
+    path), the others are read here, by the workers too."""
+    missing = [path for path in paths if str(path) not in digests]
+    read = dict(zip(map(str, missing), workers.map(file_sha256, [(path,) for path in missing]), strict=True))
+    return [
+        {"path": resolved_path, "size": stat.st_size, "sha256": digests.get(str(path)) or read[str(path)]}
+        for (resolved_path, stat), path in zip(sources, paths, strict=True)
+    ]
+
+
+def manifest_text(manifest: Mapping[str, Any]) -> str:
+    """A manifest as JSON, one line a key and, for a list or a mapping, one line an entry (a source,
+    a cache file): readable, and written by json's C encoder (indent= would use the pure-Python one,
+    which for a corpus of many files costs more than reading them)."""
+
+    def value(item: Any) -> str:
+        if isinstance(item, list) and item:
+            return "[\n" + ",\n".join(f"    {json.dumps(entry)}" for entry in item) + "\n  ]"
+        if isinstance(item, dict) and item:
+            entries = (f"    {json.dumps(str(k))}: {json.dumps(v)}" for k, v in item.items())
+            return "{\n" + ",\n".join(entries) + "\n  }"
+        return json.dumps(item)
+
+    return (
+        "{\n" + ",\n".join(f"  {json.dumps(key)}: {value(item)}" for key, item in manifest.items()) + "\n}\n"
+    )
 
 
 def stored_corpus_id(directory: Path) -> str | None:
@@ -97,7 +180,9 @@ def cache_problem(directory: Path) -> str | None:
         stat = path.stat()
         if stat.st_size != expected["size"]:
             return f"{name} has {stat.st_size} bytes, its manifest says {expected['size']}"
-        if stat.st_mtime_ns != expected["mtime_ns"] and file_record(path)["sha256"] != expected["sha256"]:
+        if stat.st_mtime_ns != expected["mtime_ns"] and file_records([path])[name][
+            "blocks_sha256"
+        ] != expected.get("blocks_sha256"):
             return f"{name} was modified after the cache was built"
     return None
 
@@ -131,13 +216,27 @@ def remove_abandoned_builds(final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def frozen_objects() -> Iterator[None]:
+    """The objects alive now (torch's and Lightning's, millions of them) left out of garbage
+    collection until the block ends: a build allocates an object or more a source file and a
+    document, which sets off full collections that would each walk them all (0.2 s apiece, a third
+    of a build of 12,000 files), and the workers it forks then share their pages without touching
+    them (``gc.freeze``)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def build(
     final: Path, corpus_id: str, label: str, sources: Sequence[Path], write: Callable[[Path], dict[str, Any]]
 ) -> None:
     """Build the cache directory ``final`` (named ``KIND-DIGEST``) of the corpus ``corpus_id``.
 
     ``write(directory)`` writes the split files into a fresh temporary sibling and returns the
-    manifest (its "files" may hold the SHA-256 of files it hashed as it wrote them, so they are not
+    manifest (its "files" may hold the records of files it hashed as it wrote them, so they are not
     read again), which gets the corpus id and every file's record and is written last; the directory is
     then renamed into place. On any failure the temporary directory is removed and the previous cache
     kept; a full disk raises one line naming the space needed. Caches of the same corpus built from
@@ -157,8 +256,10 @@ def build(
         manifest = write(tmp)
         written = manifest.pop("files", {})
         manifest["corpus_id"] = corpus_id
-        manifest["files"] = {f.name: file_record(f, written.get(f.name)) for f in sorted(tmp.iterdir())}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        files = sorted(tmp.iterdir())
+        missing = file_records([f for f in files if f.name not in written])
+        manifest["files"] = {f.name: written.get(f.name) or missing[f.name] for f in files}
+        (tmp / "manifest.json").write_text(manifest_text(manifest))
         if final.exists():
             shutil.rmtree(final)
         try:
@@ -181,8 +282,8 @@ def build(
 
 
 def disk_full(final: Path, error: OSError, label: str, sources: Sequence[Path]) -> OSError:
-    """One line for a build that ran out of space: the cache, the space it needs (the corpus
-    twice: its copy, then its splits, before the copy is deleted) and what is free."""
+    """One line for a build that ran out of space: the cache, the space it needs (at most the corpus
+    twice: its decoded parts, then its splits, before the parts are deleted) and what is free."""
     needed = 2 * sum(path.stat().st_size for path in sources)
     free = shutil.disk_usage(final.parent).free
     message = (
@@ -212,14 +313,13 @@ def write_corpus(
     progress: Progress,
     description: str,
     total: int | None,
-) -> tuple[list[str], np.ndarray]:
-    """Write every non-empty document (name, its bytes in pieces) end to end into `path`, counting
-    the bytes on a task of ``progress`` (``total`` of them, if known) a BUFFER_BYTES or more at a
-    time (the bar redraws a few times a second, an update per small document would only cost);
-    return their names and int64 offsets."""
+) -> list[tuple[str, int]]:
+    """Write every document (name, its bytes in pieces) end to end into `path`, counting the bytes
+    on a task of ``progress`` (``total`` of them, if known) a BUFFER_BYTES or more at a time (the bar
+    redraws a few times a second, an update per small document would only cost); return every
+    document's (name, length), empty ones included."""
     task = progress.add_task(description, total=total)
-    names: list[str] = []
-    ends = [0]
+    written: list[tuple[str, int]] = []
     unreported = 0
     with open(path, "wb", buffering=BUFFER_BYTES) as f:
         for name, chunks in documents:
@@ -231,75 +331,226 @@ def write_corpus(
                 if unreported >= BUFFER_BYTES:
                     progress.update(task, advance=unreported)
                     unreported = 0
-            if size:
-                names.append(name)
-                ends.append(ends[-1] + size)
+            written.append((name, size))
     progress.update(task, advance=unreported)
-    return names, np.array(ends, dtype=np.int64)
+    return written
 
 
-def copy_range(source: Any, target: Any, start: int, end: int, sha256: Any, chunk: int = CHUNK_BYTES) -> None:
-    """Copy bytes [start, end) of the open file ``source`` to the open file ``target``, in pieces,
-    each also added to the hash ``sha256``."""
-    source.seek(start)
-    while start < end:
-        data = source.read(min(chunk, end - start))
+# What a task copies, one row a piece: where its bytes are in their part (file offset, length), and
+# where they go (split number, offset in the split file), and the number of the range it comes from.
+OFFSET, LENGTH, SPLIT, DEST, RANGE = range(5)
+
+
+def placed_pieces(
+    parts: Sequence[Part], ranges: Mapping[str, Sequence[tuple[int, int]]], merge: bool
+) -> np.ndarray:
+    """Every piece of every split, int64 rows (part, OFFSET, LENGTH, SPLIT, DEST, RANGE) sorted by
+    part and offset: the split's byte ranges of the corpus (its parts' non-empty documents end to
+    end) laid end to end in the split file, each cut to the part holding it. With ``merge`` the
+    ranges of a split that follow each other in one part (most of the training split's documents)
+    are one piece."""
+    starts = np.concatenate([[0], np.cumsum([part.size for part in parts], dtype=np.int64)])
+    columns = []
+    for number, split in enumerate(ranges):
+        bounds = np.asarray(ranges[split], dtype=np.int64).reshape(-1, 2)
+        lengths = bounds[:, 1] - bounds[:, 0]
+        dest = np.cumsum(lengths) - lengths
+        columns.append(np.column_stack([bounds, np.full(len(bounds), number), dest]))
+    table = np.concatenate(columns) if columns else np.zeros((0, 4), dtype=np.int64)
+    lo, hi, split, dest = table.T
+    index = np.arange(len(table))
+    part = np.searchsorted(starts, lo, side="right") - 1
+    if merge and len(table):
+        first = np.ones(len(table), dtype=bool)
+        first[1:] = (lo[1:] != hi[:-1]) | (part[1:] != part[:-1]) | (split[1:] != split[:-1])
+        heads = np.flatnonzero(first)
+        tails = np.append(heads[1:] - 1, len(table) - 1)
+        lo, hi, split, dest, part, index = lo[heads], hi[tails], split[heads], dest[heads], part[heads], heads
+    pieces = np.column_stack([part, lo - starts[part], hi - lo, split, dest, index]).astype(np.int64)
+    return pieces[np.lexsort((pieces[:, 1], pieces[:, 0]))]
+
+
+class SplitWriter:
+    """Positional writes into the split files, so that many processes write them at once, each
+    piece at its place; writes that follow each other in one file are gathered up to BUFFER_BYTES
+    (a small document is then a copy, not a system call)."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.targets = [os.open(path, os.O_WRONLY) for path in paths]
+        self.buffer = bytearray()
+        self.split, self.dest = -1, -1  # where the buffer goes
+
+    def write(self, data: bytes | memoryview, split: int, dest: int) -> None:
+        if split != self.split or dest != self.dest + len(self.buffer):
+            self.flush()
+            self.split, self.dest = split, dest
+        if not self.buffer and len(data) >= BUFFER_BYTES:
+            self._pwrite(data, dest)
+            self.dest = dest + len(data)
+            return
+        self.buffer += data
+        if len(self.buffer) >= BUFFER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self._pwrite(self.buffer, self.dest)
+            self.dest += len(self.buffer)
+            self.buffer.clear()
+
+    def _pwrite(self, data: bytes | bytearray | memoryview, dest: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.targets[self.split], view, dest)
+            view, dest = view[written:], dest + written
+
+    def close(self) -> None:
+        for target in self.targets:
+            os.close(target)
+
+
+def copy_parts(
+    split_paths: list[str],
+    items: list[tuple[str, int, bool, int]],
+    pieces: np.ndarray,
+    transform: Callable[[str, np.ndarray], list[np.ndarray]] | None,
+) -> tuple[dict[str, str], dict[int, list[int]], int]:
+    """Copy the pieces of some parts into the split files (what a worker runs). Each item is a
+    part's path, size, whether it is a raw source file, and how many of the ``pieces`` (rows
+    OFFSET..RANGE, each part's by offset, one part after the other) are its. A source file is read
+    whole, in order, and hashed as it is read; one whose size moved since the build began stops it.
+    With ``transform`` each piece (one document) becomes ``transform(split, its bytes)``, written end
+    to end. Returns the sources' SHA-256 (by path),
+    each transformed range's document lengths (by range number) and the bytes copied."""
+    names = [Path(path).name.removesuffix(".bin") for path in split_paths]
+    writer = SplitWriter(split_paths)
+    digests: dict[str, str] = {}
+    lengths: dict[int, list[int]] = {}
+    copied = 0
+    rows_of_task = iter(pieces.tolist())
+    try:
+        for path, size, source, count in items:
+            rows = [next(rows_of_task) for _ in range(count)]
+            with open(path, "rb", buffering=0) as f:
+                if source and size <= CHUNK_BYTES:
+                    # A small file in one read (one byte more: a file that grew is caught here).
+                    data = memoryview(f.read(size + 1))
+                    if len(data) != size:
+                        raise OSError(f"{path} changed while the cache was built from it; build again")
+                    digests[path] = hashlib.sha256(data).hexdigest()
+                    for offset, length, split, dest, _ in rows:
+                        writer.write(data[offset : offset + length], split, dest)
+                elif transform is not None:
+                    for offset, length, split, dest, number in rows:
+                        f.seek(offset)
+                        produced = transform(
+                            names[split], np.frombuffer(read_exactly(f, length), dtype=np.uint8)
+                        )
+                        lengths[number] = [len(piece) for piece in produced]
+                        if sum(lengths[number]) != length:
+                            raise ValueError(
+                                f"the split transform changed a document's length ({length} bytes)"
+                            )
+                        for piece in produced:
+                            writer.write(piece.tobytes(), split, dest)
+                            dest += len(piece)
+                else:
+                    sha256 = hashlib.sha256() if source else None
+                    for offset, length, split, dest, _ in rows:
+                        f.seek(offset)
+                        for data in read_pieces(f, length):
+                            if sha256 is not None:
+                                sha256.update(data)
+                            writer.write(data, split, dest)
+                            dest += len(data)
+                    if sha256 is not None:
+                        if sum(row[1] for row in rows) != size or f.read(1):
+                            raise OSError(f"{path} changed while the cache was built from it; build again")
+                        digests[path] = sha256.hexdigest()
+            copied += size
+        writer.flush()
+    finally:
+        writer.close()
+    return digests, lengths, copied
+
+
+def read_pieces(f: BinaryIO, length: int) -> Iterator[bytes]:
+    """The next ``length`` bytes of a file in pieces of up to CHUNK_BYTES, or an OSError naming it if
+    it ends first."""
+    while length:
+        data = f.read(min(length, CHUNK_BYTES))
         if not data:
-            raise OSError(f"{source.name} ended at byte {start}, before {end}")
-        target.write(data)
-        sha256.update(data)
-        start += len(data)
+            raise OSError(f"{f.name} ended {length} bytes early")
+        length -= len(data)
+        yield data
 
 
-def adjacent_merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Byte ranges with every run of adjacent ones merged: the documents of a split that follow each
-    other in the corpus (most of the training split's) are copied at once, not one by one."""
-    merged: list[tuple[int, int]] = []
-    for lo, hi in ranges:
-        if merged and merged[-1][1] == lo:
-            merged[-1] = (merged[-1][0], int(hi))
-        else:
-            merged.append((int(lo), int(hi)))
-    return merged
+def read_exactly(f: BinaryIO, length: int) -> bytes:
+    """The next ``length`` bytes of a file, or an OSError naming it if it ends first."""
+    data = f.read(length)
+    if len(data) < length:
+        raise OSError(f"{f.name} ended {length - len(data)} bytes early")
+    return data
 
 
 def write_splits(
     directory: Path,
-    corpus_path: Path,
-    ranges: dict[str, list[tuple[int, int]]],
-    documents_in_split: Callable[[str, np.ndarray], list[np.ndarray]] | None,
-    digests: dict[str, str],
-) -> dict[str, dict[str, int]]:
+    parts: Sequence[Part],
+    ranges: Mapping[str, Sequence[tuple[int, int]]],
+    transform: Callable[[str, np.ndarray], list[np.ndarray]] | None,
+    workers: Workers,
+    progress: Progress,
+) -> tuple[dict[str, dict[str, int]], dict[str, str], dict[str, dict[str, Any]]]:
     """Write ``{split}.bin`` and ``{split}.docs.npy`` of every split from the byte ranges of the corpus
-    file, then delete it; return each split's bytes and documents. ``digests[f"{split}.bin"]`` gets
-    the SHA-256 of each split file, hashed as it is written: the manifest's, without reading it again.
-
-    With ``documents_in_split`` None a range is one document, copied in pieces with plain reads (a
-    memory map would leave every page it touched resident, so the build's memory would grow with the
-    corpus), adjacent ranges at once; otherwise ``documents_in_split(split, range's bytes)`` gives
-    its documents.
-    """
-    corpus = np.memmap(corpus_path, dtype=np.uint8, mode="r")
+    held by ``parts`` (``placed_pieces``), by the workers, the parts in groups; delete the part files
+    the workers wrote; hash every cache file in blocks (``file_records``), by the workers too. With
+    ``transform`` None a range is one document; otherwise ``transform(split, range's bytes)`` gives
+    its documents (their lengths adding up to the range's). Returns each split's bytes and
+    documents, the SHA-256 of the raw source files read, and the cache files' records."""
+    if transform is not None and any(part.source for part in parts):
+        raise ValueError("a split transform needs decoded parts: raw source files are copied as they are")
+    pieces = placed_pieces(parts, ranges, merge=transform is None)
+    split_paths = [directory / f"{split}.bin" for split in ranges]
+    for path, split in zip(split_paths, ranges, strict=True):
+        with open(path, "wb") as f:
+            f.truncate(sum(hi - lo for lo, hi in ranges[split]))
+    sizes = [part.size for part in parts]
+    bounds = np.searchsorted(pieces[:, 0], np.arange(len(parts) + 1)).tolist()
+    targets = list(map(str, split_paths))
+    tasks = [
+        (
+            targets,
+            [(str(parts[i].path), sizes[i], parts[i].source, bounds[i + 1] - bounds[i]) for i in group],
+            pieces[bounds[group.start] : bounds[group.stop], 1:],
+            transform,
+        )
+        # A task copies many small files (each a millisecond's work), as many as GROUP_BYTES hold.
+        for group in sized_groups(sizes, workers.count, most_files=COPY_GROUP_FILES)
+    ]
+    task = progress.add_task("writing the splits", total=sum(sizes))
+    digests: dict[str, str] = {}
+    lengths: dict[int, list[int]] = {}
+    for copied_digests, copied_lengths, copied in workers.map(copy_parts, tasks):
+        digests.update(copied_digests)
+        lengths.update(copied_lengths)
+        progress.update(task, advance=copied)
+    for part in parts:
+        if not part.source:
+            part.path.unlink()
     counts = {}
-    with open(corpus_path, "rb") as source:
-        for split, split_ranges in ranges.items():
-            sha256 = hashlib.sha256()
-            with open(directory / f"{split}.bin", "wb", buffering=BUFFER_BYTES) as f:
-                if documents_in_split is None:
-                    for lo, hi in adjacent_merged(split_ranges):
-                        copy_range(source, f, lo, hi, sha256)
-                    lengths = [int(hi - lo) for lo, hi in split_ranges]
-                else:
-                    lengths = []
-                    for lo, hi in split_ranges:
-                        for document in documents_in_split(split, corpus[lo:hi]):
-                            f.write(document)
-                            sha256.update(document)
-                            lengths.append(len(document))
-            digests[f"{split}.bin"] = sha256.hexdigest()
-            doc_offsets = np.cumsum([0, *lengths], dtype=np.int64)
-            np.save(directory / f"{split}.docs.npy", doc_offsets)
-            counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(lengths)}
-    del corpus
-    corpus_path.unlink()
-    return counts
+    first = 0
+    for split in ranges:
+        if transform is None:
+            split_lengths = [int(hi - lo) for lo, hi in ranges[split]]
+        else:
+            split_lengths = [
+                n for number in range(first, first + len(ranges[split])) for n in lengths[number]
+            ]
+        first += len(ranges[split])
+        doc_offsets = np.cumsum([0, *split_lengths], dtype=np.int64)
+        np.save(directory / f"{split}.docs.npy", doc_offsets)
+        counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(split_lengths)}
+    records = file_records(
+        sorted(directory.glob("*.bin")) + sorted(directory.glob("*.docs.npy")), workers, progress
+    )
+    return counts, digests, records

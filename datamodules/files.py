@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from stat import S_ISLNK
 
 # Files are read in pieces of this size: a cache build's memory stays bounded by a few of them
 # whatever the size of the corpus (a corpus may be larger than the machine's memory).
@@ -66,27 +66,33 @@ def named_files(files: Sequence[Path]) -> Iterator[tuple[str, Path]]:
         return
     # An absolute path's text begins with its folders' common path: slicing it off is relative_to
     # without a Path made and parsed per file.
-    start = len(os.path.commonpath([os.path.dirname(text) for text in texts]).rstrip(os.sep)) + 1
+    # rpartition is dirname for an absolute, normalised path ("" for a file in the root), at a third
+    # of its cost; the common path of the distinct folders is the common path of all.
+    folders = {text.rpartition(os.sep)[0] or os.sep for text in texts}
+    start = len(os.path.commonpath(list(folders)).rstrip(os.sep)) + 1
     for file, text in zip(files, texts, strict=True):
         yield text[start:].replace(os.sep, "/"), file
 
 
-def resolved(paths: Sequence[Path]) -> list[str]:
-    """``str(path.resolve())`` of every path, each folder resolved once: ``resolve`` lstats every
-    component of every path, which for a corpus of many small files costs more than reading them.
-    A file that is itself a link, or a path ending in ``..``, is resolved alone."""
+def resolved_stats(paths: Sequence[Path]) -> list[tuple[str, os.stat_result]]:
+    """(``str(path.resolve())``, ``os.stat(path)``) of every path, in one system call a file: its
+    lstat is its stat unless it is a link, and each folder is resolved once (``resolve`` lstats every
+    component of every path, which for a corpus of many small files costs more than reading them).
+    A file that is itself a link, or a relative path or one ending in ``..``, is resolved alone."""
     folders: dict[str, str] = {}
-    names = []
+    stats = []
     for path in paths:
         text = str(path)
-        folder, name = os.path.split(text)
-        if name in ("", ".", "..") or os.path.islink(text):
-            names.append(str(path.resolve()))
+        folder, _, name = text.rpartition(os.sep)
+        stat = os.lstat(text)
+        if not folder or name in ("", ".", "..") or S_ISLNK(stat.st_mode):
+            stats.append((str(path.resolve()), os.stat(text)))
             continue
-        if folder not in folders:
-            folders[folder] = os.path.realpath(folder)
-        names.append(os.path.join(folders[folder], name))
-    return names
+        real = folders.get(folder)
+        if real is None:
+            real = folders[folder] = os.path.realpath(folder)
+        stats.append((f"{real.rstrip(os.sep)}{os.sep}{name}", stat))
+    return stats
 
 
 def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -96,16 +102,6 @@ def read_chunks(path: Path, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
             yield data
             if len(data) < chunk:  # a short read of a file is its end: no read to learn it
                 return
-
-
-def hashed(chunks: Iterable[bytes], path: Path, digests: dict[Path, str]) -> Iterator[bytes]:
-    """``chunks``, the bytes of the file ``path`` in pieces, and once they are all read their SHA-256
-    in ``digests[path]``: what the cache's manifest records of a source, without reading it again."""
-    sha256 = hashlib.sha256()
-    for data in chunks:
-        sha256.update(data)
-        yield data
-    digests[path] = sha256.hexdigest()
 
 
 def read_tar(archive: Path) -> Iterator[tuple[str, bytes]]:

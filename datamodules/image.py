@@ -7,20 +7,21 @@ import io
 import math
 import tarfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from rich.progress import Progress
 from torch.utils.data import Dataset
 
 from .bytes import ByteDataModule
 from .datasets import ByteSplit
 from .files import files_with_suffix, named_files, read_tar
 from .native import require
-from .pool import Rejected, Unreadable, pooled_documents
+from .pool import Part, Reader, Rejected, Unreadable, Workers, read_documents
 from .protocol import official_split_ranges, training_crop
 
 if TYPE_CHECKING:
@@ -125,6 +126,22 @@ def image_files(
             yield Rejected(origin, pixels) if isinstance(pixels, str) else (prefix + member, (pixels,))
     except (tarfile.TarError, EOFError, OSError) as error:
         raise Unreadable(f"not a complete tar archive ({type(error).__name__}: {error})") from None
+
+
+def held_out_tiles(
+    split: str, document: np.ndarray, *, size: int, channels: int, resolution: int, side: int
+) -> list[np.ndarray]:
+    """What a size x size raster image becomes in its split: itself in training (cropped when drawn),
+    else its non-overlapping resolution-square tiles, each in patch scan order (``patch_scan``)."""
+    if split == "train":
+        return [document]
+    image = document.reshape(size, size, channels)
+    n = size // resolution
+    return [
+        patch_scan(image[i * resolution : (i + 1) * resolution, j * resolution : (j + 1) * resolution], side)
+        for i in range(n)
+        for j in range(n)
+    ]
 
 
 def as_hwc(array: np.ndarray) -> np.ndarray:
@@ -342,34 +359,35 @@ class ImageBytes(ByteDataModule):
         return [PHOTOS] if self.files is None else self.files
 
     def documents(self) -> Iterator[tuple[str, bytes]]:
-        """Every image as (name, size x size x channels raster bytes)."""
+        """Every image as (name, size x size x channels raster bytes), read in this process."""
         if self.files is not None and self.format == "cifar10":
             yield from ((name, pixels.tobytes()) for name, pixels in self._cifar10())
         elif self.files is not None and self.format == "npz":
             yield from ((name, pixels.tobytes()) for name, pixels in self._npz())
         else:
-            yield from ((name, b"".join(chunks)) for name, chunks in self._decoded())
+            yield from read_documents(self._reader(), self._image_files(), self.reject)
 
-    def document_chunks(self) -> Iterator[tuple[str, Iterable[bytes]]]:
-        """Every image as (name, its raster bytes in one piece), what the cache build reads: image
-        files and tar shards decoded by ``workers`` processes; at least 3 readable images."""
-        count = 0
-        pooled = self.files is None or self.format == "files"
-        images = self._decoded() if pooled else super().document_chunks()
-        for name, chunks in images:
-            count += 1
-            yield name, chunks
+    def _reader(self) -> Reader:
+        return functools.partial(image_files, size=self.size, channels=self.channels)
+
+    def _image_files(self) -> list[tuple[str, Path]]:
+        # The embedded photos are one tar shard whose images keep their member names.
+        return [("", PHOTOS)] if self.files is None else list(named_files(self.files))
+
+    def corpus_parts(self, workers: Workers, scratch: Path, progress: Progress) -> list[Part]:
+        """The images as parts: image files and tar shards decoded by the workers, .npz and CIFAR-10
+        batches in this process; at least 3 readable images."""
+        if self.files is None or self.format == "files":
+            parts = self.decoded_parts(self._reader(), self._image_files(), workers, scratch, progress)
+        else:
+            parts = super().corpus_parts(workers, scratch, progress)
+        count = sum(len(part.documents) for part in parts)
         if 0 < count < 3:
             raise ValueError(
                 f"{self._describe()} has {count} readable images; train, val and test each need whole "
                 f"images, so give it at least 3{self._skipped_note()}"
             )
-
-    def _decoded(self) -> Iterator[tuple[str, Iterable[bytes]]]:
-        # The embedded photos are one tar shard whose images keep their member names.
-        files = [("", PHOTOS)] if self.files is None else list(named_files(self.files))
-        reader = functools.partial(image_files, size=self.size, channels=self.channels)
-        yield from pooled_documents(reader, files, self.workers, self.scratch, self.reject)
+        return parts
 
     def _npz(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, path in named_files(self.files):
@@ -394,17 +412,12 @@ class ImageBytes(ByteDataModule):
             for i, image in enumerate(images):
                 yield f"{'train' if train else 'test'}/{i:05d}", square(image, self.size, self.channels)
 
-    def documents_in_split(self, split: str, document: np.ndarray) -> list[np.ndarray]:
-        """Training images stay raster pixels; held-out ones become scanned resolution-square tiles."""
-        if split == "train":
-            return [document]
-        image = document.reshape(self.size, self.size, self.channels)
-        r, n = self.resolution, self.size // self.resolution
-        return [
-            patch_scan(image[i * r : (i + 1) * r, j * r : (j + 1) * r], self.side)
-            for i in range(n)
-            for j in range(n)
-        ]
+    def split_transform(self) -> Callable[[str, np.ndarray], list[np.ndarray]]:
+        """Training images stay raster pixels; held-out ones become scanned resolution-square tiles
+        (``held_out_tiles``)."""
+        return functools.partial(
+            held_out_tiles, size=self.size, channels=self.channels, resolution=self.resolution, side=self.side
+        )
 
     def train_dataset(self) -> Dataset:
         """Random crops of the training images, scanned (see ``TrainCrops``)."""

@@ -1,28 +1,28 @@
-"""Decoding a corpus's files on every core: a process pool over groups of files, in a fixed order.
+"""A cache build's processes: a pool over groups of files whose results come back in a fixed order.
 
-A task decodes one group of consecutive files (``file_groups``) with a ``reader`` and writes their
-documents end to end into a part file of the build's temporary folder; it returns the documents'
-names and lengths, the files or members it could not read. The
-main process reads the parts back in the order of the groups, whatever order the workers finish in,
+A decoding task decodes one group of consecutive files (``file_groups``) with a ``reader`` and writes
+their documents end to end into a part file of the build's temporary folder; it returns the
+documents' names and lengths, the SHA-256 of each file and the files or members it could not read.
+The main process takes the parts in the order of the groups, whatever order the workers finish in,
 so the corpus is byte for byte the same with 1 worker (the same tasks, in this process) as with N.
-At most ``2 * workers`` parts are ahead of the main process, so the build's memory and scratch space
-stay bounded by a few groups whatever the size of the corpus.
+The same pool then copies the parts (or raw source files) into the split files and hashes them
+(``cache.write_splits``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
-from .files import BUFFER_BYTES, CHUNK_BYTES
+from .files import BUFFER_BYTES
 
 # A group holds consecutive files up to this many, or up to this many source bytes: big enough that
 # a task's start-up is noise beside its work, small enough that the cores share the corpus evenly.
@@ -68,36 +68,56 @@ Reader = Callable[[str, Path], Iterable[tuple[str, Iterable[bytes]] | Rows | Rej
 
 @dataclass
 class Part:
-    """What one task wrote: its part file, every document's (name, length; empty ones too) and the
-    files or members it could not read."""
+    """A file holding documents end to end from its first byte: a part file a task wrote (deleted
+    once copied into the splits), or, with ``source``, a raw source file that is one document whole
+    (read straight into its split, hashed as it is read). ``documents``: every document's (name,
+    length; empty ones too); ``digests``: the SHA-256 of the source files the task read;
+    ``rejected``: the files or members it could not read."""
 
     path: Path
     documents: list[tuple[str, int]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+    source: bool = False
+    read: int = 0  # the bytes of the source files decoded into it
+
+    @property
+    def size(self) -> int:
+        return sum(length for _, length in self.documents)
+
+
+def sized_groups(sizes: Sequence[int], workers: int = 1, most_files: int = GROUP_FILES) -> list[range]:
+    """Consecutive indices in groups of at most ``most_files`` items or GROUP_BYTES bytes (a larger
+    item is a group of its own), smaller for a small corpus so that every worker gets about 4 groups.
+    The groups change no byte of the cache, only how the work is shared."""
+    share = 4 * workers
+    most_files = max(1, min(most_files, -(-len(sizes) // share)))
+    most_bytes = max(1, min(GROUP_BYTES, sum(sizes) // share))
+    starts: list[int] = []
+    size = 0
+    for i, item in enumerate(sizes):
+        if not starts or i - starts[-1] >= most_files or size + item > most_bytes:
+            starts.append(i)
+            size = 0
+        size += item
+    return [range(lo, hi) for lo, hi in zip(starts, [*starts[1:], len(sizes)], strict=True)]
 
 
 def file_groups(files: Sequence[tuple[str, Path]], workers: int = 1) -> list[list[tuple[str, Path]]]:
-    """Consecutive (name, path) files in groups of at most GROUP_FILES files or GROUP_BYTES bytes (a
-    larger file is a group of its own), smaller for a small corpus so that every worker gets about
-    4 groups. The groups change no byte of the corpus, only how the work is shared."""
-    sizes = [path.stat().st_size for _, path in files]
-    share = 4 * workers
-    most_files = max(1, min(GROUP_FILES, -(-len(files) // share)))
-    most_bytes = max(1, min(GROUP_BYTES, sum(sizes) // share))
-    groups: list[list[tuple[str, Path]]] = []
-    size = 0
-    for (name, path), file_size in zip(files, sizes, strict=True):
-        if not groups or len(groups[-1]) >= most_files or size + file_size > most_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append((name, path))
-        size += file_size
-    return groups
+    """Consecutive (name, path) files in groups (``sized_groups`` of their sizes)."""
+    groups = sized_groups([path.stat().st_size for _, path in files], workers)
+    return [[files[i] for i in group] for group in groups]
+
+
+def file_sha256(path: Path | str) -> str:
+    """The SHA-256 of a file, read in pieces."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path) -> Part:
-    """Decode the files of one group into ``part_path`` (what a worker runs)."""
-    part = Part(part_path)
+    """Decode the files of one group into ``part_path`` and hash each (what a worker runs)."""
+    part = Part(part_path, read=sum(path.stat().st_size for _, path in group))
     with open(part_path, "wb", buffering=BUFFER_BYTES) as f:
         for name, path in group:
             start, documents, rejected = f.tell(), len(part.documents), len(part.rejected)
@@ -116,7 +136,32 @@ def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path)
                 f.truncate()
                 del part.documents[documents:], part.rejected[rejected:]
                 part.rejected.append(Rejected(str(path), str(error)))
+            # Hashed here, beside its decoding, so the main process never reads a source file.
+            part.digests[str(path)] = file_sha256(path)
     return part
+
+
+def read_documents(
+    reader: Reader, files: Iterable[tuple[str, Path]], reject: Callable[[str, str], None]
+) -> Iterator[tuple[str, bytes]]:
+    """Every document of ``files`` (empty ones included) as (name, bytes), read in this process:
+    what ``documents()`` gives without building a cache."""
+    for name, path in files:
+        try:
+            items = list(reader(name, path))
+        except Unreadable as error:
+            reject(str(path), str(error))
+            continue
+        for item in items:
+            if isinstance(item, Rejected):
+                reject(item.origin, item.reason)
+            elif isinstance(item, Rows):
+                data, start = memoryview(item.data), 0
+                for name, length in zip(item.names, item.lengths, strict=True):
+                    yield name, bytes(data[start : start + length])
+                    start += length
+            else:
+                yield item[0], b"".join(item[1])
 
 
 def _one_thread() -> None:
@@ -125,87 +170,45 @@ def _one_thread() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def decoded_parts(
-    reader: Reader, files: Sequence[tuple[str, Path]], workers: int, scratch: Path
-) -> Iterator[Part]:
-    """The parts of every group of ``files``, in order, decoded by ``workers`` processes (1: in this
-    process); the caller reads each part, then deletes it."""
-    groups = file_groups(files, workers)
-    paths = [scratch / f"part{i:06d}.bin" for i in range(len(groups))]
-    if workers <= 1 or len(groups) <= 1:
-        for group, path in zip(groups, paths, strict=True):
-            yield decode_group(reader, group, path)
-        return
-    # fork on Linux, as torch's DataLoader does: the children start at once with the libraries the
-    # parent loaded; spawn elsewhere (fork is unsafe on macOS).
-    context = get_context("fork" if sys.platform == "linux" else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
-        pending: deque[Future[Part]] = deque()
-        try:
-            for i, (group, path) in enumerate(zip(groups, paths, strict=True)):
-                pending.append(pool.submit(decode_group, reader, group, path))
-                if i + 1 >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
+class Workers:
+    """The processes of one cache build, started on the first ``map`` of two or more tasks and
+    stopped on leaving the ``with`` block; with ``count`` 1 every task runs in this process."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def map(self, function: Callable[..., Any], tasks: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+        """``function(*task)`` of every task, in the order of the tasks, at most 2 x count of them
+        running or done ahead of the caller (a decoding task's part file waits on disk until taken)."""
+        if self.count <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                yield function(*task)
+            return
+        if self._pool is None:
+            # fork on Linux, as torch's DataLoader does: the children start at once with the
+            # libraries the parent loaded; spawn elsewhere (fork is unsafe on macOS).
+            context = get_context("fork" if sys.platform == "linux" else "spawn")
+            self._pool = ProcessPoolExecutor(self.count, mp_context=context, initializer=_one_thread)
+        pending: deque[Future[Any]] = deque()
+        for task in tasks:
+            pending.append(self._pool.submit(function, *task))
+            if len(pending) >= 2 * self.count:
                 yield pending.popleft().result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        while pending:
+            yield pending.popleft().result()
 
-
-def part_documents(part: Part) -> Iterator[tuple[str, Iterable[bytes]]]:
-    """The documents of a part file as (name, its bytes in pieces); the file is deleted once read.
-    Consecutive documents are read together, up to CHUNK_BYTES in one read, each a slice of it (most
-    are far smaller than a read); a larger document is read in pieces of its own."""
-    with open(part.path, "rb", buffering=BUFFER_BYTES) as f:
-        batch: list[tuple[str, int]] = []
-        batch_bytes = 0
-        for name, size in part.documents:
-            if batch and batch_bytes + size > CHUNK_BYTES:
-                yield from _sliced(f, batch, batch_bytes)
-                batch, batch_bytes = [], 0
-            if size > CHUNK_BYTES:
-                yield name, _pieces(f, size)
-            else:
-                batch.append((name, size))
-                batch_bytes += size
-        yield from _sliced(f, batch, batch_bytes)
-    part.path.unlink()
-
-
-def _sliced(
-    f: BinaryIO, documents: list[tuple[str, int]], size: int
-) -> Iterator[tuple[str, Iterable[bytes]]]:
-    # One read of the next ``size`` bytes, which hold these documents end to end.
-    data = memoryview(f.read(size))
-    if len(data) < size:
-        raise OSError(f"{f.name} ended {size - len(data)} bytes early")
-    start = 0
-    for name, length in documents:
-        yield name, (data[start : start + length],)
-        start += length
-
-
-def _pieces(f: BinaryIO, size: int) -> Iterator[bytes]:
-    while size > 0:
-        data = f.read(min(size, CHUNK_BYTES))
-        if not data:
-            raise OSError(f"{f.name} ended {size} bytes early")
-        size -= len(data)
-        yield data
-
-
-def pooled_documents(
-    reader: Reader,
-    files: Sequence[tuple[str, Path]],
-    workers: int,
-    scratch: Path | None,
-    reject: Callable[[str, str], None],
-) -> Iterator[tuple[str, Iterable[bytes]]]:
-    """Every document of ``files`` (empty ones included) decoded in the pool, in order, as (name, its
-    bytes in pieces); ``reject(origin, reason)`` hears of every file or member that could not be
-    read. Part files live in a folder inside ``scratch`` (the build's temporary folder)."""
-    with tempfile.TemporaryDirectory(dir=scratch, prefix="parts.") as folder:
-        for part in decoded_parts(reader, files, workers, Path(folder)):
-            for rejected in part.rejected:
-                reject(rejected.origin, rejected.reason)
-            yield from part_documents(part)
+    def decode(self, reader: Reader, files: Sequence[tuple[str, Path]], scratch: Path) -> Iterator[Part]:
+        """The parts of every group of ``files``, in order, their part files in ``scratch``."""
+        groups = file_groups(files, self.count)
+        yield from self.map(
+            decode_group, [(reader, group, scratch / f"part{i:06d}.bin") for i, group in enumerate(groups)]
+        )

@@ -57,7 +57,8 @@ def split_ranges(
     """
     if len(names) >= 3:
         indices = assign_splits(names, val_fraction, test_fraction)
-        return {split: [(offsets[i], offsets[i + 1]) for i in indices[split]] for split in SPLITS}
+        bounds = np.asarray(offsets).tolist()  # ints: indexing an array per document costs more
+        return {split: [(bounds[i], bounds[i + 1]) for i in indices[split]] for split in SPLITS}
     ranges: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
     for start, end in zip(offsets[:-1], offsets[1:], strict=True):
         n = end - start
@@ -84,7 +85,8 @@ def official_split_ranges(
         "val": [rest[i] for i in hashed["val"]],
         "test": [i for i, out in enumerate(held_out) if out],
     }
-    return {split: [(offsets[i], offsets[i + 1]) for i in indices[split]] for split in SPLITS}
+    bounds = np.asarray(offsets).tolist()
+    return {split: [(bounds[i], bounds[i + 1]) for i in indices[split]] for split in SPLITS}
 
 
 def training_ends(doc_lengths: np.ndarray, align: int = 1) -> np.ndarray:

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.progress import Progress
+
 from .bytes import ByteDataModule
-from .files import find_files, hashed, named_files, read_chunks, read_tar
-from .pool import pooled_documents
+from .files import find_files, named_files, read_tar
+from .pool import Part, Reader, Workers, read_documents
 from .records import FORMATS, file_format, text_rows, with_saved_datasets
 
 SHAKESPEARE = Path(__file__).parent / "data" / "shakespeare.tar.xz"
@@ -73,28 +75,30 @@ class TextBytes(ByteDataModule):
         return {} if self.raw else {"format": self.format, "column": self.column, "on_error": self.on_error}
 
     def documents(self) -> Iterator[tuple[str, bytes]]:
-        """Every document as (name, bytes): see the class docstring."""
-        for name, chunks in self.document_chunks():
-            yield name, b"".join(chunks)
-
-    def document_chunks(self) -> Iterator[tuple[str, Iterable[bytes]]]:
-        """Every document as (name, its bytes in pieces): a file larger than memory streams through.
-        Raw files are copied here (hashed for the manifest as they are read); a corpus with row files
-        is decoded in the pool, raw files too."""
+        """Every document as (name, bytes), read in this process: see the class docstring."""
         if self.files is None:
-            for name, data in read_tar(SHAKESPEARE):
-                yield name, (data,)
-        elif self.raw:
-            for name, file in named_files(self.files):
-                yield name, hashed(read_chunks(file), file, self.read_digests)
+            yield from read_tar(SHAKESPEARE)
         else:
-            reader = functools.partial(text_rows, format=self.format, column=self.column)
-            files = list(named_files(self.files))
-            yield from pooled_documents(reader, files, self.workers, self.scratch, self.reject)
+            yield from read_documents(self._reader(), named_files(self.files), self.reject)
 
-    def corpus_bytes(self) -> int | None:
-        """The files' total size when they are raw (the documents are their bytes); else None."""
-        return sum(file.stat().st_size for file in self.files) if self.files and self.raw else None
+    def _reader(self) -> Reader:
+        return functools.partial(text_rows, format=self.format, column=self.column)
+
+    def corpus_parts(self, workers: Workers, scratch: Path, progress: Progress) -> list[Part]:
+        """The corpus's parts, what the build copies into the splits: raw files are parts
+        themselves, one document each, read and hashed by the workers as they copy them into the
+        splits (never copied twice); row files are decoded by the workers into part files, raw files
+        among them too; the embedded corpus is read here."""
+        if self.files is None:
+            return super().corpus_parts(workers, scratch, progress)
+        if self.raw:
+            sizes = [stat.st_size for _, stat in self.source_stats()]
+            named = named_files(self.files)
+            return [
+                Part(path, [(name, size)], source=True)
+                for (name, path), size in zip(named, sizes, strict=True)
+            ]
+        return self.decoded_parts(self._reader(), list(named_files(self.files)), workers, scratch, progress)
 
     def sources(self) -> list[Path]:
         """The files read, or the embedded archive."""

@@ -23,9 +23,9 @@ import pytest
 import zstandard
 from rich.progress import Progress
 
-from datamodules import ImageBytes, TextBytes, pool
-from datamodules.cache import adjacent_merged, write_corpus
-from datamodules.files import named_files, read_chunks, resolved
+from datamodules import ImageBytes, TextBytes, cache, pool
+from datamodules.cache import placed_pieces, write_corpus
+from datamodules.files import named_files, read_chunks, resolved_stats
 from datamodules.records import string_values, without_suffix
 from experiments import data as bytelab_data
 from experiments.cli import main
@@ -96,7 +96,8 @@ def test_rows_are_named_by_file_without_suffix_and_row() -> None:
 def test_sources_resolve_as_pathlib_does_through_linked_folders_and_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The cache key's paths (each folder resolved once) are ``Path.resolve``'s, links included."""
+    """The cache key's paths (each folder resolved once) are ``Path.resolve``'s, and its stats are
+    ``os.stat``'s (taken with the lstat that tells a link), links included."""
     (tmp_path / "real" / "sub").mkdir(parents=True)
     for name in ("a.txt", "sub/b.txt"):
         (tmp_path / "real" / name).write_text(name)
@@ -110,8 +111,12 @@ def test_sources_resolve_as_pathlib_does_through_linked_folders_and_files(
         Path("linked/a.txt"),
         Path(f"{tmp_path}/real/sub/../a.txt"),
     ]
-    paths += [Path("real/sub/.."), Path("a.txt"), Path(".")]
-    assert resolved(paths) == [str(path.resolve()) for path in paths]
+    paths += [Path("real/sub/.."), Path("real/a.txt"), Path(".")]
+    stats = resolved_stats(paths)
+    assert [name for name, _ in stats] == [str(path.resolve()) for path in paths]
+    assert [(s.st_ino, s.st_size, s.st_mtime_ns) for _, s in stats] == [
+        (s.st_ino, s.st_size, s.st_mtime_ns) for s in map(os.stat, paths)
+    ]  # a link's target's
 
 
 @pytest.mark.parametrize(
@@ -124,51 +129,103 @@ def test_files_are_named_by_their_path_below_the_folder_common_to_all(paths: lis
     assert list(named_files(files)) == [(f.relative_to(root).as_posix(), f) for f in files]
 
 
-def test_files_are_read_and_ranges_copied_in_as_few_pieces_as_their_bytes_allow(tmp_path: Path) -> None:
+def test_files_are_read_in_as_few_pieces_as_their_bytes_allow(tmp_path: Path) -> None:
     for size, pieces in ((10, [4, 4, 2]), (8, [4, 4]), (3, [3]), (0, [])):
         (tmp_path / "f").write_bytes(bytes(range(size)))
         assert [len(data) for data in read_chunks(tmp_path / "f", 4)] == pieces
-    ranges = [(0, 3), (3, 5), (7, 9), (9, 9), (10, 12)]
-    assert adjacent_merged(ranges) == [(0, 5), (7, 9), (10, 12)] and adjacent_merged([]) == []
 
 
-def test_a_part_file_gives_its_documents_back_in_as_few_reads_as_their_sizes_allow(
+def test_split_ranges_become_pieces_cut_to_their_part_and_merged_where_they_follow_each_other() -> None:
+    """Two parts of 10 and 6 bytes (the corpus's bytes 0-9 and 10-15): a split's ranges that follow
+    each other in one part are one piece, one piece a part otherwise; each lands after the split's
+    earlier ranges; pieces come sorted by part and offset, as a task reads them."""
+    parts = [pool.Part(Path("a"), [("a0", 4), ("a1", 0), ("a2", 6)]), pool.Part(Path("b"), [("b0", 6)])]
+    ranges = {"train": [(0, 4), (10, 16)], "val": [(4, 7)], "test": [(7, 10)]}
+    merged = placed_pieces(parts, ranges, merge=True).tolist()
+    # part, offset in it, length, split, offset in the split, the range it starts at
+    assert merged == [[0, 0, 4, 0, 0, 0], [0, 4, 3, 1, 0, 2], [0, 7, 3, 2, 0, 3], [1, 0, 6, 0, 4, 1]]
+    ranges = {"train": [(0, 4), (4, 10), (10, 13), (13, 16)], "val": [], "test": []}
+    merged = placed_pieces(parts, ranges, merge=True).tolist()
+    assert merged == [[0, 0, 10, 0, 0, 0], [1, 0, 6, 0, 10, 2]]  # cut at the part's end, not merged across
+    single = placed_pieces(parts, ranges, merge=False).tolist()  # a split transform sees each range alone
+    assert [row[1:3] for row in single] == [[0, 4], [4, 6], [0, 3], [3, 3]] and [r[5] for r in single] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+
+
+def test_a_raw_file_larger_than_a_read_is_cut_into_its_splits_in_pieces_and_hashed_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Reads of up to CHUNK_BYTES (8 here) hold whole documents; a larger one is read in pieces."""
-    monkeypatch.setattr(pool, "CHUNK_BYTES", 8)
-    sizes = [0, 3, 5, 8, 2, 19, 0, 4, 4, 1]
-    documents = [bytes([65 + i]) * size for i, size in enumerate(sizes)]
-    path = tmp_path / "part.bin"
-    path.write_bytes(b"".join(documents))
-    part = pool.Part(path, [(f"d{i}", size) for i, size in enumerate(sizes)])
-    given = [(name, [bytes(piece) for piece in pieces]) for name, pieces in pool.part_documents(part)]
-    assert [name for name, _ in given] == [f"d{i}" for i in range(len(sizes))] and not path.exists()
-    assert [b"".join(pieces) for _, pieces in given] == documents
-    assert [len(pieces[0]) for _, pieces in given if len(pieces) == 1] == [0, 3, 5, 8, 2, 0, 4, 4, 1]
-    assert [len(piece) for piece in given[5][1]] == [8, 8, 3]
+    """Reads of 8 bytes here: each of two raw files (1 or 2 documents are cut 90/5/5 each) is read
+    in pieces, in order, into three splits, and its SHA-256 is the whole file's."""
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 8)
+    (tmp_path / "c").mkdir()
+    files = {"a.bin": bytes(range(200)), "b.bin": bytes(range(100, 160))}
+    for name, data in files.items():
+        (tmp_path / "c" / name).write_bytes(data)
+    dm = built(str(tmp_path / "c"), tmp_path / "cache", workers=2)
+    a, b = files.values()
+    expected = {"train": a[:180] + b[:54], "val": a[180:190] + b[54:57], "test": a[190:] + b[57:]}
+    assert {split: bytes(dm.splits[split].data) for split in expected} == expected
+    assert [s["sha256"] for s in dm.manifest["sources"]] == [
+        hashlib.sha256(d).hexdigest() for d in files.values()
+    ]
+
+
+def test_a_raw_file_that_changes_while_the_cache_is_built_stops_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw file is read straight into its split at the place its size (taken as the build began)
+    gives it: one whose size moved stops the build in one line naming it, and leaves no cache."""
+    for i in range(4):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        (tmp_path / "c" / f"{i}.txt").write_text(f"document {i}\n" * 50)
+    copy = cache.copy_parts
+
+    def grown_first(split_paths, items, pieces, transform):
+        with open(items[0][0], "a") as f:
+            f.write("more")
+        return copy(split_paths, items, pieces, transform)
+
+    monkeypatch.setattr(cache, "copy_parts", grown_first)
+    dm = TextBytes(str(tmp_path / "c"), cache_dir=str(tmp_path / "cache"), workers=1)
+    with pytest.raises(OSError, match=r"0\.txt changed while the cache was built from it; build again"):
+        dm.prepare_data()
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_the_progress_bar_counts_every_byte_written(tmp_path: Path) -> None:
-    """Updates come a BUFFER_BYTES at a time, and the last one brings the count to the corpus's bytes."""
-    documents = [(f"d{i}", [b"x" * 1000]) for i in range(3000)] + [("big", [b"y" * 3 * 2**20, b"z"])]
+    """Updates come a BUFFER_BYTES at a time, and the last one brings the count to the corpus's bytes;
+    every document is listed, the empty one too."""
+    documents = [(f"d{i}", [b"x" * 1000]) for i in range(3000)] + [
+        ("big", [b"y" * 3 * 2**20, b"z"]),
+        ("e", []),
+    ]
     progress = Progress(disable=True)
-    names, offsets = write_corpus(tmp_path / "corpus.bin", documents, progress, "writing", None)
-    assert len(names) == 3001 and progress.tasks[0].completed == offsets[-1] == 3000 * 1000 + 3 * 2**20 + 1
+    written = write_corpus(tmp_path / "corpus.bin", documents, progress, "writing", None)
+    assert [length for _, length in written] == [1000] * 3000 + [3 * 2**20 + 1, 0]
+    size = (tmp_path / "corpus.bin").stat().st_size
+    assert progress.tasks[0].completed == size == 3000 * 1000 + 3 * 2**20 + 1
 
 
 @pytest.mark.parametrize("kind", ["raw", "parquet"])
 def test_the_manifest_records_every_source_s_sha256_whether_hashed_as_read_or_after(
-    tmp_path: Path, kind: str
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Raw files are hashed as they are copied, row files after the build: the same record either way."""
+    """Raw files are hashed as they are copied into the splits, row files as they are decoded: the
+    same record either way; the split files' records hold their hashes in blocks (3 bytes here, so
+    every file is several), hashed by both workers."""
+    monkeypatch.setattr(cache, "HASH_BLOCK_BYTES", 3)
     for i in range(4):
         if kind == "raw":
             (tmp_path / "c").mkdir(exist_ok=True)
             (tmp_path / "c" / f"{i}.txt").write_text(f"document {i}\n" * (i + 1))
         else:
             write_rows(tmp_path / "c", kind, [f"{i}:{row}" for row in ROWS], f"s{i}")
-    dm = built(str(tmp_path / "c"), tmp_path / "cache", workers=1)
+    dm = built(str(tmp_path / "c"), tmp_path / "cache", workers=2)
     files = sorted((tmp_path / "c").iterdir())
     digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
     expected = [
@@ -176,18 +233,26 @@ def test_the_manifest_records_every_source_s_sha256_whether_hashed_as_read_or_af
         for f, digest in zip(files, digests, strict=True)
     ]
     assert dm.manifest["sources"] == expected
-    assert sorted(dm.read_digests) == (files if kind == "raw" else [])
-    assert recorded_files(dm) == real_files(dm)
+    assert recorded_files(dm) == real_files(dm, block=3)
 
 
 def recorded_files(dm: TextBytes | ImageBytes) -> dict[str, tuple[int, str]]:
-    return {name: (r["size"], r["sha256"]) for name, r in dm.manifest["files"].items()}
+    return {name: (r["size"], r["blocks_sha256"]) for name, r in dm.manifest["files"].items()}
 
 
-def real_files(dm: TextBytes | ImageBytes) -> dict[str, tuple[int, str]]:
-    """Size and SHA-256 of every file of the cache, read now (the manifest's hashed as written)."""
-    files = sorted(f for f in dm.cache_path.iterdir() if f.name != "manifest.json")
-    return {f.name: (f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest()) for f in files}
+def real_files(dm: TextBytes | ImageBytes, block: int = 16 * 2**20) -> dict[str, tuple[int, str]]:
+    """Size and hash of every file of the cache, read now: the SHA-256 of the SHA-256 digests of its
+    ``block``-byte blocks, as docs/DATA.md says to check it (the manifest's are hashed by the build's
+    workers)."""
+    hashes = {}
+    for f in sorted(f for f in dm.cache_path.iterdir() if f.name != "manifest.json"):
+        data = f.read_bytes()
+        blocks = [data[i : i + block] for i in range(0, max(len(data), 1), block)]
+        hashes[f.name] = (
+            len(data),
+            hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).hexdigest(),
+        )
+    return hashes
 
 
 @pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.string_view()])
@@ -207,10 +272,15 @@ def test_column_option_and_explicit_format(tmp_path: Path) -> None:
     assert sum(int(s.offsets[-1]) for s in raw.splits.values()) == len(lines(ROWS, field="content"))
 
 
-@pytest.mark.parametrize("kind", ["parquet", "jsonl.zst", "saved"])
+@pytest.mark.parametrize("kind", ["raw", "parquet", "jsonl.zst", "saved"])
 def test_worker_count_does_not_change_a_byte(tmp_path: Path, kind: str) -> None:
     for i in range(5):  # several files (five saved datasets: folders), so the pool has groups to share
         rows = [f"{i}:{row}" for row in ROWS]
+        if kind == "raw":  # a raw file a row, and one empty file (left out)
+            (tmp_path / "corpus").mkdir(exist_ok=True)
+            for j, row in enumerate(rows + [""] * (i == 0)):
+                (tmp_path / "corpus" / f"{i}-{j:02d}.txt").write_text(row)
+            continue
         write_rows(
             tmp_path / "corpus" / f"d{i}" if kind == "saved" else tmp_path / "corpus", kind, rows, f"s{i}"
         )
@@ -221,6 +291,7 @@ def test_worker_count_does_not_change_a_byte(tmp_path: Path, kind: str) -> None:
     assert files == ["test.bin", "test.docs.npy", "train.bin", "train.docs.npy", "val.bin", "val.docs.npy"]
     assert all((one.cache_path / f).read_bytes() == (two.cache_path / f).read_bytes() for f in files)
     assert sum(len(s) for s in one.splits.values()) == 5 * len(ROWS)  # no row is empty
+    assert recorded_files(one) == recorded_files(two) == real_files(two)
 
 
 def test_image_shards_and_files_decode_the_same_with_any_worker_count(tmp_path: Path) -> None:
@@ -425,8 +496,11 @@ def test_data_bench_measures_builds_beside_the_read_limit(
     assert bench.text_documents(scale=bench.SCALE)[:24] == documents
     assert table.loc[["raw", "jsonl.zst", "parquet"], "large_amount"].tolist() == [round(large, 3)] * 3
     assert table.loc["jpeg", "large_amount"] == 12 * bench.SCALE
+    assert (table.loc[["parquet", "jpeg"], "decoder_limit"] > 0).all()
+    assert table.loc[["raw", "jsonl.zst"], "decoder_limit"].isna().all()
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "limit_over_2_workers" in summary and "marginal_limit_over_2_workers" in summary
+    assert "pyarrow read_table" in summary and "Pillow decode" in summary
 
 
 def test_the_data_bench_splits_build_times_into_fixed_seconds_and_a_marginal_rate() -> None:
@@ -437,7 +511,8 @@ def test_the_data_bench_splits_build_times_into_fixed_seconds_and_a_marginal_rat
     assert fixed == pytest.approx(0.5) and rate == pytest.approx(20.0)
     assert all(np.isnan(bench.fixed_and_rate((20.0, 80.0), (1.5, 1.4))))  # noise beyond the work
     small = {"files": 3, "amount": 20.0, "unit": "MB/s", "tool": ["cat"], "limit": 0.25}
-    large = {"amount": 80.0, "limit": 0.55}
+    small |= {"decoder": "pyarrow read_table", "decoded": 0.5}
+    large = {"amount": 80.0, "limit": 0.55, "decoded": 1.1}
     row = bench.table_row("raw", {**small, "builds": {1: 1.5, 2: 1.0}}, {**large, "builds": {1: 4.5, 2: 2.5}})
     assert (row["workers_1"], row["workers_2"], row["limit"], row["limit_over_2_workers"]) == (
         pytest.approx(20 / 1.5, abs=1e-3),
@@ -452,3 +527,9 @@ def test_the_data_bench_splits_build_times_into_fixed_seconds_and_a_marginal_rat
         40.0,
     )
     assert row["marginal_limit"] == 200.0 and row["marginal_limit_over_2_workers"] == 5.0
+    # the decoder: 40 MB/s at 20 MB (2x the 2-worker build's 0.5 s), 100 MB/s at the margin (2.5x)
+    assert (row["decoder_limit"], row["decoder_over_2_workers"], row["marginal_decoder_over_2_workers"]) == (
+        40.0,
+        2.0,
+        2.5,
+    )

@@ -217,8 +217,8 @@ def test_embedded_shakespeare(tmp_path: Path) -> None:
 def test_cache_is_built_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_corpus(tmp_path / "corpus", LENGTHS)
     reads = []
-    chunks = TextBytes.document_chunks
-    monkeypatch.setattr(TextBytes, "document_chunks", lambda self: reads.append(1) or chunks(self))
+    parts = TextBytes.corpus_parts
+    monkeypatch.setattr(TextBytes, "corpus_parts", lambda self, *args: reads.append(1) or parts(self, *args))
     dm = TextBytes(str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache"), seq_len=16)
     dm.prepare_data()
     manifest = dm.cache_path / "manifest.json"
@@ -260,11 +260,11 @@ def test_cache_is_rebuilt_when_a_source_changes(tmp_path: Path) -> None:
 def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_corpus(tmp_path / "corpus", LENGTHS)
 
-    def failing(self: TextBytes):
-        yield "a", (b"some bytes",)
+    def failing(self: TextBytes, workers, scratch, progress):
+        (scratch / "part000000.bin").write_bytes(b"some bytes")
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(TextBytes, "document_chunks", failing)
+    monkeypatch.setattr(TextBytes, "corpus_parts", failing)
     dm = TextBytes(str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="disk on fire"):
         dm.prepare_data()

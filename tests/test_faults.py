@@ -783,7 +783,8 @@ def test_corpus_larger_than_the_memory_bound_streams(layout, tmp_path):
 
 
 def test_cache_build_progress_counts_bytes_towards_a_known_total(corpus, tmp_path, monkeypatch):
-    """The build's progress bar has a total (the corpus' bytes), so it shows bytes done and time left."""
+    """The build's progress bars have a total (the corpus's bytes; then the cache's, hashed), so they
+    show bytes done and time left."""
     from rich.progress import DownloadColumn, TimeRemainingColumn
 
     bars = []
@@ -791,21 +792,26 @@ def test_cache_build_progress_counts_bytes_towards_a_known_total(corpus, tmp_pat
     monkeypatch.setattr(TextBytes, "_progress", lambda self: bars.append(original(self)) or bars[-1])
     cached(tmp_path, corpus)
     (bar,) = bars
-    (task,) = bar.tasks
-    assert task.total == task.completed == sum(p.stat().st_size for p in corpus.iterdir())
+    written, hashed = bar.tasks
+    assert written.total == written.completed == sum(p.stat().st_size for p in corpus.iterdir())
+    cache_files = [p for p in (tmp_path / "cache").glob("*/*") if p.name != "manifest.json"]
+    assert hashed.total == hashed.completed == sum(p.stat().st_size for p in cache_files)
     assert {DownloadColumn, TimeRemainingColumn} <= {type(column) for column in bar.columns}
 
 
 KILLED_WHILE_READING = """
 import os, signal, sys
-import datamodules.text
+import datamodules.cache
+from datamodules import TextBytes
 
-def first_piece_then_killed(path, chunk=None):
-    yield path.read_bytes()[:100]
+copy = datamodules.cache.copy_parts
+
+def first_files_then_killed(*args):
+    copy(*args)
     os.kill(os.getpid(), signal.SIGKILL)
 
-datamodules.text.read_chunks = first_piece_then_killed
-datamodules.text.TextBytes(sys.argv[1], seq_len=64, cache_dir=sys.argv[2]).prepare_data()
+datamodules.cache.copy_parts = first_files_then_killed
+TextBytes(sys.argv[1], seq_len=64, cache_dir=sys.argv[2], workers=1).prepare_data()
 """
 
 
@@ -816,7 +822,7 @@ def test_a_build_killed_while_streaming_restarts_cleanly(corpus, tmp_path):
     child = subprocess.run([sys.executable, "-c", KILLED_WHILE_READING, str(corpus), str(cache)], cwd=REPO)
     assert child.returncode == -signal.SIGKILL
     (left,) = cache.iterdir()
-    assert left.name.endswith(".tmp") and (left / "corpus.bin").is_file()  # half-read, never published
+    assert left.name.endswith(".tmp") and (left / "train.bin").is_file()  # half-written, never published
     dm = cached(tmp_path, corpus)
     assert [p.name for p in cache.iterdir()] == [dm.cache_path.name] and cache_problem(dm.cache_path) is None
     total = sum(split["bytes"] for split in dm.manifest["splits"].values())
