@@ -6,7 +6,8 @@ files, the same documents as 8 ``.jsonl.zst`` shards and as 8 Parquet shards (ab
 documents each), and 4 WebDataset tar shards of 250 JPEGs. Each is built into a fresh cache with 1
 and 2 workers (the median of ``reps`` builds); the machine's limit is the same files read by
 ``cat``, or decompressed by ``zstd -dc``, measured in the same run after one warm-up read, so both
-read from the page cache.
+read from the page cache. For Parquet and JPEG, whose tool decodes nothing, the decoder itself is
+timed too (pyarrow's read_table, Pillow's decode, one process): the limit no build can pass.
 
 A build of 20 MB takes a second or less, of which a fixed part (starting the pool, the manifest)
 would dominate, and says little about a corpus of gigabytes. So every corpus is also generated
@@ -121,6 +122,42 @@ def limit_seconds(tool: list[str], files: list[Path], reps: int) -> float | None
     return statistics.median(times)
 
 
+def read_parquet(files: list[Path]) -> None:
+    """The text column of every Parquet file, read by pyarrow in one thread: the decoding a build
+    of Parquet cannot do without (decompressing the pages), which ``cat`` does not."""
+    pq = require("pyarrow.parquet", "Parquet")
+    for path in files:
+        pq.read_table(path, columns=["text"], use_threads=False)
+
+
+def decode_jpegs(files: list[Path]) -> None:
+    """Every image of the tar shards decoded to RGB pixels by Pillow, in one process (no resizing):
+    the decoding a build of JPEGs cannot do without."""
+    Image = require("PIL.Image", "images")
+    for path in files:
+        for _, raw in read_tar(path):
+            with Image.open(io.BytesIO(raw)) as image:
+                image.convert("RGB").load()
+
+
+# A decoder's own rate, the limit of a build of a compressed format beside the tool's (which reads bytes).
+DECODERS: dict[str, tuple[str, Callable[[list[Path]], None]]] = {
+    "parquet": ("pyarrow read_table", read_parquet),
+    "jpeg": ("Pillow decode", decode_jpegs),
+}
+
+
+def decoder_seconds(decode: Callable[[list[Path]], None], files: list[Path], reps: int) -> float:
+    """The median seconds of ``reps`` calls of ``decode(files)``, after one warm-up."""
+    times = []
+    for rep in range(reps + 1):
+        start = time.perf_counter()
+        decode(files)
+        if rep:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def fixed_and_rate(amounts: tuple[float, float], seconds: tuple[float, float]) -> tuple[float, float]:
     """The line through two (amount, seconds) measurements: its intercept, the fixed seconds, and the
     inverse of its slope, the marginal rate (amount per second); NaN when the larger amount was not
@@ -145,6 +182,8 @@ def measure(root: Path, scale: int, reps: int) -> dict[str, dict]:
 
         tool = ["zstd", "-dc"] if kind == "jsonl.zst" else ["cat"]
         limit = limit_seconds(tool, files, reps)
+        decoder = DECODERS.get(kind)
+        decoded = decoder_seconds(decoder[1], files, reps) if decoder else None
         timed = {workers: build_seconds(make, workers, reps) for workers in (1, 2)}
         counts = timed[1][1].values()
         unit, amount = (
@@ -158,6 +197,8 @@ def measure(root: Path, scale: int, reps: int) -> dict[str, dict]:
             "unit": unit,
             "tool": tool,
             "limit": limit,
+            "decoder": decoder[0] if decoder else None,
+            "decoded": decoded,
             "builds": {workers: seconds for workers, (seconds, _) in timed.items()},
         }
     return measured
@@ -174,6 +215,8 @@ def table_row(kind: str, small: dict, large: dict) -> dict:
     }
     nan = float("nan")
     limit_rate = fixed_and_rate(amounts, (limit, large["limit"]))[1] if limit and large["limit"] else nan
+    decoded = small.get("decoded")
+    decoder_rate = fixed_and_rate(amounts, (decoded, large["decoded"]))[1] if decoded else nan
     return {
         "corpus": kind,
         "files": small["files"],
@@ -191,6 +234,10 @@ def table_row(kind: str, small: dict, large: dict) -> dict:
         "marginal_1": round(lines[1][1], 3),
         "marginal_2": round(lines[2][1], 3),
         "marginal_limit_over_2_workers": round(limit_rate / lines[2][1], 2),
+        "decoder": small.get("decoder") or "",
+        "decoder_limit": round(amount / decoded, 3) if decoded else nan,
+        "decoder_over_2_workers": round(small["builds"][2] / decoded, 2) if decoded else nan,
+        "marginal_decoder_over_2_workers": round(decoder_rate / lines[2][1], 2),
     }
 
 
@@ -221,6 +268,10 @@ def bench_data(folder: Path, reps: int = 3, note: str = "") -> int:
         "slope, the rate at which a large corpus is built); `marginal_limit` is the tool's slope the same\n"
         "way, and `marginal_limit_over_2_workers` the goal's ratio for a large corpus. A fixed part below\n"
         "zero, or NaN, means the noise of the machine was larger than the difference.\n\n"
+        "For Parquet and JPEG the tool reads compressed bytes and decodes nothing, so the table also\n"
+        "times the decoder itself, in one process, on the same files (`decoder`: pyarrow's read_table of\n"
+        "the text column; Pillow's decode to RGB, without the build's resize): `decoder_limit` its rate,\n"
+        "`decoder_over_2_workers` and `marginal_decoder_over_2_workers` the goal's ratios against it.\n\n"
         f"{to_markdown(table).rstrip()}\n\n{note}".rstrip()
         + "\n"
     )
