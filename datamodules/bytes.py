@@ -244,13 +244,15 @@ class ByteDataModule(L.LightningDataModule):
         scratch: Path,
         progress: Progress,
     ) -> list[Part]:
-        """The parts of ``files`` (name, path) decoded by ``reader`` in the workers, in order, each
-        file or member they could not read passed to ``reject()`` in that order."""
-        task = progress.add_task(
-            f"decoding {type(self).__name__}", total=sum(p.stat().st_size for _, p in files)
-        )
+        """The parts of ``files`` (name, path; those of ``sources()``, in order) decoded by ``reader``
+        in the workers, in order, each file or member they could not read passed to ``reject()`` in
+        that order."""
+        sizes = [stat.st_size for _, stat in self.source_stats()]
+        if len(sizes) != len(files):
+            raise ValueError(f"decoded_parts: {len(files)} files, but {len(sizes)} sources")
+        task = progress.add_task(f"decoding {type(self).__name__}", total=sum(sizes))
         parts = []
-        for part in workers.decode(reader, files, scratch):
+        for part in workers.decode(reader, files, sizes, scratch):
             for rejected in part.rejected:
                 self.reject(rejected.origin, rejected.reason)
             progress.update(task, advance=part.read)

@@ -63,12 +63,8 @@ def block_sha256(path: Path | str, start: int, end: int) -> str:
     sha256 = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         f.seek(start)
-        while start < end:
-            data = f.read(min(CHUNK_BYTES, end - start))
-            if not data:
-                raise OSError(f"{path} ended at byte {start}, before {end}")
+        for data in read_pieces(f, end - start):
             sha256.update(data)
-            start += len(data)
     return sha256.hexdigest()
 
 
@@ -166,7 +162,8 @@ def cache_problem(directory: Path) -> str | None:
     """Why a cache directory cannot be used as it is, or None when it is complete and intact.
 
     Sizes are checked every time; a file whose size or modification time moved is hashed and compared
-    with the manifest's SHA-256, so a truncated or edited cache is caught without rehashing every run."""
+    with the manifest's ``blocks_sha256``, so a truncated or edited cache is caught without rehashing
+    every run."""
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
     except FileNotFoundError:
@@ -342,14 +339,14 @@ OFFSET, LENGTH, SPLIT, DEST, RANGE = range(5)
 
 
 def placed_pieces(
-    parts: Sequence[Part], ranges: Mapping[str, Sequence[tuple[int, int]]], merge: bool
+    sizes: Sequence[int], ranges: Mapping[str, Sequence[tuple[int, int]]], merge: bool
 ) -> np.ndarray:
     """Every piece of every split, int64 rows (part, OFFSET, LENGTH, SPLIT, DEST, RANGE) sorted by
-    part and offset: the split's byte ranges of the corpus (its parts' non-empty documents end to
-    end) laid end to end in the split file, each cut to the part holding it. With ``merge`` the
+    part and offset: the split's byte ranges of the corpus (its parts, of ``sizes`` bytes each, end
+    to end) laid end to end in the split file, each cut to the part holding it. With ``merge`` the
     ranges of a split that follow each other in one part (most of the training split's documents)
     are one piece."""
-    starts = np.concatenate([[0], np.cumsum([part.size for part in parts], dtype=np.int64)])
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
     columns = []
     for number, split in enumerate(ranges):
         bounds = np.asarray(ranges[split], dtype=np.int64).reshape(-1, 2)
@@ -509,12 +506,12 @@ def write_splits(
     documents, the SHA-256 of the raw source files read, and the cache files' records."""
     if transform is not None and any(part.source for part in parts):
         raise ValueError("a split transform needs decoded parts: raw source files are copied as they are")
-    pieces = placed_pieces(parts, ranges, merge=transform is None)
+    sizes = [part.size for part in parts]
+    pieces = placed_pieces(sizes, ranges, merge=transform is None)
     split_paths = [directory / f"{split}.bin" for split in ranges]
     for path, split in zip(split_paths, ranges, strict=True):
         with open(path, "wb") as f:
             f.truncate(sum(hi - lo for lo, hi in ranges[split]))
-    sizes = [part.size for part in parts]
     bounds = np.searchsorted(pieces[:, 0], np.arange(len(parts) + 1)).tolist()
     targets = list(map(str, split_paths))
     tasks = [

@@ -1,6 +1,6 @@
 """A cache build's processes: a pool over groups of files whose results come back in a fixed order.
 
-A decoding task decodes one group of consecutive files (``file_groups``) with a ``reader`` and writes
+A decoding task decodes one group of consecutive files (``sized_groups``) with a ``reader`` and writes
 their documents end to end into a part file of the build's temporary folder; it returns the
 documents' names and lengths, the SHA-256 of each file and the files or members it could not read.
 The main process takes the parts in the order of the groups, whatever order the workers finish in,
@@ -103,12 +103,6 @@ def sized_groups(sizes: Sequence[int], workers: int = 1, most_files: int = GROUP
     return [range(lo, hi) for lo, hi in zip(starts, [*starts[1:], len(sizes)], strict=True)]
 
 
-def file_groups(files: Sequence[tuple[str, Path]], workers: int = 1) -> list[list[tuple[str, Path]]]:
-    """Consecutive (name, path) files in groups (``sized_groups`` of their sizes)."""
-    groups = sized_groups([path.stat().st_size for _, path in files], workers)
-    return [[files[i] for i in group] for group in groups]
-
-
 def file_sha256(path: Path | str) -> str:
     """The SHA-256 of a file, read in pieces."""
     with open(path, "rb") as f:
@@ -117,7 +111,7 @@ def file_sha256(path: Path | str) -> str:
 
 def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path) -> Part:
     """Decode the files of one group into ``part_path`` and hash each (what a worker runs)."""
-    part = Part(part_path, read=sum(path.stat().st_size for _, path in group))
+    part = Part(part_path)
     with open(part_path, "wb", buffering=BUFFER_BYTES) as f:
         for name, path in group:
             start, documents, rejected = f.tell(), len(part.documents), len(part.rejected)
@@ -157,8 +151,8 @@ def read_documents(
                 reject(item.origin, item.reason)
             elif isinstance(item, Rows):
                 data, start = memoryview(item.data), 0
-                for name, length in zip(item.names, item.lengths, strict=True):
-                    yield name, bytes(data[start : start + length])
+                for row, length in zip(item.names, item.lengths, strict=True):
+                    yield row, bytes(data[start : start + length])
                     start += length
             else:
                 yield item[0], b"".join(item[1])
@@ -206,9 +200,16 @@ class Workers:
         while pending:
             yield pending.popleft().result()
 
-    def decode(self, reader: Reader, files: Sequence[tuple[str, Path]], scratch: Path) -> Iterator[Part]:
-        """The parts of every group of ``files``, in order, their part files in ``scratch``."""
-        groups = file_groups(files, self.count)
-        yield from self.map(
-            decode_group, [(reader, group, scratch / f"part{i:06d}.bin") for i, group in enumerate(groups)]
-        )
+    def decode(
+        self, reader: Reader, files: Sequence[tuple[str, Path]], sizes: Sequence[int], scratch: Path
+    ) -> Iterator[Part]:
+        """The parts of every group of ``files`` (of ``sizes`` bytes: the build's stats, not taken
+        again), in order, their part files in ``scratch``; each part's ``read`` is its files' bytes."""
+        groups = sized_groups(sizes, self.count)
+        tasks = [
+            (reader, [files[i] for i in group], scratch / f"part{n:06d}.bin")
+            for n, group in enumerate(groups)
+        ]
+        for group, part in zip(groups, self.map(decode_group, tasks), strict=True):
+            part.read = sum(sizes[i] for i in group)
+            yield part

@@ -23,7 +23,7 @@ import pytest
 import zstandard
 from rich.progress import Progress
 
-from datamodules import ImageBytes, TextBytes, cache, pool
+from datamodules import ImageBytes, TextBytes, cache
 from datamodules.cache import placed_pieces, write_corpus
 from datamodules.files import named_files, read_chunks, resolved_stats
 from datamodules.records import string_values, without_suffix
@@ -139,7 +139,7 @@ def test_split_ranges_become_pieces_cut_to_their_part_and_merged_where_they_foll
     """Two parts of 10 and 6 bytes (the corpus's bytes 0-9 and 10-15): a split's ranges that follow
     each other in one part are one piece, one piece a part otherwise; each lands after the split's
     earlier ranges; pieces come sorted by part and offset, as a task reads them."""
-    parts = [pool.Part(Path("a"), [("a0", 4), ("a1", 0), ("a2", 6)]), pool.Part(Path("b"), [("b0", 6)])]
+    parts = [10, 6]  # the bytes of each part
     ranges = {"train": [(0, 4), (10, 16)], "val": [(4, 7)], "test": [(7, 10)]}
     merged = placed_pieces(parts, ranges, merge=True).tolist()
     # part, offset in it, length, split, offset in the split, the range it starts at
