@@ -263,6 +263,33 @@ def test_a_batch_of_rows_is_its_values_end_to_end_with_their_lengths(kind: pa.Da
         assert bytes(data) == "".join(values).encode() and lengths == [len(v.encode()) for v in values]
 
 
+def test_json_lines_orjson_refuses_are_read_as_json_reads_them(tmp_path: Path) -> None:
+    # orjson parses the lines; NaN, a byte order mark, a huge integer or a duplicate key are what
+    # json reads and orjson refuses or reads otherwise: the values must be json's all the same.
+    edge = [
+        b'{"text": "nan", "score": NaN}',
+        b'\xef\xbb\xbf{"text": "bom"}',
+        b'{"text": "big", "id": 123456789012345678901234567890}',
+        b'{"text": "first", "text": "last"}',
+        b'  {"text": "spaces"}  \r',
+        b"",
+        b'{"text": "caf\\u00e9 \\ud83d\\ude00"}',
+    ]
+    data = lines(ROWS[:3]) + b"\n".join(edge) + b"\n"
+    (tmp_path / "edge.jsonl").write_bytes(data)
+    expected = [json.loads(line)["text"].encode() for line in data.split(b"\n") if line.strip()]
+    dm = TextBytes(str(tmp_path / "edge.jsonl"))
+    assert [value for _, value in dm.documents()] == [
+        *expected[:3],
+        b"nan",
+        b"bom",
+        b"big",
+        b"last",
+        b"spaces",
+        "café 😀".encode(),
+    ]
+
+
 def test_column_option_and_explicit_format(tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "rows.txt").write_bytes(lines(ROWS, field="content"))
