@@ -3,10 +3,10 @@ files of saved Hugging Face datasets, read as a stream of rows with the librarie
 
 pyarrow reads Parquet (a row group at a time, only the text column) and Arrow IPC files (a record
 batch at a time); zstandard decompresses .zst and the standard library .gz, a piece at a time; orjson
-parses each line (json what orjson refuses). The native libraries are imported through ``native.require`` where a format needs
-them, so raw text never loads them. A row's document is its UTF-8 string's bytes, named by its file's
-name without the format's suffix and its row number (``shard/17``), so the same rows give the same
-names, and the same split, in every format.
+parses each line (json what orjson refuses). The native libraries are imported through
+``native.require`` where a format needs them, so raw text never loads them. A row's document is its
+UTF-8 string's bytes, named by its file's name without the format's suffix and its row number
+(``shard/17``), so the same rows give the same names, and the same split, in every format.
 """
 
 from __future__ import annotations
