@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -99,6 +100,8 @@ def build_seconds(make: Callable[[str, int], ByteDataModule], workers: int, reps
         folder = tempfile.mkdtemp(prefix="bytelab-bench-cache.")
         try:
             dm = make(folder, workers)
+            # Nothing left to write back (the corpus just written, the last build's cache) while timed.
+            os.sync()
             start = time.perf_counter()
             dm.prepare_data()
             times.append(time.perf_counter() - start)
@@ -114,6 +117,7 @@ def limit_seconds(tool: list[str], files: list[Path], reps: int) -> float | None
     if shutil.which(tool[0]) is None:
         return None
     times = []
+    os.sync()
     for rep in range(reps + 1):
         start = time.perf_counter()
         subprocess.run([*tool, *map(str, files)], stdout=subprocess.DEVNULL, check=True)
