@@ -234,7 +234,7 @@ class ByteDataModule(L.LightningDataModule):
         files can be parts themselves (``Part(source=True)``, see TextBytes)."""
         path = scratch / "corpus.bin"
         label = f"reading {type(self).__name__}"
-        return [Part(path, write_corpus(path, self.document_chunks(), progress, label, self.corpus_bytes()))]
+        return [write_corpus(path, self.document_chunks(), progress, label, self.corpus_bytes())]
 
     def decoded_parts(
         self,

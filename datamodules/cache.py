@@ -2,13 +2,14 @@
 
 A cache directory holds ``{split}.bin`` (the split's documents end to end, uint8), ``{split}.docs.npy``
 (int64 document offsets) and ``manifest.json`` (what was built from what, and the size, modification
-time and block hash, ``blocks_sha256``, of every file). It is built in a temporary sibling directory
-that is renamed into place once complete, so a cache either is complete or does not exist; a build
-killed part-way leaves only its temporary directory, which the next build on the same host removes.
-The corpus comes as parts (files holding documents end to end: decoded part files, or raw source
-files); once every document's split is known, the workers copy the parts straight into split files
-of known size with positional writes (``write_splits``), in pieces, so the build's memory does not
-grow with the corpus and no byte passes through the main process.
+time and hash of every file: a split file's ``documents_sha256``, the SHA-256 of its documents'
+SHA-256 digests, hashed as the documents were written; a docs file's ``sha256``). It is built in a
+temporary sibling directory that is renamed into place once complete, so a cache either is complete
+or does not exist; a build killed part-way leaves only its temporary directory, which the next build
+on the same host removes. The corpus comes as parts (files holding documents end to end: decoded
+part files, or raw source files); once every document's split is known, the workers copy the parts
+straight into split files of known size with positional writes (``write_splits``), in pieces, so the
+build's memory does not grow with the corpus and no byte passes through the main process.
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ from rich.progress import (
 from .files import BUFFER_BYTES, CHUNK_BYTES
 from .pool import Part, Workers, file_sha256, sized_groups
 
-# 2: the split files are hashed in blocks (``blocks_sha256``), the manifest lists one entry a line.
-FORMAT_VERSION = 2
-# Cache files are hashed in blocks of this size, as many at once as there are workers.
-HASH_BLOCK_BYTES = 16 * 2**20
+# 2: the split files were hashed in 16 MiB blocks, the manifest lists one entry a line; 3: a split
+# file's hash is its documents' (``documents_sha256``), each hashed as it is written.
+FORMAT_VERSION = 3
 # A task of the copy into the splits holds up to this many parts (raw files).
 COPY_GROUP_FILES = 4096
 # Below this many source bytes a build takes about a second, so a progress bar would only flicker.
@@ -58,61 +58,37 @@ def digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def block_sha256(path: Path | str, start: int, end: int) -> str:
-    """The SHA-256 of bytes [start, end) of a file, read in pieces."""
-    sha256 = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        f.seek(start)
-        for data in read_pieces(f, end - start):
-            sha256.update(data)
-    return sha256.hexdigest()
+def documents_sha256(digests: Iterable[bytes]) -> str:
+    """A split file's hash in the manifest: the SHA-256 of the 32-byte SHA-256 digests of its
+    documents, in order. The workers hash each document as they write it (a raw file's digest is the
+    file's own), so the build never reads a split file back to hash it."""
+    return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
-def file_blocks(path: Path, size: int) -> list[tuple[str, int, int]]:
-    """The HASH_BLOCK_BYTES blocks of a file of ``size`` bytes as (path, start, end); one (empty)
-    block for an empty file."""
-    return [
-        (str(path), lo, min(lo + HASH_BLOCK_BYTES, size)) for lo in range(0, max(size, 1), HASH_BLOCK_BYTES)
-    ]
-
-
-def blocks_sha256(block_digests: Iterable[str]) -> str:
-    """The SHA-256 of the SHA-256 digests (32 bytes each) of a file's blocks, in order: a file's
-    hash in the manifest, which N workers compute N blocks at a time."""
-    return hashlib.sha256(b"".join(bytes.fromhex(d) for d in block_digests)).hexdigest()
-
-
-def file_records(
-    paths: Sequence[Path], workers: Workers | None = None, progress: Progress | None = None
-) -> dict[str, dict[str, Any]]:
-    """Size, modification time and ``blocks_sha256`` of cache files, as the manifest keeps them,
-    named by file name; the blocks are hashed by ``workers`` (None: in this process), counted on a
-    task of ``progress`` if given."""
-    stats = [path.stat() for path in paths]
-    blocks = [file_blocks(path, stat.st_size) for path, stat in zip(paths, stats, strict=True)]
-    task = (
-        None
-        if progress is None
-        else progress.add_task("hashing the splits", total=sum(s.st_size for s in stats))
+def split_documents_sha256(split_path: Path, docs_path: Path) -> str:
+    """``documents_sha256`` of a split file as it is now, its documents cut by its docs file."""
+    offsets = np.load(docs_path).tolist()
+    if offsets[-1] == 0:
+        return documents_sha256([])
+    data = np.memmap(split_path, dtype=np.uint8, mode="r")
+    return documents_sha256(
+        hashlib.sha256(data[lo:hi]).digest() for lo, hi in zip(offsets, offsets[1:], strict=False)
     )
-    digests = []
-    for (_, start, end), block_digest in zip(
-        tasks := [block for file in blocks for block in file],
-        (workers or Workers(1)).map(block_sha256, tasks),
-        strict=True,
-    ):
-        digests.append(block_digest)
-        if task is not None:
-            progress.update(task, advance=end - start)
-    ordered = iter(digests)
-    return {
-        path.name: {
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "blocks_sha256": blocks_sha256([next(ordered) for _ in file]),
-        }
-        for path, stat, file in zip(paths, stats, blocks, strict=True)
-    }
+
+
+def file_record(path: Path, **hashes: str) -> dict[str, Any]:
+    """Size, modification time and hash of a cache file, as the manifest keeps it: ``hashes`` if
+    given (a split file's ``documents_sha256``), else the file's SHA-256."""
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **(hashes or {"sha256": file_sha256(path)})}
+
+
+def current_hash(directory: Path, name: str, expected: Mapping[str, Any]) -> bool:
+    """Whether a cache file's hash now is the one its manifest records."""
+    if "documents_sha256" in expected:
+        docs = directory / f"{name.removesuffix('.bin')}.docs.npy"
+        return split_documents_sha256(directory / name, docs) == expected["documents_sha256"]
+    return "sha256" in expected and file_sha256(directory / name) == expected["sha256"]
 
 
 def source_records(
@@ -162,24 +138,23 @@ def cache_problem(directory: Path) -> str | None:
     """Why a cache directory cannot be used as it is, or None when it is complete and intact.
 
     Sizes are checked every time; a file whose size or modification time moved is hashed and compared
-    with the manifest's ``blocks_sha256``, so a truncated or edited cache is caught without rehashing
-    every run."""
+    with the manifest's hash (the docs files first, since a split file's hash is taken by its
+    documents), so a truncated or edited cache is caught without rehashing every run."""
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
     except FileNotFoundError:
         return "no complete cache"
     except ValueError:
         return "its manifest.json is unreadable"
-    for name, expected in manifest.get("files", {}).items():
-        path = directory / name
+    files = manifest.get("files", {})
+    for name in sorted(files, key=lambda name: name.endswith(".bin")):
+        path, expected = directory / name, files[name]
         if not path.exists():
             return f"{name} is missing"
         stat = path.stat()
         if stat.st_size != expected["size"]:
             return f"{name} has {stat.st_size} bytes, its manifest says {expected['size']}"
-        if stat.st_mtime_ns != expected["mtime_ns"] and file_records([path])[name][
-            "blocks_sha256"
-        ] != expected.get("blocks_sha256"):
+        if stat.st_mtime_ns != expected["mtime_ns"] and not current_hash(directory, name, expected):
             return f"{name} was modified after the cache was built"
     return None
 
@@ -233,8 +208,8 @@ def build(
     """Build the cache directory ``final`` (named ``KIND-DIGEST``) of the corpus ``corpus_id``.
 
     ``write(directory)`` writes the split files into a fresh temporary sibling and returns the
-    manifest (its "files" may hold the records of files it hashed as it wrote them, so they are not
-    read again), which gets the corpus id and every file's record and is written last; the directory is
+    manifest (its "files" may hold the records of files it hashed as it wrote them, which are then
+    not read again), which gets the corpus id and every file's record and is written last; the directory is
     then renamed into place. On any failure the temporary directory is removed and the previous cache
     kept; a full disk raises one line naming the space needed. Caches of the same corpus built from
     older versions of its sources are replaced, each with a one-line notice.
@@ -254,8 +229,7 @@ def build(
         written = manifest.pop("files", {})
         manifest["corpus_id"] = corpus_id
         files = sorted(tmp.iterdir())
-        missing = file_records([f for f in files if f.name not in written])
-        manifest["files"] = {f.name: written.get(f.name) or missing[f.name] for f in files}
+        manifest["files"] = {f.name: written.get(f.name) or file_record(f) for f in files}
         (tmp / "manifest.json").write_text(manifest_text(manifest))
         if final.exists():
             shutil.rmtree(final)
@@ -310,42 +284,49 @@ def write_corpus(
     progress: Progress,
     description: str,
     total: int | None,
-) -> list[tuple[str, int]]:
-    """Write every document (name, its bytes in pieces) end to end into `path`, counting the bytes
-    on a task of ``progress`` (``total`` of them, if known) a BUFFER_BYTES or more at a time (the bar
-    redraws a few times a second, an update per small document would only cost); return every
-    document's (name, length), empty ones included."""
+) -> Part:
+    """Write every document (name, its bytes in pieces) end to end into `path`, hashing each, counting
+    the bytes on a task of ``progress`` (``total`` of them, if known) a BUFFER_BYTES or more at a
+    time (the bar redraws a few times a second, an update per small document would only cost); the
+    part it is, every document listed (name, length), empty ones included."""
     task = progress.add_task(description, total=total)
-    written: list[tuple[str, int]] = []
+    part = Part(path)
     unreported = 0
     with open(path, "wb", buffering=BUFFER_BYTES) as f:
         for name, chunks in documents:
-            size = 0
+            sha256, size = hashlib.sha256(), 0
             for data in chunks:
                 f.write(data)
+                sha256.update(data)
                 size += len(data)
                 unreported += len(data)
                 if unreported >= BUFFER_BYTES:
                     progress.update(task, advance=unreported)
                     unreported = 0
-            written.append((name, size))
+            part.documents.append((name, size))
+            part.document_digests.append(sha256.digest())
     progress.update(task, advance=unreported)
-    return written
+    return part
 
 
 # What a task copies, one row a piece: where its bytes are in their part (file offset, length), and
-# where they go (split number, offset in the split file), and the number of the range it comes from.
-OFFSET, LENGTH, SPLIT, DEST, RANGE = range(5)
+# where they go (split number, offset in the split file), the number of the range it comes from, and
+# whether the copy hashes it (a range that is not a whole document, whose digest no one has yet).
+OFFSET, LENGTH, SPLIT, DEST, RANGE, HASHED = range(6)
 
 
 def placed_pieces(
-    sizes: Sequence[int], ranges: Mapping[str, Sequence[tuple[int, int]]], merge: bool
+    sizes: Sequence[int],
+    ranges: Mapping[str, Sequence[tuple[int, int]]],
+    merge: bool,
+    hashed: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Every piece of every split, int64 rows (part, OFFSET, LENGTH, SPLIT, DEST, RANGE) sorted by
-    part and offset: the split's byte ranges of the corpus (its parts, of ``sizes`` bytes each, end
-    to end) laid end to end in the split file, each cut to the part holding it. With ``merge`` the
-    ranges of a split that follow each other in one part (most of the training split's documents)
-    are one piece."""
+    """Every piece of every split, int64 rows (part, OFFSET, LENGTH, SPLIT, DEST, RANGE, HASHED)
+    sorted by part and offset: the split's byte ranges of the corpus (its parts, of ``sizes`` bytes
+    each, end to end) laid end to end in the split file, each in the part holding it. ``hashed``
+    (one bool a range, the splits' ranges in order) marks the ranges the copy hashes. With ``merge``
+    the ranges of a split that follow each other in one part (most of the training split's
+    documents) are one piece, a hashed range always one of its own."""
     starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
     columns = []
     for number, split in enumerate(ranges):
@@ -356,14 +337,17 @@ def placed_pieces(
     table = np.concatenate(columns) if columns else np.zeros((0, 4), dtype=np.int64)
     lo, hi, split, dest = table.T
     index = np.arange(len(table))
+    hashed = np.zeros(len(table), dtype=bool) if hashed is None else np.asarray(hashed, dtype=bool)
     part = np.searchsorted(starts, lo, side="right") - 1
     if merge and len(table):
         first = np.ones(len(table), dtype=bool)
         first[1:] = (lo[1:] != hi[:-1]) | (part[1:] != part[:-1]) | (split[1:] != split[:-1])
+        first[1:] |= hashed[1:] | hashed[:-1]
         heads = np.flatnonzero(first)
         tails = np.append(heads[1:] - 1, len(table) - 1)
         lo, hi, split, dest, part, index = lo[heads], hi[tails], split[heads], dest[heads], part[heads], heads
-    pieces = np.column_stack([part, lo - starts[part], hi - lo, split, dest, index]).astype(np.int64)
+        hashed = hashed[heads]
+    pieces = np.column_stack([part, lo - starts[part], hi - lo, split, dest, index, hashed]).astype(np.int64)
     return pieces[np.lexsort((pieces[:, 1], pieces[:, 0]))]
 
 
@@ -411,18 +395,20 @@ def copy_parts(
     items: list[tuple[str, int, bool, int]],
     pieces: np.ndarray,
     transform: Callable[[str, np.ndarray], list[np.ndarray]] | None,
-) -> tuple[dict[str, str], dict[int, list[int]], int]:
+) -> tuple[dict[str, str], dict[int, list[int]], dict[int, list[bytes]], int]:
     """Copy the pieces of some parts into the split files (what a worker runs). Each item is a
     part's path, size, whether it is a raw source file, and how many of the ``pieces`` (rows
-    OFFSET..RANGE, each part's by offset, one part after the other) are its. A source file is read
+    OFFSET..HASHED, each part's by offset, one part after the other) are its. A source file is read
     whole, in order, and hashed as it is read; one whose size moved since the build began stops it.
     With ``transform`` each piece (one document) becomes ``transform(split, its bytes)``, written end
-    to end. Returns the sources' SHA-256 (by path),
-    each transformed range's document lengths (by range number) and the bytes copied."""
+    to end. Returns the sources' SHA-256 (by path), each transformed range's document lengths and
+    the SHA-256 of the documents of every transformed or HASHED range (by range number), and the
+    bytes copied."""
     names = [Path(path).name.removesuffix(".bin") for path in split_paths]
     writer = SplitWriter(split_paths)
     digests: dict[str, str] = {}
     lengths: dict[int, list[int]] = {}
+    range_digests: dict[int, list[bytes]] = {}
     copied = 0
     rows_of_task = iter(pieces.tolist())
     try:
@@ -435,10 +421,12 @@ def copy_parts(
                     if len(data) != size:
                         raise OSError(f"{path} changed while the cache was built from it; build again")
                     digests[path] = hashlib.sha256(data).hexdigest()
-                    for offset, length, split, dest, _ in rows:
+                    for offset, length, split, dest, number, hashed in rows:
                         writer.write(data[offset : offset + length], split, dest)
+                        if hashed:
+                            range_digests[number] = [hashlib.sha256(data[offset : offset + length]).digest()]
                 elif transform is not None:
-                    for offset, length, split, dest, number in rows:
+                    for offset, length, split, dest, number, _ in rows:
                         f.seek(offset)
                         produced = transform(
                             names[split], np.frombuffer(read_exactly(f, length), dtype=np.uint8)
@@ -448,18 +436,24 @@ def copy_parts(
                             raise ValueError(
                                 f"the split transform changed a document's length ({length} bytes)"
                             )
+                        range_digests[number] = [hashlib.sha256(piece).digest() for piece in produced]
                         for piece in produced:
                             writer.write(piece.tobytes(), split, dest)
                             dest += len(piece)
                 else:
                     sha256 = hashlib.sha256() if source else None
-                    for offset, length, split, dest, _ in rows:
+                    for offset, length, split, dest, number, hashed in rows:
                         f.seek(offset)
+                        piece_sha256 = hashlib.sha256() if hashed else None
                         for data in read_pieces(f, length):
                             if sha256 is not None:
                                 sha256.update(data)
+                            if piece_sha256 is not None:
+                                piece_sha256.update(data)
                             writer.write(data, split, dest)
                             dest += len(data)
+                        if piece_sha256 is not None:
+                            range_digests[number] = [piece_sha256.digest()]
                     if sha256 is not None:
                         if sum(row[1] for row in rows) != size or f.read(1):
                             raise OSError(f"{path} changed while the cache was built from it; build again")
@@ -468,7 +462,7 @@ def copy_parts(
         writer.flush()
     finally:
         writer.close()
-    return digests, lengths, copied
+    return digests, lengths, range_digests, copied
 
 
 def read_pieces(f: BinaryIO, length: int) -> Iterator[bytes]:
@@ -490,6 +484,38 @@ def read_exactly(f: BinaryIO, length: int) -> bytes:
     return data
 
 
+def whole_documents(parts: Sequence[Part], ranges: Mapping[str, Sequence[tuple[int, int]]]) -> np.ndarray:
+    """For every range of every split (in order), the number of the non-empty document of ``parts``
+    it is, or -1 for a range that is not a whole document (a piece of one of 1 or 2 documents)."""
+    lengths = [length for part in parts for _, length in part.documents if length]
+    starts = np.cumsum([0, *lengths], dtype=np.int64)
+    bounds = np.concatenate(
+        [np.asarray(ranges[split], dtype=np.int64).reshape(-1, 2) for split in ranges] or [np.zeros((0, 2))]
+    ).astype(np.int64)
+    document = np.searchsorted(starts, bounds[:, 0], side="right") - 1
+    whole = (starts[document] == bounds[:, 0]) & (
+        starts[np.minimum(document + 1, len(lengths))] == bounds[:, 1]
+    )
+    return np.where(whole, document, -1)
+
+
+def non_empty_digests(parts: Sequence[Part], source_digests: Mapping[str, str]) -> list[bytes]:
+    """The SHA-256 of every non-empty document of ``parts``, in order: a part's own digests, or a raw
+    source file's (the document it is whole), hashed as the copy read it."""
+    digests = []
+    for part in parts:
+        if part.source:
+            if part.size:
+                digests.append(bytes.fromhex(source_digests[str(part.path)]))
+            continue
+        digests.extend(
+            digest
+            for (_, length), digest in zip(part.documents, part.document_digests, strict=True)
+            if length
+        )
+    return digests
+
+
 def write_splits(
     directory: Path,
     parts: Sequence[Part],
@@ -500,14 +526,18 @@ def write_splits(
 ) -> tuple[dict[str, dict[str, int]], dict[str, str], dict[str, dict[str, Any]]]:
     """Write ``{split}.bin`` and ``{split}.docs.npy`` of every split from the byte ranges of the corpus
     held by ``parts`` (``placed_pieces``), by the workers, the parts in groups; delete the part files
-    the workers wrote; hash every cache file in blocks (``file_records``), by the workers too. With
-    ``transform`` None a range is one document; otherwise ``transform(split, range's bytes)`` gives
-    its documents (their lengths adding up to the range's). Returns each split's bytes and
-    documents, the SHA-256 of the raw source files read, and the cache files' records."""
+    the workers wrote. With ``transform`` None a range is one document; otherwise ``transform(split,
+    range's bytes)`` gives its documents (their lengths adding up to the range's). Returns each
+    split's bytes and documents, the SHA-256 of the raw source files read, and the cache files'
+    records: a split file's ``documents_sha256`` from its documents' digests, those of the parts
+    (a raw file's its own) or, for a range that is not a whole document or is transformed, the
+    copy's."""
     if transform is not None and any(part.source for part in parts):
         raise ValueError("a split transform needs decoded parts: raw source files are copied as they are")
     sizes = [part.size for part in parts]
-    pieces = placed_pieces(sizes, ranges, merge=transform is None)
+    document = whole_documents(parts, ranges)
+    hashed = (document < 0) if transform is None else np.ones(len(document), dtype=bool)
+    pieces = placed_pieces(sizes, ranges, merge=transform is None, hashed=hashed)
     split_paths = [directory / f"{split}.bin" for split in ranges]
     for path, split in zip(split_paths, ranges, strict=True):
         with open(path, "wb") as f:
@@ -527,27 +557,34 @@ def write_splits(
     task = progress.add_task("writing the splits", total=sum(sizes))
     digests: dict[str, str] = {}
     lengths: dict[int, list[int]] = {}
-    for copied_digests, copied_lengths, copied in workers.map(copy_parts, tasks):
+    range_digests: dict[int, list[bytes]] = {}
+    for copied_digests, copied_lengths, copied_range_digests, copied in workers.map(copy_parts, tasks):
         digests.update(copied_digests)
         lengths.update(copied_lengths)
+        range_digests.update(copied_range_digests)
         progress.update(task, advance=copied)
     for part in parts:
         if not part.source:
             part.path.unlink()
-    counts = {}
+    document_digests = [] if transform is not None else non_empty_digests(parts, digests)
+    counts, records = {}, {}
     first = 0
     for split in ranges:
+        numbers = range(first, first + len(ranges[split]))
+        first += len(ranges[split])
         if transform is None:
             split_lengths = [int(hi - lo) for lo, hi in ranges[split]]
-        else:
-            split_lengths = [
-                n for number in range(first, first + len(ranges[split])) for n in lengths[number]
+            split_digests = [
+                range_digests[n][0] if document[n] < 0 else document_digests[document[n]] for n in numbers
             ]
-        first += len(ranges[split])
+        else:
+            split_lengths = [length for n in numbers for length in lengths[n]]
+            split_digests = [digest for n in numbers for digest in range_digests[n]]
         doc_offsets = np.cumsum([0, *split_lengths], dtype=np.int64)
         np.save(directory / f"{split}.docs.npy", doc_offsets)
         counts[split] = {"bytes": int(doc_offsets[-1]), "documents": len(split_lengths)}
-    records = file_records(
-        sorted(directory.glob("*.bin")) + sorted(directory.glob("*.docs.npy")), workers, progress
-    )
-    return counts, digests, records
+        records[f"{split}.bin"] = file_record(
+            directory / f"{split}.bin", documents_sha256=documents_sha256(split_digests)
+        )
+        records[f"{split}.docs.npy"] = file_record(directory / f"{split}.docs.npy")
+    return counts, digests, dict(sorted(records.items()))

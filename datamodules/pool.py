@@ -2,10 +2,11 @@
 
 A decoding task decodes one group of consecutive files (``sized_groups``) with a ``reader`` and writes
 their documents end to end into a part file of the build's temporary folder; it returns the
-documents' names and lengths, the SHA-256 of each file and the files or members it could not read.
+documents' names, lengths and SHA-256, the SHA-256 of each file and the files or members it could
+not read.
 The main process takes the parts in the order of the groups, whatever order the workers finish in,
 so the corpus is byte for byte the same with 1 worker (the same tasks, in this process) as with N.
-The same pool then copies the parts (or raw source files) into the split files and hashes them
+The same pool then copies the parts (or raw source files) into the split files
 (``cache.write_splits``).
 """
 
@@ -20,7 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .files import BUFFER_BYTES
 
@@ -72,7 +73,8 @@ class Part:
     once copied into the splits), or, with ``source``, a raw source file that is one document whole
     (read straight into its split, hashed as it is read). ``documents``: every document's (name,
     length; empty ones too); ``digests``: the SHA-256 of the source files the task read;
-    ``rejected``: the files or members it could not read."""
+    ``rejected``: the files or members it could not read; ``document_digests``: every document's
+    SHA-256, from which the manifest's hash of a split file is made (``cache.documents_sha256``)."""
 
     path: Path
     documents: list[tuple[str, int]] = field(default_factory=list)
@@ -80,6 +82,9 @@ class Part:
     digests: dict[str, str] = field(default_factory=dict)
     source: bool = False
     read: int = 0  # the bytes of the source files decoded into it
+    # The SHA-256 (32 bytes) of every document, hashed as it was written (a raw source's is its
+    # file's, known once the copy has read it).
+    document_digests: list[bytes] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -109,8 +114,27 @@ def file_sha256(path: Path | str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def hashed_rows(rows: Rows) -> list[bytes]:
+    """The SHA-256 of every row of a batch, each hashed where it lies in the batch's bytes."""
+    data, start, digests = memoryview(rows.data), 0, []
+    for length in rows.lengths:
+        digests.append(hashlib.sha256(data[start : start + length]).digest())
+        start += length
+    return digests
+
+
+def written_document(f: BinaryIO, chunks: Iterable[bytes]) -> tuple[int, bytes]:
+    """Write a document's pieces to ``f``: its length and SHA-256."""
+    sha256, length = hashlib.sha256(), 0
+    for data in chunks:
+        length += f.write(data)
+        sha256.update(data)
+    return length, sha256.digest()
+
+
 def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path) -> Part:
-    """Decode the files of one group into ``part_path`` and hash each (what a worker runs)."""
+    """Decode the files of one group into ``part_path``, hashing each document as it is written
+    and each file (what a worker runs)."""
     part = Part(part_path)
     with open(part_path, "wb", buffering=BUFFER_BYTES) as f:
         for name, path in group:
@@ -122,13 +146,16 @@ def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path)
                     elif isinstance(item, Rows):
                         f.write(item.data)
                         part.documents.extend(zip(item.names, item.lengths, strict=True))
+                        part.document_digests.extend(hashed_rows(item))
                     else:
                         document, chunks = item
-                        part.documents.append((document, sum(f.write(data) for data in chunks)))
+                        length, digest = written_document(f, chunks)
+                        part.documents.append((document, length))
+                        part.document_digests.append(digest)
             except Unreadable as error:
                 f.seek(start)
                 f.truncate()
-                del part.documents[documents:], part.rejected[rejected:]
+                del part.documents[documents:], part.rejected[rejected:], part.document_digests[documents:]
                 part.rejected.append(Rejected(str(path), str(error)))
             # Hashed here, beside its decoding, so the main process never reads a source file.
             part.digests[str(path)] = file_sha256(path)

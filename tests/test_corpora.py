@@ -142,37 +142,47 @@ def test_split_ranges_become_pieces_cut_to_their_part_and_merged_where_they_foll
     parts = [10, 6]  # the bytes of each part
     ranges = {"train": [(0, 4), (10, 16)], "val": [(4, 7)], "test": [(7, 10)]}
     merged = placed_pieces(parts, ranges, merge=True).tolist()
-    # part, offset in it, length, split, offset in the split, the range it starts at
-    assert merged == [[0, 0, 4, 0, 0, 0], [0, 4, 3, 1, 0, 2], [0, 7, 3, 2, 0, 3], [1, 0, 6, 0, 4, 1]]
+    # part, offset in it, length, split, offset in the split, the range it starts at, hashed by the copy
+    assert merged == [
+        [0, 0, 4, 0, 0, 0, 0],
+        [0, 4, 3, 1, 0, 2, 0],
+        [0, 7, 3, 2, 0, 3, 0],
+        [1, 0, 6, 0, 4, 1, 0],
+    ]
     ranges = {"train": [(0, 4), (4, 10), (10, 13), (13, 16)], "val": [], "test": []}
     merged = placed_pieces(parts, ranges, merge=True).tolist()
-    assert merged == [[0, 0, 10, 0, 0, 0], [1, 0, 6, 0, 10, 2]]  # cut at the part's end, not merged across
+    assert merged == [
+        [0, 0, 10, 0, 0, 0, 0],
+        [1, 0, 6, 0, 10, 2, 0],
+    ]  # cut at the part's end, not merged across
     single = placed_pieces(parts, ranges, merge=False).tolist()  # a split transform sees each range alone
-    assert [row[1:3] for row in single] == [[0, 4], [4, 6], [0, 3], [3, 3]] and [r[5] for r in single] == [
-        0,
-        1,
-        2,
-        3,
-    ]
+    assert [row[1:3] for row in single] == [[0, 4], [4, 6], [0, 3], [3, 3]]
+    assert [row[5] for row in single] == [0, 1, 2, 3]
+    # A range the copy hashes (not a whole document) is a piece of its own, never merged with another.
+    hashed = placed_pieces(parts, ranges, merge=True, hashed=np.array([False, True, False, False])).tolist()
+    assert [row[1:3] + row[5:] for row in hashed] == [[0, 4, 0, 0], [4, 6, 1, 1], [0, 6, 2, 0]]
 
 
 def test_a_raw_file_larger_than_a_read_is_cut_into_its_splits_in_pieces_and_hashed_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Reads of 8 bytes here: each of two raw files (1 or 2 documents are cut 90/5/5 each) is read
-    in pieces, in order, into three splits, and its SHA-256 is the whole file's."""
-    monkeypatch.setattr(cache, "CHUNK_BYTES", 8)
+    """Reads of 8 bytes (then of the whole file): each of two raw files (1 or 2 documents are cut
+    90/5/5 each) is read in pieces, in order, into three splits; its SHA-256 is the whole file's, and
+    each of its pieces, a document of its split, is hashed on its own for the split's record."""
     (tmp_path / "c").mkdir()
     files = {"a.bin": bytes(range(200)), "b.bin": bytes(range(100, 160))}
     for name, data in files.items():
         (tmp_path / "c" / name).write_bytes(data)
-    dm = built(str(tmp_path / "c"), tmp_path / "cache", workers=2)
     a, b = files.values()
     expected = {"train": a[:180] + b[:54], "val": a[180:190] + b[54:57], "test": a[190:] + b[57:]}
-    assert {split: bytes(dm.splits[split].data) for split in expected} == expected
-    assert [s["sha256"] for s in dm.manifest["sources"]] == [
-        hashlib.sha256(d).hexdigest() for d in files.values()
-    ]
+    for chunk in (8, cache.CHUNK_BYTES):
+        monkeypatch.setattr(cache, "CHUNK_BYTES", chunk)
+        dm = built(str(tmp_path / "c"), tmp_path / f"cache{chunk}", workers=2)
+        assert {split: bytes(dm.splits[split].data) for split in expected} == expected
+        assert [s["sha256"] for s in dm.manifest["sources"]] == [
+            hashlib.sha256(d).hexdigest() for d in files.values()
+        ]
+        assert recorded_files(dm) == real_files(dm)
 
 
 def test_a_raw_file_that_changes_while_the_cache_is_built_stops_the_build(
@@ -205,8 +215,12 @@ def test_the_progress_bar_counts_every_byte_written(tmp_path: Path) -> None:
         ("e", []),
     ]
     progress = Progress(disable=True)
-    written = write_corpus(tmp_path / "corpus.bin", documents, progress, "writing", None)
-    assert [length for _, length in written] == [1000] * 3000 + [3 * 2**20 + 1, 0]
+    part = write_corpus(tmp_path / "corpus.bin", documents, progress, "writing", None)
+    assert [length for _, length in part.documents] == [1000] * 3000 + [3 * 2**20 + 1, 0]
+    assert part.document_digests[-2:] == [
+        hashlib.sha256(b"y" * 3 * 2**20 + b"z").digest(),
+        hashlib.sha256(b"").digest(),
+    ]
     size = (tmp_path / "corpus.bin").stat().st_size
     assert progress.tasks[0].completed == size == 3000 * 1000 + 3 * 2**20 + 1
 
@@ -216,9 +230,8 @@ def test_the_manifest_records_every_source_s_sha256_whether_hashed_as_read_or_af
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Raw files are hashed as they are copied into the splits, row files as they are decoded: the
-    same record either way; the split files' records hold their hashes in blocks (3 bytes here, so
-    every file is several), hashed by both workers."""
-    monkeypatch.setattr(cache, "HASH_BLOCK_BYTES", 3)
+    same record either way; a split file's record is the hash of its documents' hashes, which for
+    raw files are the files' own."""
     for i in range(4):
         if kind == "raw":
             (tmp_path / "c").mkdir(exist_ok=True)
@@ -233,26 +246,52 @@ def test_the_manifest_records_every_source_s_sha256_whether_hashed_as_read_or_af
         for f, digest in zip(files, digests, strict=True)
     ]
     assert dm.manifest["sources"] == expected
-    assert recorded_files(dm) == real_files(dm, block=3)
+    assert recorded_files(dm) == real_files(dm)
+    if kind == "raw":  # one file, one document: a split's hash is made of its files' SHA-256
+        for split in ("train", "val", "test"):
+            data = bytes(dm.splits[split].data)
+            in_split = [d for f, d in zip(files, digests, strict=True) if f.read_bytes() in data]
+            assert (
+                dm.manifest["files"][f"{split}.bin"]["documents_sha256"]
+                == hashlib.sha256(b"".join(bytes.fromhex(d) for d in in_split)).hexdigest()
+            )
 
 
 def recorded_files(dm: TextBytes | ImageBytes) -> dict[str, tuple[int, str]]:
-    return {name: (r["size"], r["blocks_sha256"]) for name, r in dm.manifest["files"].items()}
+    return {
+        name: (r["size"], r.get("documents_sha256") or r["sha256"])
+        for name, r in dm.manifest["files"].items()
+    }
 
 
-def real_files(dm: TextBytes | ImageBytes, block: int = 16 * 2**20) -> dict[str, tuple[int, str]]:
-    """Size and hash of every file of the cache, read now: the SHA-256 of the SHA-256 digests of its
-    ``block``-byte blocks, as docs/DATA.md says to check it (the manifest's are hashed by the build's
-    workers)."""
+def real_files(dm: TextBytes | ImageBytes) -> dict[str, tuple[int, str]]:
+    """Size and hash of every file of the cache, read now, as docs/DATA.md says to check them: a
+    split file's SHA-256 of its documents' SHA-256 digests (its docs file cuts them), a docs file's
+    SHA-256 (the manifest's are hashed by the build's workers as they write the documents)."""
     hashes = {}
     for f in sorted(f for f in dm.cache_path.iterdir() if f.name != "manifest.json"):
         data = f.read_bytes()
-        blocks = [data[i : i + block] for i in range(0, max(len(data), 1), block)]
-        hashes[f.name] = (
-            len(data),
-            hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).hexdigest(),
-        )
+        if f.suffix == ".bin":
+            offsets = np.load(f.with_suffix(".docs.npy")).tolist()
+            documents = [data[lo:hi] for lo, hi in zip(offsets, offsets[1:], strict=False)]
+            digest = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in documents)).hexdigest()
+        else:
+            digest = hashlib.sha256(data).hexdigest()
+        hashes[f.name] = (len(data), digest)
     return hashes
+
+
+def test_the_check_docs_data_md_gives_for_a_split_file_is_the_manifest_s(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[1] / "docs" / "DATA.md").read_text()
+    (code,) = re.findall(r"```python\n(import hashlib, numpy as np\ndef documents_sha256.*?)```", text, re.S)
+    namespace: dict = {}
+    exec(code, namespace)
+    dm = built(str(write_rows(tmp_path / "c", "jsonl")), tmp_path / "cache")
+    for split in ("train", "val", "test"):
+        check = namespace["documents_sha256"](
+            dm.cache_path / f"{split}.bin", dm.cache_path / f"{split}.docs.npy"
+        )
+        assert check == dm.manifest["files"][f"{split}.bin"]["documents_sha256"]
 
 
 @pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.string_view()])
