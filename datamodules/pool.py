@@ -12,6 +12,7 @@ The same pool then copies the parts (or raw source files) into the split files
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import sys
@@ -185,10 +186,13 @@ def read_documents(
                 yield item[0], b"".join(item[1])
 
 
-def _one_thread() -> None:
+def _start_worker() -> None:
     # N workers on N cores: torch's own threads (image resizing) would only oversubscribe them.
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+    # The build forks with collection off in the main process (cache.frozen_objects); a worker that
+    # decodes a large corpus collects as any process does.
+    gc.enable()
 
 
 class Workers:
@@ -218,7 +222,7 @@ class Workers:
             # fork on Linux, as torch's DataLoader does: the children start at once with the
             # libraries the parent loaded; spawn elsewhere (fork is unsafe on macOS).
             context = get_context("fork" if sys.platform == "linux" else "spawn")
-            self._pool = ProcessPoolExecutor(self.count, mp_context=context, initializer=_one_thread)
+            self._pool = ProcessPoolExecutor(self.count, mp_context=context, initializer=_start_worker)
         pending: deque[Future[Any]] = deque()
         for task in tasks:
             pending.append(self._pool.submit(function, *task))

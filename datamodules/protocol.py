@@ -33,9 +33,8 @@ def assign_splits(names: Sequence[str], val_fraction: float, test_fraction: floa
     the next ceil(test_fraction * n) to test, the rest to train. A document's split therefore depends
     on its name and the corpus size only, not on the order the documents were read in.
     """
-    order = sorted(
-        range(len(names)), key=lambda i: hashlib.sha256(names[i].encode(errors="replace")).digest()
-    )
+    keys = [hashlib.sha256(name.encode(errors="replace")).digest() for name in names]
+    order = sorted(range(len(names)), key=keys.__getitem__)
     num_val = _ceil(val_fraction * len(names))
     num_test = _ceil(test_fraction * len(names))
     return {

@@ -207,6 +207,20 @@ def test_a_raw_file_that_changes_while_the_cache_is_built_stops_the_build(
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+def test_a_build_collects_no_garbage_in_the_main_process_and_its_workers_collect_as_usual() -> None:
+    """``frozen_objects`` freezes what is alive and turns collection off for the build, then back on;
+    the workers forked meanwhile collect (a worker decoding a large corpus must not grow)."""
+    import gc
+
+    from datamodules.pool import Workers
+
+    assert gc.isenabled()
+    with cache.frozen_objects(), Workers(2) as workers:
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        assert list(workers.map(gc.isenabled, [(), (), ()])) == [True, True, True]
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
 def test_the_progress_bar_counts_every_byte_written(tmp_path: Path) -> None:
     """Updates come a BUFFER_BYTES at a time, and the last one brings the count to the corpus's bytes;
     every document is listed, the empty one too."""
