@@ -62,7 +62,7 @@ def bench(
     if preset == "data":
         from .data import bench_data
 
-        return bench_data(Path(out) / "data", reps or 3, note)
+        return bench_data(Path(out) / "data", reps or 5, note)
     chosen = Preset(
         **{
             **asdict(PRESETS[preset]),
