@@ -40,7 +40,7 @@ from rich.progress import (
 )
 
 from .files import BUFFER_BYTES, CHUNK_BYTES
-from .pool import Part, Workers, file_sha256, sized_groups
+from .pool import Part, Workers, file_sha256, sized_groups, written_document
 
 # 2: the split files were hashed in 16 MiB blocks, the manifest lists one entry a line; 3: a split
 # file's hash is its documents' (``documents_sha256``), each hashed as it is written.
@@ -315,19 +315,21 @@ def write_corpus(
     task = progress.add_task(description, total=total)
     part = Part(path)
     unreported = 0
+
+    def reported(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        nonlocal unreported
+        for data in chunks:
+            yield data
+            unreported += len(data)
+            if unreported >= BUFFER_BYTES:
+                progress.update(task, advance=unreported)
+                unreported = 0
+
     with open(path, "wb", buffering=BUFFER_BYTES) as f:
         for name, chunks in documents:
-            sha256, size = hashlib.sha256(), 0
-            for data in chunks:
-                f.write(data)
-                sha256.update(data)
-                size += len(data)
-                unreported += len(data)
-                if unreported >= BUFFER_BYTES:
-                    progress.update(task, advance=unreported)
-                    unreported = 0
-            part.documents.append((name, size))
-            part.document_digests.append(sha256.digest())
+            length, digest = written_document(f, reported(chunks))
+            part.documents.append((name, length))
+            part.document_digests.append(digest)
     progress.update(task, advance=unreported)
     return part
 
