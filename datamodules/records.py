@@ -152,16 +152,27 @@ def zstd_chunks(path: Path) -> Iterator[bytes]:
         raise Unreadable("truncated: its last zstd frame ends early")
 
 
-def line_batches(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
+def line_batches(chunks: Iterable[bytes]) -> Iterator[list[bytes | memoryview]]:
     """The lines of a stream of pieces (without their newlines), as the list of lines each piece
-    completes."""
-    rest = b""
+    completes: views of the piece, not copies, but for a line begun in an earlier piece (its
+    pieces joined once, however many there are)."""
+    rest: list[bytes] = []
     for data in chunks:
-        pieces = (rest + data).split(b"\n")
-        rest = pieces.pop()
-        yield pieces
-    if rest:
-        yield [rest]
+        end = data.rfind(b"\n")
+        if end < 0:
+            rest.append(data)
+            continue
+        first = data.find(b"\n")
+        lines: list[bytes | memoryview] = [b"".join([*rest, data[:first]])]
+        view, start = memoryview(data), first + 1
+        while start <= end:
+            stop = data.find(b"\n", start)
+            lines.append(view[start:stop])
+            start = stop + 1
+        rest = [data[end + 1 :]]
+        yield lines
+    if tail := b"".join(rest):
+        yield [tail]
 
 
 def json_batches(path: Path, field: str) -> Iterator[tuple[bytes, list[int]]]:
@@ -171,20 +182,22 @@ def json_batches(path: Path, field: str) -> Iterator[tuple[bytes, list[int]]]:
     orjson parses each line (twice the standard library's rate on text); a line it refuses, or whose
     field is missing or not a string, is parsed again by ``json_value``, which reads what json reads
     (NaN, a byte order mark, a lone surrogate: orjson refuses them) and words the error. The two
-    agree on every line orjson reads, so the bytes are json's whichever parsed them."""
+    agree on every line orjson reads, so the bytes are json's whichever parsed them. A blank line is
+    one that orjson refuses (no JSON at all) and that holds only whitespace."""
     orjson = require("orjson", "JSON lines")
     loads, refused = orjson.loads, (orjson.JSONDecodeError, KeyError, TypeError)
     first = 1  # the number of the batch's first line
     for lines in line_batches(decompressed(path)):
         values = []
         for number, line in enumerate(lines, first):
-            if not line.strip():
-                continue
             try:
                 value = loads(line)[field]
             except refused:
                 value = None
-            values.append(value.encode() if type(value) is str else json_value(line, number, field))
+            if type(value) is str:
+                values.append(value.encode())
+            elif bytes(line).strip():
+                values.append(json_value(bytes(line), number, field))
         first += len(lines)
         yield b"".join(values), [len(value) for value in values]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from rich.progress import Progress
 from datamodules import ImageBytes, TextBytes, cache
 from datamodules.cache import placed_pieces, write_corpus
 from datamodules.files import named_files, read_chunks, resolved_stats
-from datamodules.records import string_values, without_suffix
+from datamodules.records import line_batches, string_values, without_suffix
 from experiments import data as bytelab_data
 from experiments.cli import main
 from experiments.data import order0_bits
@@ -316,6 +317,20 @@ def test_a_batch_of_rows_is_its_values_end_to_end_with_their_lengths(kind: pa.Da
         assert bytes(data) == "".join(values).encode() and lengths == [len(v.encode()) for v in values]
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3, 7, 64])
+def test_lines_are_the_stream_s_lines_however_its_pieces_fall(cut: int) -> None:
+    # Newlines at a piece's first and last byte, pieces without one, a long line over many pieces,
+    # blank lines and a last line without its newline.
+    rng = np.random.default_rng(cut)
+    text = b"\n\nab\n" + b"x" * 300 + b"\nc\n\n" + bytes(rng.integers(0, 3, 500).astype(np.uint8)) + b"\nend"
+    text = text.replace(b"\x01", b"\n")
+    bounds = sorted({0, len(text), *rng.integers(0, len(text), len(text) // cut).tolist()})
+    pieces = [text[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    lines = [bytes(line) for batch in line_batches(pieces) for line in batch]
+    assert lines == text.split(b"\n")
+    assert [bytes(line) for batch in line_batches([b"a\nb\n"]) for line in batch] == [b"a", b"b"]
+
+
 def test_json_lines_orjson_refuses_are_read_as_json_reads_them(tmp_path: Path) -> None:
     # orjson parses the lines; NaN, a byte order mark, a huge integer or a duplicate key are what
     # json reads and orjson refuses or reads otherwise: the values must be json's all the same.
@@ -326,6 +341,7 @@ def test_json_lines_orjson_refuses_are_read_as_json_reads_them(tmp_path: Path) -
         b'{"text": "first", "text": "last"}',
         b'  {"text": "spaces"}  \r',
         b"",
+        b" \t\r",
         b'{"text": "caf\\u00e9 \\ud83d\\ude00"}',
     ]
     data = lines(ROWS[:3]) + b"\n".join(edge) + b"\n"
