@@ -196,8 +196,8 @@ def json_batches(path: Path, field: str) -> Iterator[tuple[bytes, list[int]]]:
                 value = None
             if type(value) is str:
                 values.append(value.encode())
-            elif bytes(line).strip():
-                values.append(json_value(bytes(line), number, field))
+            elif (text := bytes(line)).strip():
+                values.append(json_value(text, number, field))
         first += len(lines)
         yield b"".join(values), [len(value) for value in values]
 
