@@ -44,6 +44,7 @@ from .protocol import (
     check_alignment,
     evaluation_batches,
     evaluation_windows,
+    name_keys,
     rank_batches,
     split_ranges,
     train_samples_per_rank,
@@ -59,6 +60,19 @@ def distributed_rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def corpus_keys(parts: list[Part]) -> bytes:
+    """``protocol.name_keys`` of the names of the non-empty documents of ``parts``, in order: those
+    the workers took as they decoded, the others' taken here."""
+    keys = b"".join(
+        part.name_keys
+        if len(part.name_keys) == 32 * len(part.documents)
+        else name_keys(name for name, _ in part.documents)
+        for part in parts
+    )
+    lengths = np.fromiter((length for part in parts for _, length in part.documents), dtype=np.int64)
+    return np.frombuffer(keys, dtype="S32")[lengths > 0].tobytes()
 
 
 class ByteDataModule(L.LightningDataModule):
@@ -266,10 +280,11 @@ class ByteDataModule(L.LightningDataModule):
         None here, documents stay as they are."""
         return None
 
-    def split_ranges(self, names: list[str], offsets: np.ndarray) -> dict[str, list[tuple[int, int]]]:
-        """The byte ranges of the corpus that become each split (see the class docstring); a modality
-        whose corpus has an official held-out split may use it instead."""
-        return split_ranges(names, offsets, self.val_fraction, self.test_fraction)
+    def split_ranges(self, names: list[str], offsets: np.ndarray, keys: bytes) -> dict[str, np.ndarray]:
+        """The byte ranges of the corpus (int64 rows start, end) that become each split (see the
+        class docstring; ``keys``: ``protocol.name_keys(names)``); a modality whose corpus has an
+        official held-out split may use it instead."""
+        return split_ranges(names, offsets, self.val_fraction, self.test_fraction, keys)
 
     def train_dataset(self) -> Dataset:
         """Training sample number i as a uint8 array of up to seq_len bytes, a function of (seed, i)
@@ -394,9 +409,9 @@ class ByteDataModule(L.LightningDataModule):
                     self._describe(),
                     self.cache_path / "manifest.json",
                 )
-            ranges = self.split_ranges(names, np.cumsum([0, *lengths], dtype=np.int64))
+            ranges = self.split_ranges(names, np.cumsum([0, *lengths], dtype=np.int64), corpus_keys(parts))
             for split in SPLITS:
-                if not ranges[split]:
+                if not len(ranges[split]):
                     raise ValueError(
                         f"split {split!r} of {self._describe()} would be empty ({len(names)} documents); "
                         "add documents or change val_fraction/test_fraction"

@@ -25,7 +25,6 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from json.encoder import encode_basestring_ascii as quoted
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -110,20 +109,15 @@ def source_records(
     ]
 
 
-def entry_text(entry: Any) -> str:
-    """``json.dumps(entry)``, at half its cost for a flat mapping of strings and integers (a source's
-    record, one a file of the corpus): json's own C escaping of each string, without the encoder
-    json.dumps builds a call."""
-    if type(entry) is not dict:
-        return json.dumps(entry)
-    fields = []
-    for key, item in entry.items():
-        if type(key) is not str:
-            return json.dumps(entry)
-        kind = type(item)
-        text = quoted(item) if kind is str else str(item) if kind is int else json.dumps(item)
-        fields.append(f"{quoted(key)}: {text}")
-    return "{" + ", ".join(fields) + "}"
+def entries_text(entries: list[Any]) -> str:
+    """The entries of a list as JSON, one a line, indented 4: json's C encoder writes the whole list
+    in one call (a call an entry, each building its encoder, cost more than the rest of a build of
+    many small files), then the list is cut between its mappings. A quote inside a JSON string is
+    always escaped, so ``}, {"`` is found only where one mapping ends and the next begins (or
+    between the mappings of a list inside an entry, which then spans lines: still the same JSON)."""
+    if not all(type(entry) is dict and entry for entry in entries):
+        return ",\n".join(f"    {json.dumps(entry)}" for entry in entries)
+    return "    " + json.dumps(entries)[1:-1].replace('}, {"', '},\n    {"')
 
 
 def manifest_text(manifest: Mapping[str, Any]) -> str:
@@ -133,7 +127,7 @@ def manifest_text(manifest: Mapping[str, Any]) -> str:
 
     def value(item: Any) -> str:
         if isinstance(item, list) and item:
-            return "[\n" + ",\n".join(f"    {entry_text(entry)}" for entry in item) + "\n  ]"
+            return "[\n" + entries_text(item) + "\n  ]"
         if isinstance(item, dict) and item:
             entries = (f"    {json.dumps(str(k))}: {json.dumps(v)}" for k, v in item.items())
             return "{\n" + ",\n".join(entries) + "\n  }"
@@ -426,9 +420,9 @@ def copy_parts(
     OFFSET..HASHED, each part's by offset, one part after the other) are its. A source file is read
     whole, in order, and hashed as it is read; one whose size moved since the build began stops it.
     With ``transform`` each piece (one document) becomes ``transform(split, its bytes)``, written end
-    to end. Returns the sources' SHA-256 (by path), each transformed range's document lengths and
-    the SHA-256 of the documents of every transformed or HASHED range (by range number), and the
-    bytes copied."""
+    to end. A part file (not a source) is deleted once copied. Returns the sources' SHA-256 (by
+    path), each transformed range's document lengths and the SHA-256 of the documents of every
+    transformed or HASHED range (by range number), and the bytes copied."""
     names = [Path(path).name.removesuffix(".bin") for path in split_paths]
     writer = SplitWriter(split_paths)
     digests: dict[str, str] = {}
@@ -483,6 +477,9 @@ def copy_parts(
                         if sum(row[1] for row in rows) != size or f.read(1):
                             raise OSError(f"{path} changed while the cache was built from it; build again")
                         digests[path] = sha256.hexdigest()
+            if not source:
+                # Here rather than in the main process, which would free the pages alone.
+                os.unlink(path)
             copied += size
         writer.flush()
     finally:
@@ -553,8 +550,8 @@ def write_splits(
     progress: Progress,
 ) -> tuple[dict[str, dict[str, int]], dict[str, str], dict[str, dict[str, Any]]]:
     """Write ``{split}.bin`` and ``{split}.docs.npy`` of every split from the byte ranges of the corpus
-    held by ``parts`` (``placed_pieces``), by the workers, the parts in groups; delete the part files
-    the workers wrote. With ``transform`` None a range is one document; otherwise ``transform(split,
+    held by ``parts`` (``placed_pieces``), by the workers, the parts in groups, which delete the part
+    files once copied. With ``transform`` None a range is one document; otherwise ``transform(split,
     range's bytes)`` gives its documents (their lengths adding up to the range's). Returns each
     split's bytes and documents, the SHA-256 of the raw source files read, and the cache files'
     records: a split file's ``documents_sha256`` from its documents' digests, those of the parts
@@ -564,13 +561,14 @@ def write_splits(
         raise ValueError("a split transform needs decoded parts: raw source files are copied as they are")
     sizes = [part.size for part in parts]
     paths = [str(part.path) for part in parts]
+    ranges = {split: np.asarray(ranges[split], dtype=np.int64).reshape(-1, 2) for split in ranges}
     document = whole_documents(parts, ranges)
     hashed = (document < 0) if transform is None else np.ones(len(document), dtype=bool)
     pieces = placed_pieces(sizes, ranges, merge=transform is None, hashed=hashed)
     split_paths = [directory / f"{split}.bin" for split in ranges]
     for path, split in zip(split_paths, ranges, strict=True):
         with open(path, "wb") as f:
-            f.truncate(sum(hi - lo for lo, hi in ranges[split]))
+            f.truncate(int((ranges[split][:, 1] - ranges[split][:, 0]).sum()))
     bounds = np.searchsorted(pieces[:, 0], np.arange(len(parts) + 1)).tolist()
     targets = list(map(str, split_paths))
     tasks = [
@@ -592,20 +590,20 @@ def write_splits(
         lengths.update(copied_lengths)
         range_digests.update(copied_range_digests)
         progress.update(task, advance=copied)
-    for part in parts:
-        if not part.source:
-            part.path.unlink()
-    document_digests = [] if transform is not None else non_empty_digests(parts, paths, sizes, digests)
+    if transform is None:
+        whole = np.frombuffer(b"".join(non_empty_digests(parts, paths, sizes, digests)), dtype="S32")
     counts, records = {}, {}
     first = 0
     for split in ranges:
         numbers = range(first, first + len(ranges[split]))
         first += len(ranges[split])
         if transform is None:
-            split_lengths = [int(hi - lo) for lo, hi in ranges[split]]
-            split_digests = [
-                range_digests[n][0] if document[n] < 0 else document_digests[document[n]] for n in numbers
-            ]
+            split_lengths = (ranges[split][:, 1] - ranges[split][:, 0]).tolist()
+            # A whole document's digest is its part's; a piece of one is the copy's.
+            chosen = whole[np.maximum(document[numbers.start : numbers.stop], 0)]
+            for n in np.flatnonzero(document[numbers.start : numbers.stop] < 0).tolist():
+                chosen[n] = range_digests[numbers.start + n][0]
+            split_digests = [chosen.tobytes()]
         else:
             split_lengths = [length for n in numbers for length in lengths[n]]
             split_digests = [digest for n in numbers for digest in range_digests[n]]

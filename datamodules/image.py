@@ -344,15 +344,15 @@ class ImageBytes(ByteDataModule):
             "split": self.split,
         }
 
-    def split_ranges(self, names: list[str], offsets: np.ndarray) -> dict[str, list[tuple[int, int]]]:
+    def split_ranges(self, names: list[str], offsets: np.ndarray, keys: bytes) -> dict[str, np.ndarray]:
         """With ``split="official"`` the corpus's own held-out images are the test split."""
         if self.split != "official":
-            return super().split_ranges(names, offsets)
+            return super().split_ranges(names, offsets, keys)
         if self.format == "cifar10":
             held_out = [name.startswith("test/") for name in names]
         else:
             held_out = [held_out_file(Path(name.rsplit("/", 1)[0])) for name in names]
-        return official_split_ranges(names, offsets, held_out, self.val_fraction)
+        return official_split_ranges(names, offsets, held_out, self.val_fraction, keys)
 
     def sources(self) -> list[Path]:
         """The files read, or the embedded archive."""

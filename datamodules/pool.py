@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .files import BUFFER_BYTES
+from .protocol import name_keys
 
 # A group holds consecutive files up to this many, or up to this many source bytes: big enough that
 # a task's start-up is noise beside its work, small enough that the cores share the corpus evenly.
@@ -75,7 +76,8 @@ class Part:
     (read straight into its split, hashed as it is read). ``documents``: every document's (name,
     length; empty ones too); ``digests``: the SHA-256 of the source files the task read;
     ``rejected``: the files or members it could not read; ``document_digests``: every document's
-    SHA-256, from which the manifest's hash of a split file is made (``cache.documents_sha256``)."""
+    SHA-256, from which the manifest's hash of a split file is made (``cache.documents_sha256``);
+    ``name_keys``: what orders them for the split (``protocol.name_keys``), if taken."""
 
     path: Path
     documents: list[tuple[str, int]] = field(default_factory=list)
@@ -86,6 +88,9 @@ class Part:
     # The SHA-256 (32 bytes) of every document, hashed as it was written (a raw source's is its
     # file's, known once the copy has read it).
     document_digests: list[bytes] = field(default_factory=list)
+    # ``protocol.name_keys`` of every document's name, taken where the names were made (empty when
+    # not taken: the build takes them then).
+    name_keys: bytearray = field(default_factory=bytearray)
 
     @property
     def size(self) -> int:
@@ -134,8 +139,8 @@ def written_document(f: BinaryIO, chunks: Iterable[bytes]) -> tuple[int, bytes]:
 
 
 def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path) -> Part:
-    """Decode the files of one group into ``part_path``, hashing each document as it is written
-    and each file (what a worker runs)."""
+    """Decode the files of one group into ``part_path``, hashing each document as it is written,
+    each file, and each document's name for the split (what a worker runs)."""
     part = Part(part_path)
     with open(part_path, "wb", buffering=BUFFER_BYTES) as f:
         for name, path in group:
@@ -148,15 +153,18 @@ def decode_group(reader: Reader, group: list[tuple[str, Path]], part_path: Path)
                         f.write(item.data)
                         part.documents.extend(zip(item.names, item.lengths, strict=True))
                         part.document_digests.extend(hashed_rows(item))
+                        part.name_keys += name_keys(item.names)
                     else:
                         document, chunks = item
                         length, digest = written_document(f, chunks)
                         part.documents.append((document, length))
                         part.document_digests.append(digest)
+                        part.name_keys += name_keys([document])
             except Unreadable as error:
                 f.seek(start)
                 f.truncate()
                 del part.documents[documents:], part.rejected[rejected:], part.document_digests[documents:]
+                del part.name_keys[32 * documents :]
                 part.rejected.append(Rejected(str(path), str(error)))
             # Hashed here, beside its decoding, so the main process never reads a source file.
             part.digests[str(path)] = file_sha256(path)
@@ -206,9 +214,12 @@ class Workers:
     def __enter__(self) -> Workers:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            # After a build every task is done: the workers exit meanwhile, without this process
+            # waiting for them (about 15 ms). After an error the running tasks are waited for, so that
+            # none still writes into the build's folder as it is removed.
+            self._pool.shutdown(wait=kind is not None, cancel_futures=True)
             self._pool = None
 
     def map(self, function: Callable[..., Any], tasks: Sequence[tuple[Any, ...]]) -> Iterator[Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,38 +26,54 @@ def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
 
 
-def assign_splits(names: Sequence[str], val_fraction: float, test_fraction: float) -> dict[str, list[int]]:
+def name_keys(names: Iterable[str]) -> bytes:
+    """What orders documents for the split: the SHA-256 of every name (its UTF-8, a lone surrogate
+    replaced), 32 bytes a name, end to end. The build's workers take them for the documents they
+    decode, beside the documents' own digests."""
+    return b"".join(hashlib.sha256(name.encode(errors="replace")).digest() for name in names)
+
+
+def assign_splits(
+    names: Sequence[str], val_fraction: float, test_fraction: float, keys: bytes | None = None
+) -> dict[str, list[int]]:
     """Document indices of each split, each list in the original order.
 
     Documents are ordered by the SHA-256 of their name; the first ceil(val_fraction * n) go to val,
     the next ceil(test_fraction * n) to test, the rest to train. A document's split therefore depends
-    on its name and the corpus size only, not on the order the documents were read in.
+    on its name and the corpus size only, not on the order the documents were read in. ``keys``:
+    ``name_keys(names)``, if already taken.
     """
-    keys = [hashlib.sha256(name.encode(errors="replace")).digest() for name in names]
-    order = sorted(range(len(names)), key=keys.__getitem__)
+    keys = name_keys(names) if keys is None else keys
+    if len(keys) != 32 * len(names):
+        raise ValueError(f"assign_splits: {len(keys)} bytes of keys for {len(names)} names (32 a name)")
+    # As 32-byte strings the digests sort as bytes compare; a stable sort keeps equal names in order.
+    order = np.argsort(np.frombuffer(keys, dtype="S32"), kind="stable")
     num_val = _ceil(val_fraction * len(names))
     num_test = _ceil(test_fraction * len(names))
     return {
-        "train": sorted(order[num_val + num_test :]),
-        "val": sorted(order[:num_val]),
-        "test": sorted(order[num_val : num_val + num_test]),
+        "train": np.sort(order[num_val + num_test :]).tolist(),
+        "val": np.sort(order[:num_val]).tolist(),
+        "test": np.sort(order[num_val : num_val + num_test]).tolist(),
     }
 
 
 def split_ranges(
-    names: Sequence[str], offsets: np.ndarray, val_fraction: float, test_fraction: float
-) -> dict[str, list[tuple[int, int]]]:
+    names: Sequence[str],
+    offsets: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    keys: bytes | None = None,
+) -> dict[str, np.ndarray]:
     """Byte ranges of a corpus (documents end to end, document i at offsets[i]:offsets[i + 1]) that
     become the documents of each split.
 
     With 3 or more documents, whole documents as ``assign_splits`` assigns them. With 1 or 2 (one big
     file such as enwik8) each document is cut contiguously instead: its first 1 - val_fraction -
     test_fraction to train, then val_fraction to val, the rest to test; an empty piece is left out.
+    Each split's ranges are int64 rows (start, end); ``keys``: ``name_keys(names)``, if already taken.
     """
     if len(names) >= 3:
-        indices = assign_splits(names, val_fraction, test_fraction)
-        bounds = np.asarray(offsets).tolist()  # ints: indexing an array per document costs more
-        return {split: [(bounds[i], bounds[i + 1]) for i in indices[split]] for split in SPLITS}
+        return document_ranges(offsets, assign_splits(names, val_fraction, test_fraction, keys))
     ranges: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
     for start, end in zip(offsets[:-1], offsets[1:], strict=True):
         n = end - start
@@ -67,25 +83,36 @@ def split_ranges(
         for split, lo, hi in zip(SPLITS, cuts, cuts[1:], strict=False):
             if hi > lo:
                 ranges[split].append((lo, hi))
-    return ranges
+    return {split: np.array(ranges[split], dtype=np.int64).reshape(-1, 2) for split in SPLITS}
+
+
+def document_ranges(offsets: np.ndarray, indices: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """The byte ranges (int64 rows start, end) of the documents of each split, by their indices."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    chosen = {split: np.asarray(indices[split], dtype=np.int64) for split in SPLITS}
+    return {split: np.column_stack([offsets[i], offsets[i + 1]]) for split, i in chosen.items()}
 
 
 def official_split_ranges(
-    names: Sequence[str], offsets: np.ndarray, held_out: Sequence[bool], val_fraction: float
-) -> dict[str, list[tuple[int, int]]]:
+    names: Sequence[str],
+    offsets: np.ndarray,
+    held_out: Sequence[bool],
+    val_fraction: float,
+    keys: bytes | None = None,
+) -> dict[str, np.ndarray]:
     """Byte ranges of each split when the corpus comes with its own held-out split (CIFAR-10's test
     batch, downsampled ImageNet's validation file): the held-out documents are the test split, and
     the others are hashed into val (the first ceil(val_fraction * n) by SHA-256 of their name) and
-    train, as ``assign_splits`` does."""
+    train, as ``assign_splits`` does (``keys``: ``name_keys(names)``, if already taken)."""
     rest = [i for i, out in enumerate(held_out) if not out]
-    hashed = assign_splits([names[i] for i in rest], val_fraction, 0.0)
+    rest_keys = None if keys is None else np.frombuffer(keys, dtype="S32")[rest].tobytes()
+    hashed = assign_splits([names[i] for i in rest], val_fraction, 0.0, rest_keys)
     indices = {
         "train": [rest[i] for i in hashed["train"]],
         "val": [rest[i] for i in hashed["val"]],
         "test": [i for i, out in enumerate(held_out) if out],
     }
-    bounds = np.asarray(offsets).tolist()
-    return {split: [(bounds[i], bounds[i + 1]) for i in indices[split]] for split in SPLITS}
+    return document_ranges(offsets, indices)
 
 
 def training_ends(doc_lengths: np.ndarray, align: int = 1) -> np.ndarray:

@@ -13,6 +13,7 @@ from datamodules.datasets import TrainSampler, TrainWindows
 from datamodules.protocol import (
     assign_splits,
     evaluation_windows,
+    name_keys,
     training_coverage,
     training_ends,
     training_window,
@@ -191,6 +192,23 @@ def test_split_follows_name_hashes() -> None:
     assign = assign_splits(names, 0.1, 0.2)
     order = sorted(range(10), key=lambda i: hashlib.sha256(names[i].encode()).hexdigest())
     assert assign == {"train": sorted(order[3:]), "val": [order[0]], "test": sorted(order[1:3])}
+
+
+def test_split_orders_the_keys_as_bytes_compare_and_keeps_equal_ones_in_order() -> None:
+    """The keys are sorted as numpy strings: zero bytes inside or at the end of a key, and equal
+    keys, must sort as Python sorts the bytes (stably), with or without keys given."""
+    rng = np.random.default_rng(0)
+    chunks = rng.integers(0, 3, (400, 32), dtype=np.uint8)  # zeros everywhere, many shared prefixes
+    chunks[::7, -5:] = 0  # keys that end in zero bytes
+    chunks[1::50] = chunks[0]  # equal keys
+    keys = chunks.tobytes()
+    order = sorted(range(400), key=lambda i: keys[32 * i : 32 * i + 32])
+    got = assign_splits([""] * 400, 0.1, 0.2, keys)
+    assert got == {"train": sorted(order[120:]), "val": sorted(order[:40]), "test": sorted(order[40:120])}
+    names = [f"shard/{i}" for i in range(50)] + ["caf\u00e9", "lone \udc80"]
+    assert assign_splits(names, 0.1, 0.1, name_keys(names)) == assign_splits(names, 0.1, 0.1)
+    with pytest.raises(ValueError, match="32 a name"):
+        assign_splits(names, 0.1, 0.1, keys[:64])
 
 
 def test_single_file_is_split_contiguously(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ files, the same documents as 8 ``.jsonl.zst`` shards and as 8 Parquet shards (ab
 documents each), and 4 WebDataset tar shards of 250 JPEGs. Each is built into a fresh cache with 1
 and 2 workers (the median of ``reps`` builds); the machine's limit is the same files read by
 ``cat``, or decompressed by ``zstd -dc``, measured in the same run after one warm-up read, so both
-read from the page cache. For Parquet and JPEG, whose tool decodes nothing, the decoder itself is
-timed too (pyarrow's read_table, Pillow's decode, one process): the limit no build can pass.
+read from the page cache. For Parquet and JPEG, whose tool decodes nothing, and JSON lines, whose tool
+decompresses but parses no JSON, the decoder itself is timed too (pyarrow's read_table, Pillow's
+decode, zstandard's decompression with orjson's parse of every line; one process): the limit no
+build can pass.
 
 A build of 20 MB takes a second or less, of which a fixed part (starting the pool, the manifest)
 would dominate, and says little about a corpus of gigabytes. So every corpus is also generated
@@ -134,6 +136,17 @@ def read_parquet(files: list[Path]) -> None:
         pq.read_table(path, columns=["text"], use_threads=False)
 
 
+def parse_json_lines(files: list[Path]) -> None:
+    """Every line of the .jsonl.zst shards decompressed by zstandard and parsed by orjson, its text
+    field encoded to UTF-8, in one process: the decoding a build of JSON lines cannot do without,
+    of which ``zstd -dc`` does only the first half."""
+    zstandard, orjson = require("zstandard", ".zst files"), require("orjson", "JSON lines")
+    for path in files:
+        text = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+        for line in text.splitlines():
+            orjson.loads(line)["text"].encode()
+
+
 def decode_jpegs(files: list[Path]) -> None:
     """Every image of the tar shards decoded to RGB pixels by Pillow, in one process (no resizing):
     the decoding a build of JPEGs cannot do without."""
@@ -146,6 +159,7 @@ def decode_jpegs(files: list[Path]) -> None:
 
 # A decoder's own rate, the limit of a build of a compressed format beside the tool's (which reads bytes).
 DECODERS: dict[str, tuple[str, Callable[[list[Path]], None]]] = {
+    "jsonl.zst": ("zstandard + orjson", parse_json_lines),
     "parquet": ("pyarrow read_table", read_parquet),
     "jpeg": ("Pillow decode", decode_jpegs),
 }
@@ -272,10 +286,12 @@ def bench_data(folder: Path, reps: int = 3, note: str = "") -> int:
         "slope, the rate at which a large corpus is built); `marginal_limit` is the tool's slope the same\n"
         "way, and `marginal_limit_over_2_workers` the goal's ratio for a large corpus. A fixed part below\n"
         "zero, or NaN, means the noise of the machine was larger than the difference.\n\n"
-        "For Parquet and JPEG the tool reads compressed bytes and decodes nothing, so the table also\n"
-        "times the decoder itself, in one process, on the same files (`decoder`: pyarrow's read_table of\n"
-        "the text column; Pillow's decode to RGB, without the build's resize): `decoder_limit` its rate,\n"
-        "`decoder_over_2_workers` and `marginal_decoder_over_2_workers` the goal's ratios against it.\n\n"
+        "For Parquet and JPEG the tool reads compressed bytes and decodes nothing, and for JSON lines it\n"
+        "decompresses but parses no JSON, so the table also times the decoder itself, in one process, on\n"
+        "the same files (`decoder`: pyarrow's read_table of the text column; Pillow's decode to RGB,\n"
+        "without the build's resize; zstandard's decompression and orjson's parse of every line, its text\n"
+        "encoded): `decoder_limit` its rate, `decoder_over_2_workers` and\n"
+        "`marginal_decoder_over_2_workers` the goal's ratios against it.\n\n"
         f"{to_markdown(table).rstrip()}\n\n{note}".rstrip()
         + "\n"
     )
