@@ -4,12 +4,11 @@ The corpora are generated deterministically into a temporary folder (lines of th
 Shakespeare drawn by a seeded generator; crops of the embedded photos saved as JPEG): 3000 raw text
 files, the same documents as 8 ``.jsonl.zst`` shards and as 8 Parquet shards (about 24 MB of
 documents each), and 4 WebDataset tar shards of 250 JPEGs. Each is built into a fresh cache with 1
-and 2 workers (the median of ``reps`` builds); the machine's limit is the same files read by
-``cat``, or decompressed by ``zstd -dc``, measured in the same run after one warm-up read, so both
-read from the page cache. For Parquet and JPEG, whose tool decodes nothing, and JSON lines, whose tool
-decompresses but parses no JSON, the decoder itself is timed too (pyarrow's read_table, Pillow's
-decode, zstandard's decompression with orjson's parse of every line; one process): the limit no
-build can pass.
+and 2 workers; the machine's limit is the same files read by ``cat``, or decompressed by
+``zstd -dc``, in the same rounds (``measure``), so both read from the page cache. For Parquet and JPEG,
+whose tool decodes nothing, and JSON lines, whose tool decompresses but parses no JSON, the decoder
+itself is timed too (pyarrow's read_table, Pillow's decode, zstandard's decompression with orjson's
+parse of every line; one process): the limit no build can pass.
 
 A build of 20 MB takes a second or less, of which a fixed part (starting the pool, the manifest)
 would dominate, and says little about a corpus of gigabytes. So every corpus is also generated
@@ -20,6 +19,7 @@ slope the marginal rate, what a large corpus is built at.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -95,37 +95,28 @@ def write_image_shards(folder: Path, per_shard: int, seed: int = 0) -> None:
                 tar.addfile(info, io.BytesIO(buffer.getvalue()))
 
 
-def build_seconds(make: Callable[[str, int], ByteDataModule], workers: int, reps: int) -> tuple[float, dict]:
-    """The median seconds of ``reps`` cache builds from scratch, and the last build's split counts."""
-    times = []
-    for _ in range(reps):
-        folder = tempfile.mkdtemp(prefix="bytelab-bench-cache.")
-        try:
-            dm = make(folder, workers)
-            # Nothing left to write back (the corpus just written, the last build's cache) while timed.
-            os.sync()
-            start = time.perf_counter()
-            dm.prepare_data()
-            times.append(time.perf_counter() - start)
-            manifest = json.loads((dm.cache_path / "manifest.json").read_text())
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    return statistics.median(times), manifest["splits"]
-
-
-def limit_seconds(tool: list[str], files: list[Path], reps: int) -> float | None:
-    """The median seconds ``tool`` takes to read ``files`` to /dev/null (after one warm-up); None
-    when the tool is not installed."""
-    if shutil.which(tool[0]) is None:
-        return None
-    times = []
-    os.sync()
-    for rep in range(reps + 1):
+def build_seconds(make: Callable[[str, int], ByteDataModule], workers: int) -> tuple[float, dict]:
+    """The seconds of one cache build from scratch, and its split counts."""
+    folder = tempfile.mkdtemp(prefix="bytelab-bench-cache.")
+    try:
+        dm = make(folder, workers)
+        # Nothing left to write back (the corpus just written, the last build's cache) while timed.
+        os.sync()
         start = time.perf_counter()
-        subprocess.run([*tool, *map(str, files)], stdout=subprocess.DEVNULL, check=True)
-        if rep:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        dm.prepare_data()
+        seconds = time.perf_counter() - start
+        manifest = json.loads((dm.cache_path / "manifest.json").read_text())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return seconds, manifest["splits"]
+
+
+def tool_seconds(tool: list[str], files: list[Path]) -> float:
+    """The seconds ``tool`` takes to read ``files`` to /dev/null once."""
+    os.sync()
+    start = time.perf_counter()
+    subprocess.run([*tool, *map(str, files)], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
 
 
 def read_parquet(files: list[Path]) -> None:
@@ -165,15 +156,11 @@ DECODERS: dict[str, tuple[str, Callable[[list[Path]], None]]] = {
 }
 
 
-def decoder_seconds(decode: Callable[[list[Path]], None], files: list[Path], reps: int) -> float:
-    """The median seconds of ``reps`` calls of ``decode(files)``, after one warm-up."""
-    times = []
-    for rep in range(reps + 1):
-        start = time.perf_counter()
-        decode(files)
-        if rep:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def decoder_seconds(decode: Callable[[list[Path]], None], files: list[Path]) -> float:
+    """The seconds of one call of ``decode(files)``."""
+    start = time.perf_counter()
+    decode(files)
+    return time.perf_counter() - start
 
 
 def fixed_and_rate(amounts: tuple[float, float], seconds: tuple[float, float]) -> tuple[float, float]:
@@ -186,39 +173,64 @@ def fixed_and_rate(amounts: tuple[float, float], seconds: tuple[float, float]) -
     return seconds[0] - slope * amounts[0], 1 / slope
 
 
-def measure(root: Path, scale: int, reps: int) -> dict[str, dict]:
-    """The corpora of ``scale`` written under ``root``, each's amount and unit, its limit tool and the
-    seconds of the tool (None when missing) and of builds at 1 and 2 workers."""
-    measured = {}
-    for kind, files in write_corpora(root, scale).items():
-        paths = str(root / kind)
+def measure(root: Path, reps: int) -> dict[int, dict[str, dict]]:
+    """The corpora written under ``root`` at both sizes (1 and SCALE), and for each size and corpus
+    its amount and unit, its limit tool and the median seconds of the tool (None when missing), of
+    the decoder and of builds at 1 and 2 workers.
 
-        def make(cache: str, workers: int, paths: str = paths, kind: str = kind) -> ByteDataModule:
+    The two sizes, the tool, the decoder and the builds of a corpus are timed in rounds, one of each
+    a round, ``reps`` rounds after one that warms up (the tool's binary, the page cache) and is
+    dropped: the machine's speed drifts between minutes, so timing the small corpus, then minutes
+    later the large one, would put the drift into the marginal rate."""
+    sizes = (1, SCALE)
+    corpora = {}
+    for scale in sizes:
+        (root / f"x{scale}").mkdir()
+        corpora[scale] = write_corpora(root / f"x{scale}", scale)
+    measured: dict[int, dict[str, dict]] = {scale: {} for scale in sizes}
+    for kind in corpora[1]:
+        tool = ["zstd", "-dc"] if kind == "jsonl.zst" else ["cat"]
+        has_tool = shutil.which(tool[0]) is not None
+        decoder = DECODERS.get(kind)
+
+        def make(cache: str, workers: int, paths: str, kind: str = kind) -> ByteDataModule:
             if kind == "jpeg":
                 return ImageBytes(paths, resolution=32, seq_len=768, cache_dir=cache, workers=workers)
             return TextBytes(paths, cache_dir=cache, workers=workers)
 
-        tool = ["zstd", "-dc"] if kind == "jsonl.zst" else ["cat"]
-        limit = limit_seconds(tool, files, reps)
-        decoder = DECODERS.get(kind)
-        decoded = decoder_seconds(decoder[1], files, reps) if decoder else None
-        timed = {workers: build_seconds(make, workers, reps) for workers in (1, 2)}
-        counts = timed[1][1].values()
-        unit, amount = (
-            ("images/s", sum(c["documents"] for c in counts))
-            if kind == "jpeg"
-            else ("MB/s", sum(c["bytes"] for c in counts) / 1e6)
-        )
-        measured[kind] = {
-            "files": len(files),
-            "amount": amount,
-            "unit": unit,
-            "tool": tool,
-            "limit": limit,
-            "decoder": decoder[0] if decoder else None,
-            "decoded": decoded,
-            "builds": {workers: seconds for workers, (seconds, _) in timed.items()},
-        }
+        timed: dict[tuple[int, str], list[float]] = {}
+        counts: dict[int, dict] = {}
+        for rep in range(reps + 1):
+            for scale in sizes:
+                files, paths = corpora[scale][kind], str(root / f"x{scale}" / kind)
+                seconds = {"tool": tool_seconds(tool, files)} if has_tool else {}
+                if decoder:
+                    seconds["decoder"] = decoder_seconds(decoder[1], files)
+                for workers in (1, 2):
+                    seconds[f"build{workers}"], counts[scale] = build_seconds(
+                        functools.partial(make, paths=paths), workers
+                    )
+                for what, value in seconds.items():
+                    if rep:
+                        timed.setdefault((scale, what), []).append(value)
+        for scale in sizes:
+            median = {what: statistics.median(values) for (at, what), values in timed.items() if at == scale}
+            split_counts = counts[scale].values()
+            unit, amount = (
+                ("images/s", sum(c["documents"] for c in split_counts))
+                if kind == "jpeg"
+                else ("MB/s", sum(c["bytes"] for c in split_counts) / 1e6)
+            )
+            measured[scale][kind] = {
+                "files": len(corpora[scale][kind]),
+                "amount": amount,
+                "unit": unit,
+                "tool": tool,
+                "limit": median.get("tool"),
+                "decoder": decoder[0] if decoder else None,
+                "decoded": median.get("decoder"),
+                "builds": {workers: median[f"build{workers}"] for workers in (1, 2)},
+            }
     return measured
 
 
@@ -263,10 +275,7 @@ def bench_data(folder: Path, reps: int = 3, note: str = "") -> int:
     """Measure cache building of each benchmarked corpus at 1 and 2 workers beside its read limit, at
     two sizes, write ``data.csv`` and ``summary.md`` into ``folder`` and print the table."""
     with tempfile.TemporaryDirectory(prefix="bytelab-bench-data.") as tmp:
-        measured = {}
-        for scale in (1, SCALE):
-            (Path(tmp) / f"x{scale}").mkdir()
-            measured[scale] = measure(Path(tmp) / f"x{scale}", scale, reps)
+        measured = measure(Path(tmp), reps)
     table = pd.DataFrame(
         [table_row(kind, small, measured[SCALE][kind]) for kind, small in measured[1].items()]
     )
@@ -276,8 +285,10 @@ def bench_data(folder: Path, reps: int = 3, note: str = "") -> int:
         "# Cache building against the machine's read limit\n\n"
         "Documents (MB of document bytes, or images) per second of a cache build from scratch, at 1 and 2\n"
         "workers, beside the same files read by the limit tool in the same run (page cache warm); the\n"
-        f"median of {reps} builds. `limit_over_2_workers`: how many times longer a 2-worker build takes\n"
-        "than the tool (the goal: 2 or less).\n\n"
+        f"median of {reps} rounds, each of which times a corpus's two sizes, its tool, its decoder and its\n"
+        "builds one after the other (after a round dropped as warm-up), so that the machine's drift from\n"
+        "minute to minute does not fall between the two sizes. `limit_over_2_workers`: how many times\n"
+        "longer a 2-worker build takes than the tool (the goal: 2 or less).\n\n"
         "A build of this size takes a second or less, and a fixed part of it (starting the worker pool,\n"
         "writing the manifest) weighs more than it would in a large corpus. So every corpus is also\n"
         f"built at {SCALE}x the documents (`large_amount`: as many shards, {SCALE}x the raw files) and the\n"
