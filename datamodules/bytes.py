@@ -62,17 +62,15 @@ def distributed_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def corpus_keys(parts: list[Part]) -> bytes:
-    """``protocol.name_keys`` of the names of the non-empty documents of ``parts``, in order: those
-    the workers took as they decoded, the others' taken here."""
-    keys = b"".join(
-        part.name_keys
-        if len(part.name_keys) == 32 * len(part.documents)
-        else name_keys(name for name, _ in part.documents)
-        for part in parts
-    )
+def corpus_keys(parts: list[Part], names: list[str]) -> bytes:
+    """``protocol.name_keys`` of ``names``, the names of the non-empty documents of ``parts`` in
+    order: those the workers took as they decoded the parts, or, if a part has none (the parts
+    the main process made), all taken here."""
+    if not all(len(part.name_keys) == 32 * len(part.documents) for part in parts):
+        return name_keys(names)
     lengths = np.fromiter((length for part in parts for _, length in part.documents), dtype=np.int64)
-    return np.frombuffer(keys, dtype="S32")[lengths > 0].tobytes()
+    keys = np.frombuffer(b"".join(part.name_keys for part in parts), dtype="S32")
+    return keys[lengths > 0].tobytes()
 
 
 class ByteDataModule(L.LightningDataModule):
@@ -409,7 +407,9 @@ class ByteDataModule(L.LightningDataModule):
                     self._describe(),
                     self.cache_path / "manifest.json",
                 )
-            ranges = self.split_ranges(names, np.cumsum([0, *lengths], dtype=np.int64), corpus_keys(parts))
+            ranges = self.split_ranges(
+                names, np.cumsum([0, *lengths], dtype=np.int64), corpus_keys(parts, names)
+            )
             for split in SPLITS:
                 if not len(ranges[split]):
                     raise ValueError(

@@ -523,22 +523,26 @@ def whole_documents(parts: Sequence[Part], ranges: Mapping[str, Sequence[tuple[i
 
 def non_empty_digests(
     parts: Sequence[Part], paths: Sequence[str], sizes: Sequence[int], source_digests: Mapping[str, str]
-) -> list[bytes]:
+) -> bytes:
     """The SHA-256 of every non-empty document of ``parts`` (at ``paths``, of ``sizes`` bytes), in
-    order: a part's own digests, or a raw source file's (the document it is whole), hashed as the
-    copy read it."""
-    digests = []
+    order, end to end: a part's own digests, or a raw source file's (the document it is whole),
+    hashed as the copy read it (hexadecimal, turned to bytes a run of sources at a time)."""
+    digests: list[bytes] = []
+    sources: list[str] = []
     for part, path, size in zip(parts, paths, sizes, strict=True):
         if part.source:
             if size:
-                digests.append(bytes.fromhex(source_digests[path]))
+                sources.append(source_digests[path])
             continue
+        digests.append(bytes.fromhex("".join(sources)))
+        sources = []
         digests.extend(
             digest
             for (_, length), digest in zip(part.documents, part.document_digests, strict=True)
             if length
         )
-    return digests
+    digests.append(bytes.fromhex("".join(sources)))
+    return b"".join(digests)
 
 
 def write_splits(
@@ -591,7 +595,7 @@ def write_splits(
         range_digests.update(copied_range_digests)
         progress.update(task, advance=copied)
     if transform is None:
-        whole = np.frombuffer(b"".join(non_empty_digests(parts, paths, sizes, digests)), dtype="S32")
+        whole = np.frombuffer(non_empty_digests(parts, paths, sizes, digests), dtype="S32")
     counts, records = {}, {}
     first = 0
     for split in ranges:
