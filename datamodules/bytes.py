@@ -278,10 +278,12 @@ class ByteDataModule(L.LightningDataModule):
         None here, documents stay as they are."""
         return None
 
-    def split_ranges(self, names: list[str], offsets: np.ndarray, keys: bytes) -> dict[str, np.ndarray]:
+    def split_ranges(
+        self, names: list[str], offsets: np.ndarray, keys: bytes | None = None
+    ) -> dict[str, np.ndarray]:
         """The byte ranges of the corpus (int64 rows start, end) that become each split (see the
-        class docstring; ``keys``: ``protocol.name_keys(names)``); a modality whose corpus has an
-        official held-out split may use it instead."""
+        class docstring; ``keys``: ``protocol.name_keys(names)`` if taken, as the build's workers
+        do); a modality whose corpus has an official held-out split may use it instead."""
         return split_ranges(names, offsets, self.val_fraction, self.test_fraction, keys)
 
     def train_dataset(self) -> Dataset:

@@ -344,7 +344,9 @@ class ImageBytes(ByteDataModule):
             "split": self.split,
         }
 
-    def split_ranges(self, names: list[str], offsets: np.ndarray, keys: bytes) -> dict[str, np.ndarray]:
+    def split_ranges(
+        self, names: list[str], offsets: np.ndarray, keys: bytes | None = None
+    ) -> dict[str, np.ndarray]:
         """With ``split="official"`` the corpus's own held-out images are the test split."""
         if self.split != "official":
             return super().split_ranges(names, offsets, keys)
