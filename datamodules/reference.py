@@ -32,6 +32,7 @@ written atomically.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import json
 import logging
 import lzma
@@ -39,11 +40,12 @@ import math
 import os
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .cache import digest
 
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 
 VERSION = 1  # of the numbers: a change of rule or prior gives a new cache key
 EVALUATION_SPLITS = ("val", "test")
+# Below this many bytes to compress (about ten seconds of xz -9e) no progress bar is shown.
+PROGRESS_MIN_BYTES = 8 * 2**20
 PRIOR_BYTES = {"zlib": 64 * 2**20, "bz2": 800_000, "xz": 64 * 2**20}
 COMPRESSORS: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
     "zlib -9": ("zlib", lambda data: zlib.compress(data, 9)),
@@ -78,12 +82,42 @@ def compressed_bits(name: str, data: bytes) -> int:
     return 8 * len(COMPRESSORS[name][1](data))
 
 
-def given_bits(name: str, prior: bytes, data: bytes, prior_bits: int | None = None) -> int:
+Bits = Callable[[str, bytes], int]
+
+
+def given_bits(
+    name: str, prior: bytes, data: bytes, prior_bits: int | None = None, bits: Bits = compressed_bits
+) -> int:
     """Bits ``data`` costs after ``prior``: compressed(prior + data) - compressed(prior), the
-    latter computed here unless given as ``prior_bits``."""
+    latter computed here unless given as ``prior_bits`` (``bits``: ``compressed_bits``, or one that
+    counts what it compresses)."""
     if prior_bits is None:
-        prior_bits = compressed_bits(name, prior)
-    return compressed_bits(name, prior + data) - prior_bits
+        prior_bits = bits(name, prior)
+    return bits(name, prior + data) - prior_bits
+
+
+@contextlib.contextmanager
+def counted_bits(total: int, description: str) -> Iterator[Bits]:
+    """``compressed_bits`` that advances a progress bar of ``total`` bytes as it compresses them:
+    xz -9e runs at about 1 MB/s, so the reference rows of a large split take minutes (the bar is
+    hidden below PROGRESS_MIN_BYTES, about ten seconds of it)."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=total < PROGRESS_MIN_BYTES,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+
+        def bits(name: str, data: bytes) -> int:
+            progress.update(task, description=f"{description}: {name}")
+            result = compressed_bits(name, data)
+            progress.update(task, advance=len(data))
+            return result
+
+        yield bits
 
 
 def order0_bits(train: np.ndarray, data: np.ndarray) -> float:
@@ -106,15 +140,19 @@ def priors(train: np.ndarray) -> dict[str, bytes]:
 
 
 def split_reference(
-    train: np.ndarray, scored: np.ndarray, prior: dict[str, bytes], prior_bits: dict[str, int]
+    train: np.ndarray,
+    scored: np.ndarray,
+    prior: dict[str, bytes],
+    prior_bits: dict[str, int],
+    bits: Bits = compressed_bits,
 ) -> dict[str, Any]:
     """The reference numbers of one split's scored bytes (``scored``), in bits per scored byte."""
     data = bytes(scored)
     n = max(len(data), 1)
     bpb: dict[str, float] = {}
     for name, (kind, _) in COMPRESSORS.items():
-        bpb[name] = compressed_bits(name, data) / n
-        bpb[name + GIVEN] = given_bits(name, prior[kind], data, prior_bits[kind]) / n
+        bpb[name] = bits(name, data) / n
+        bpb[name + GIVEN] = given_bits(name, prior[kind], data, prior_bits[kind], bits) / n
     bpb[ORDER0] = order0_bits(train, scored) / n
     return {
         "bytes": len(data),
@@ -127,11 +165,18 @@ def compute_reference(datamodule: ByteDataModule) -> dict[str, Any]:
     """The reference numbers of every evaluation split of a set-up datamodule, uncached."""
     train = np.asarray(datamodule.splits["train"].data)
     prior = priors(train)
-    prior_bits = {kind: compressed_bits(name, prior[kind]) for name, (kind, _) in COMPRESSORS.items()}
-    splits = {
-        split: split_reference(train, scored_bytes(datamodule, split), prior, prior_bits)
-        for split in EVALUATION_SPLITS
-    }
+    scored = {split: scored_bytes(datamodule, split) for split in EVALUATION_SPLITS}
+    # Every compressor compresses its prior once, and each split alone and after its prior.
+    total = sum(
+        len(prior[kind]) + sum(len(prior[kind]) + 2 * len(data) for data in scored.values())
+        for kind, _ in COMPRESSORS.values()
+    )
+    with counted_bits(total, "reference compressors") as bits:
+        prior_bits = {kind: bits(name, prior[kind]) for name, (kind, _) in COMPRESSORS.items()}
+        splits = {
+            split: split_reference(train, scored[split], prior, prior_bits, bits)
+            for split in EVALUATION_SPLITS
+        }
     return {"version": VERSION, "rule": RULE, "train_bytes": len(train), "splits": splits}
 
 

@@ -17,7 +17,7 @@ from datamodules import ByteDataModule
 from datamodules.cache import cache_problem
 from datamodules.datasets import ByteSplit
 from datamodules.protocol import SPLITS
-from datamodules.reference import COMPRESSORS, EVALUATION_SPLITS, ROWS, RULE, compressed_bits, reference
+from datamodules.reference import COMPRESSORS, EVALUATION_SPLITS, ROWS, RULE, counted_bits, reference
 
 from .subcommand import DataConfig
 from .trainer_cli import DEFAULT_DATA
@@ -71,7 +71,8 @@ def reference_table(dm: ByteDataModule) -> str:
     scored = bounded(dm)
     numbers = reference(scored)["splits"]
     train = bytes(dm.splits["train"].data[:INSPECT_BYTES])
-    train_cells = {name: f"{compressed_bits(name, train) / max(len(train), 1):.3f}" for name in COMPRESSORS}
+    with counted_bits(len(COMPRESSORS) * len(train), "compressing the training split") as bits:
+        train_cells = {name: f"{bits(name, train) / max(len(train), 1):.3f}" for name in COMPRESSORS}
     rows = {
         row: [train_cells.get(row, "-"), *(f"{numbers[s]['bpb'][row]:.3f}" for s in EVALUATION_SPLITS)]
         for row in ROWS

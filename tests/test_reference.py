@@ -172,3 +172,21 @@ def test_a_run_directory_from_a_tiny_fit_records_the_reference_rows(tmp_path, co
     assert recorded["rule"] == ref.RULE and recorded["splits"]["val"]["bytes"] == 512
     assert recorded["splits"]["val"]["bpb"]["zlib -9"] == bits("zlib -9", scored) / 512
     assert recorded == ref.reference(data)
+
+
+def test_the_compressors_progress_bar_counts_every_byte_they_compress(tmp_path, corpus, monkeypatch):
+    """Each compressor compresses its prior once and each split alone and after the prior: the bar's
+    total is those bytes, and it ends complete, whatever the numbers."""
+    monkeypatch.setattr(ref, "PRIOR_BYTES", {"zlib": 1500, "bz2": 900, "xz": 2500})
+    finished = []
+
+    class Recording(ref.Progress):
+        def __exit__(self, *exc: object) -> None:
+            finished.extend((task.completed, task.total) for task in self.tasks)
+            super().__exit__(*exc)
+
+    monkeypatch.setattr(ref, "Progress", Recording)
+    data = datamodule(corpus, tmp_path / "cache", max_eval_bytes=3000)
+    ref.compute_reference(data)
+    priors = 1500 + 900 + 2500
+    assert finished == [(priors * 3 + 3 * 2 * 2 * 3000,) * 2]
