@@ -282,8 +282,9 @@ def disk_full(final: Path, error: OSError, label: str, sources: Sequence[Path]) 
     return OSError(error.errno, message, str(final))
 
 
-def progress_bar(total_bytes: int) -> Progress:
-    """The progress bar of a build that reads ``total_bytes`` source bytes (hidden for small ones)."""
+def progress_bar(total_bytes: int, min_bytes: int = PROGRESS_MIN_BYTES) -> Progress:
+    """The progress bar of work on ``total_bytes`` bytes (a build's source bytes), hidden below
+    ``min_bytes``, work too short for a bar."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -291,7 +292,7 @@ def progress_bar(total_bytes: int) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=True,
-        disable=total_bytes < PROGRESS_MIN_BYTES,
+        disable=total_bytes < min_bytes,
     )
 
 

@@ -45,9 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .cache import digest
+from .cache import digest, progress_bar
 
 if TYPE_CHECKING:
     from .bytes import ByteDataModule
@@ -101,14 +100,7 @@ def counted_bits(total: int, description: str) -> Iterator[Bits]:
     """``compressed_bits`` that advances a progress bar of ``total`` bytes as it compresses them:
     xz -9e runs at about 1 MB/s, so the reference rows of a large split take minutes (the bar is
     hidden below PROGRESS_MIN_BYTES, about ten seconds of it)."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=total < PROGRESS_MIN_BYTES,
-    ) as progress:
+    with progress_bar(total, PROGRESS_MIN_BYTES) as progress:
         task = progress.add_task(description, total=total)
 
         def bits(name: str, data: bytes) -> int:
