@@ -111,12 +111,9 @@ def build_seconds(make: Callable[[str, int], ByteDataModule], workers: int) -> t
     return seconds, manifest["splits"]
 
 
-def tool_seconds(tool: list[str], files: list[Path]) -> float:
-    """The seconds ``tool`` takes to read ``files`` to /dev/null once."""
-    os.sync()
-    start = time.perf_counter()
+def run_tool(tool: list[str], files: list[Path]) -> None:
+    """``tool`` reading ``files`` to /dev/null: the machine's limit."""
     subprocess.run([*tool, *map(str, files)], stdout=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - start
 
 
 def read_parquet(files: list[Path]) -> None:
@@ -156,10 +153,12 @@ DECODERS: dict[str, tuple[str, Callable[[list[Path]], None]]] = {
 }
 
 
-def decoder_seconds(decode: Callable[[list[Path]], None], files: list[Path]) -> float:
-    """The seconds of one call of ``decode(files)``."""
+def read_seconds(read: Callable[[list[Path]], None], files: list[Path]) -> float:
+    """The seconds of one call of ``read(files)`` (the limit tool, or a decoder), nothing left to
+    write back meanwhile."""
+    os.sync()
     start = time.perf_counter()
-    decode(files)
+    read(files)
     return time.perf_counter() - start
 
 
@@ -203,9 +202,9 @@ def measure(root: Path, reps: int) -> dict[int, dict[str, dict]]:
         for rep in range(reps + 1):
             for scale in sizes:
                 files, paths = corpora[scale][kind], str(root / f"x{scale}" / kind)
-                seconds = {"tool": tool_seconds(tool, files)} if has_tool else {}
+                seconds = {"tool": read_seconds(functools.partial(run_tool, tool), files)} if has_tool else {}
                 if decoder:
-                    seconds["decoder"] = decoder_seconds(decoder[1], files)
+                    seconds["decoder"] = read_seconds(decoder[1], files)
                 for workers in (1, 2):
                     seconds[f"build{workers}"], counts[scale] = build_seconds(
                         functools.partial(make, paths=paths), workers
